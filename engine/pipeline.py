@@ -1,0 +1,215 @@
+"""StreamPipeline: rgba_u8 in, rgba_u8 out, through VAE encode -> stream batch -> VAE decode.
+
+Everything a frame touches is allocated in `__init__`; live settings copy into those
+buffers. The per-frame work (`_frame_step`) is one function of tensors so it can run
+eagerly or under `torch.compile` with the same result.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engine.blend import blend
+from engine.errors import ConfigError
+from engine.family import Family
+from engine.models import ModelParts
+from engine.pixels import as_frame_batch, img_pm1_to_rgb_u8, rgba_u8_to_img_pm1
+from engine.prompts import PromptEncoder
+from engine.similarity import SimilarityFilter
+from engine.stream import StreamBatch
+
+ACCELERATIONS = ("none", "compile")
+MODES = ("img2img", "txt2img")
+VAE_FACTOR = 8
+
+
+@dataclass
+class StreamSettings:
+    """What a pipeline is built for. `t_index_list`'s length, sizes, cfg and mode are load-time."""
+
+    width: int = 512
+    height: int = 512
+    t_index_list: list[int] = field(default_factory=lambda: [32, 45])
+    frame_buffer_size: int = 1
+    cfg_type: str = "self"
+    mode: str = "img2img"
+    acceleration: str = "none"
+    prompt: str = "a psychedelic neon landscape, highly detailed"
+    negative_prompt: str = ""
+    guidance_scale: float = 1.2
+    delta: float = 1.0
+    seed: int = 2
+    similarity_enabled: bool = False
+    similarity_threshold: float = 0.98
+    similarity_max_skip: int = 10
+
+    def check(self) -> None:
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 64 <= value <= 4096 or value % VAE_FACTOR:
+                raise ConfigError(f"{name} must be a multiple of {VAE_FACTOR} in 64..4096, got {value!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}: allowed {', '.join(MODES)}")
+        if self.acceleration not in ACCELERATIONS:
+            raise ConfigError(f"unknown acceleration {self.acceleration!r}: allowed {', '.join(ACCELERATIONS)}")
+
+
+@dataclass
+class PipelineCounters:
+    frames_in: int = 0
+    frames_out: int = 0
+    skipped: int = 0
+
+    @property
+    def skip_ratio(self) -> float:
+        return self.skipped / self.frames_in if self.frames_in else 0.0
+
+
+def seeded_noise(seeds: list[tuple[int, float]], shape: tuple[int, ...]) -> torch.Tensor:
+    """Noise from one seed or a slerp blend of several; CPU generators so every device agrees."""
+    noises = []
+    for seed, _ in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        noises.append(torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32))
+    return noises[0] if len(noises) == 1 else blend(noises, [w for _, w in seeds], "slerp")
+
+
+class StreamPipeline:
+    def __init__(self, parts: ModelParts, settings: StreamSettings, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, rng: random.Random | None = None):
+        settings.check()
+        self.parts, self.settings = parts, settings
+        self.device, self.dtype = torch.device(device), dtype
+        self.txt2img = settings.mode == "txt2img"
+        f, h, w = settings.frame_buffer_size, settings.height, settings.width
+        latent_shape = (parts.unet.config.in_channels, h // VAE_FACTOR, w // VAE_FACTOR)
+        if self.device.type == "cuda":
+            parts.unet.to(memory_format=torch.channels_last)
+        sdxl = parts.family is Family.SDXL
+        self.stream = StreamBatch(
+            self._unet_fn, parts.scheduler_config, settings.t_index_list, latent_shape,
+            frame_buffer_size=f, cfg_type=settings.cfg_type, txt2img=self.txt2img, device=self.device,
+            dtype=dtype, pooled=sdxl, time_ids=(h, w, 0, 0, h, w) if sdxl else None)
+        self.prompts = PromptEncoder(parts, self.device, dtype)
+        self.similarity = SimilarityFilter(settings.similarity_threshold, settings.similarity_max_skip, rng,
+                                           enabled=settings.similarity_enabled)
+        self.counters = PipelineCounters()
+        self.input_u8 = torch.zeros(f, h, w, 4, dtype=torch.uint8, device=self.device)
+        self.output_u8 = torch.full((f, h, w, 4), 255, dtype=torch.uint8, device=self.device)
+        self.txt_noise = torch.zeros(f, *latent_shape, device=self.device, dtype=dtype)
+        self._txt_generator = torch.Generator(device=self.device)
+        self._vae_scale = float(getattr(parts.vae.config, "scaling_factor", 1.0) or 1.0)
+        self._vae_shift = float(getattr(parts.vae.config, "shift_factor", 0.0) or 0.0)
+        self._has_output = False
+        self._step = self._frame_step
+        if settings.acceleration == "compile":
+            self._step = torch.compile(self._frame_step, dynamic=False, fullgraph=False)
+        self.set_prompt(settings.prompt, settings.negative_prompt)
+        self.set_guidance(settings.guidance_scale, settings.delta)
+        self.set_seed(settings.seed)
+
+    # ---- model calls ------------------------------------------------------------------------------
+
+    def _unet_fn(self, x, timesteps, hidden, pooled, time_ids):
+        added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
+        return self.parts.unet(x, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added,
+                               return_dict=False)[0]
+
+    def encode(self, img_pm1: torch.Tensor) -> torch.Tensor:
+        encoded = self.parts.vae.encode(img_pm1)
+        # AutoencoderTiny returns latents directly; AutoencoderKL a distribution (its mode is deterministic).
+        latents = encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mode()
+        return (latents - self._vae_shift) * self._vae_scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.parts.vae.decode(latents / self._vae_scale + self._vae_shift, return_dict=False)[0]
+
+    @torch.no_grad()
+    def _frame_step(self, input_u8: torch.Tensor, txt_noise: torch.Tensor) -> torch.Tensor:
+        x_in = txt_noise if self.txt2img else self.encode(rgba_u8_to_img_pm1(input_u8, self.dtype))
+        return img_pm1_to_rgb_u8(self.decode(self.stream.step(x_in)))
+
+    # ---- live settings ----------------------------------------------------------------------------
+
+    def set_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
+        self.set_prompt_blend([(prompt, 1.0)], negative_prompt=negative_prompt)
+
+    def set_prompt_blend(self, prompts: list[tuple[str, float]], method: str = "linear",
+                         negative_prompt: str | None = None) -> None:
+        """Weighted prompt mix; only texts not in the cache are encoded. Applies on the next frame."""
+        if negative_prompt is not None:
+            self.settings.negative_prompt = negative_prompt
+        cond = self.prompts.blend(prompts, method)
+        uncond = self.prompts.encode(self.settings.negative_prompt)
+        self.stream.set_conditioning(cond.hidden, uncond.hidden, cond.pooled, uncond.pooled)
+
+    def set_seed(self, seed: int) -> None:
+        self.set_seed_blend([(seed, 1.0)])
+
+    def set_seed_blend(self, seeds: list[tuple[int, float]]) -> None:
+        self.stream.set_noise(seeded_noise(seeds, tuple(self.stream.noise.shape)))
+        self._txt_generator.manual_seed(seeds[0][0])
+
+    def set_guidance(self, guidance_scale: float, delta: float | None = None) -> None:
+        for name, value, low, high in (("guidance_scale", guidance_scale, 0.0, 50.0),
+                                       ("delta", self.settings.delta if delta is None else delta, 0.0, 10.0)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a number in {low}..{high}, got {value!r}")
+        self.settings.guidance_scale = float(guidance_scale)
+        self.settings.delta = float(self.settings.delta if delta is None else delta)
+        self.stream.set_guidance(self.settings.guidance_scale, self.settings.delta)
+
+    def set_t_index_list(self, t_index_list: list[int]) -> None:
+        self.stream.set_t_index_list(t_index_list)
+        self.settings.t_index_list = list(t_index_list)
+
+    def set_similarity(self, enabled: bool, threshold: float, max_skip: int) -> None:
+        self.similarity.configure(threshold, max_skip)
+        if enabled and not self.similarity.enabled:
+            self.similarity.reset()  # its reference frame is stale after a pause
+        self.similarity.enabled = bool(enabled)
+
+    def reset(self) -> None:
+        """Drop frames in flight and the filter's reference; the next frame re-primes the batch."""
+        self.stream.reset()
+        self.similarity.reset()
+
+    # ---- per frame --------------------------------------------------------------------------------
+
+    def _similarity_sample(self, frames: torch.Tensor) -> torch.Tensor:
+        # Every 8th pixel of RGB: enough to tell a static scene, cheap on the host before upload.
+        return frames[:, ::8, ::8, :3]
+
+    def __call__(self, frame: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+        """One frame (H,W,4) or F frames (F,H,W,4) of rgba_u8 -> the output rgba_u8, same layout.
+
+        The returned tensor is this pipeline's output buffer: it is overwritten by the next
+        call, so copy (or send) it before calling again. txt2img takes no input.
+        """
+        s = self.settings
+        self.counters.frames_in += 1
+        if self.txt2img:
+            torch.randn(self.txt_noise.shape, generator=self._txt_generator, out=self.txt_noise)
+        else:
+            if frame is None:
+                raise ConfigError("img2img needs an input frame")
+            frames = as_frame_batch(frame, s.frame_buffer_size, s.height, s.width)
+            if self.similarity.enabled and self.similarity.should_skip(self._similarity_sample(frames)) \
+                    and self._has_output:
+                self.counters.skipped += 1
+                return self._result(frame)
+            self.input_u8.copy_(frames, non_blocking=True)
+        rgb = self.stream.advance(self._step, self.input_u8, self.txt_noise)
+        self.output_u8[..., :3].copy_(rgb)
+        self._has_output = True
+        self.counters.frames_out += 1
+        return self._result(frame)
+
+    def _result(self, frame: np.ndarray | torch.Tensor | None) -> torch.Tensor:
+        single = frame is None and self.settings.frame_buffer_size == 1 or frame is not None and frame.ndim == 3
+        return self.output_u8[0] if single else self.output_u8

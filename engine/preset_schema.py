@@ -1,0 +1,474 @@
+"""The preset schema: typed, strict models for a look, and the LIVE_SPECS table.
+
+A preset has two halves. `load` needs a pipeline rebuild when it changes (model,
+resolution, acceleration…); `live` is applied on the next frame (prompt, guidance,
+seed, filter, FX). The *length* of `live.t_index_list` is the step count, so it is
+load-time too; its values are live. `LIVE_SPECS` is generated from `LiveParams`'
+field metadata and is the one source for OSC addresses, OSCQuery, docs and the
+ParamStore's validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import annotated_types
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+
+from engine.errors import ConfigError
+
+MAX_TEXT = 4000  # chars per prompt: far above CLIP's 77 tokens, small enough to bound a datagram
+MAX_BLEND = 16  # prompt/seed blend entries
+SEED_MAX = 2**32 - 1
+PRESET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# Strict scalars: YAML and OSC both deliver typed values, so "1.5" for a float or
+# `true` for a number is a mistake to report, not to coerce. int -> float is allowed.
+Flt = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+Text = Annotated[str, Strict(), Field(max_length=MAX_TEXT)]
+Weight = Annotated[float, Strict(), Field(ge=0.0, le=1000.0, allow_inf_nan=False)]
+Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
+TIndex = Annotated[int, Strict(), Field(ge=0, le=49)]
+SourceSpec = Annotated[
+    str, Strict(), Field(min_length=1, max_length=256, pattern=r"^[a-z][a-z0-9_]*(:\S.*)?$")
+]
+
+
+def _unit(unit: str, kind: str | None = None) -> dict[str, str]:
+    extra = {"unit": unit}
+    if kind:
+        extra["kind"] = kind
+    return extra
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_default=True)
+
+
+class LiveParams(_Strict):
+    """Everything the render loop reads per frame; any change applies on the next frame."""
+
+    prompt: Text = Field("", description="Text prompt (used when prompt_blend is empty)")
+    negative_prompt: Text = Field("", description="Negative prompt (cfg_type full/initialize)")
+    prompt_blend: list[tuple[Text, Weight]] = Field(
+        default_factory=list,
+        max_length=MAX_BLEND,
+        description="Weighted prompts [[text, weight], ...]; weights are relative; empty = use prompt",
+        json_schema_extra=_unit("", "prompt_blend"),
+    )
+    prompt_interp: Literal["linear", "slerp"] = Field(
+        "linear", description="How prompt_blend embeddings are mixed"
+    )
+    guidance_scale: Flt = Field(1.2, ge=0.0, le=20.0, description="Classifier-free guidance scale")
+    delta: Flt = Field(1.0, ge=0.0, le=5.0, description="RCFG self-negative strength (<1 softens contrast)")
+    t_index_list: list[TIndex] = Field(
+        default_factory=lambda: [32, 45],
+        min_length=1,
+        max_length=50,
+        description="Denoising timestep indices into the 50-step schedule, strictly increasing; "
+        "lower first index = more change. Length is fixed at load time (the step count)",
+        json_schema_extra=_unit("", "int_list"),
+    )
+    seed: Seed = Field(2, description="Noise seed")
+    seed_blend: list[tuple[Seed, Weight]] = Field(
+        default_factory=list,
+        max_length=MAX_BLEND,
+        description="Weighted seeds [[seed, weight], ...] mixed into the noise; empty = use seed",
+        json_schema_extra=_unit("", "seed_blend"),
+    )
+    similarity_enabled: Bool = Field(
+        False, description="Skip frames that barely changed (stochastic similarity filter)"
+    )
+    similarity_threshold: Flt = Field(
+        0.98, ge=0.0, le=1.0, description="Cosine similarity above which frames may be skipped"
+    )
+    similarity_max_skip: Int = Field(
+        10, ge=0, le=1000, description="Force a refresh after this many skipped frames"
+    )
+    fx_feedback: Flt = Field(0.0, ge=0.0, le=1.0, description="Mix of the last output into the next input")
+    fx_blend: Flt = Field(0.0, ge=0.0, le=1.0, description="Temporal blend of outputs (anti-flicker)")
+    fx_brightness: Flt = Field(0.0, ge=-1.0, le=1.0, description="Output brightness offset")
+    fx_contrast: Flt = Field(1.0, ge=0.0, le=4.0, description="Output contrast (1 = unchanged)")
+    fx_saturation: Flt = Field(1.0, ge=0.0, le=4.0, description="Output saturation (1 = unchanged)")
+    fx_hue: Flt = Field(
+        0.0, ge=-180.0, le=180.0, description="Output hue rotation", json_schema_extra=_unit("deg")
+    )
+    smoothing: dict[Str, Annotated[float, Strict(), Field(ge=0.0, le=60.0, allow_inf_nan=False)]] = Field(
+        default_factory=dict,
+        description="Per-parameter slew time in seconds for float parameters, e.g. {guidance_scale: 0.5}",
+        json_schema_extra=_unit("s", "smoothing"),
+    )
+
+    @field_validator("t_index_list")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in pairwise(v)):
+            raise ValueError("must be strictly increasing, e.g. [32, 45]")
+        return v
+
+    @field_validator("prompt_blend", "seed_blend")
+    @classmethod
+    def _some_weight(cls, v: list[tuple[Any, float]]) -> list[tuple[Any, float]]:
+        if v and sum(w for _, w in v) <= 0.0:
+            raise ValueError("weights must not all be zero")
+        return v
+
+    @field_validator("smoothing")
+    @classmethod
+    def _smoothable(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k in v if k not in SMOOTHABLE]
+        if bad:
+            raise ValueError(f"cannot smooth {', '.join(bad)}; smoothable: {', '.join(SMOOTHABLE)}")
+        return v
+
+
+class LoraSpec(_Strict):
+    path: Annotated[str, Strict(), Field(min_length=1, max_length=1000)] = Field(
+        description="Hugging Face id, local folder or .safetensors file"
+    )
+    scale: Flt = Field(1.0, ge=-4.0, le=4.0, description="LoRA weight")
+    weight_name: Annotated[str, Strict(), Field(min_length=1, max_length=256)] | None = Field(
+        None, description="File inside a Hugging Face repo holding several LoRAs"
+    )
+
+
+class LoadSettings(_Strict):
+    """Fields that need a pipeline rebuild when they change."""
+
+    model: Annotated[str, Strict(), Field(min_length=1, max_length=1000)] = Field(
+        description='"tiny", "tiny-sdxl", a Hugging Face id, a local diffusers folder or a .safetensors file'
+    )
+    family: Literal["sd15", "sd21", "sdxl"] | None = Field(
+        None, description="Model family; absent = from the model's config"
+    )
+    vae: Annotated[str, Strict(), Field(min_length=1, max_length=1000)] | None = Field(
+        None, description="VAE id or folder, e.g. madebyollin/taesd"
+    )
+    lora: list[LoraSpec] = Field(default_factory=list, max_length=8)
+    width: Int = Field(512, ge=64, le=2048, multiple_of=8)
+    height: Int = Field(512, ge=64, le=2048, multiple_of=8)
+    frame_buffer_size: Int = Field(1, ge=1, le=8)
+    cfg_type: Literal["none", "full", "self", "initialize"] = "self"
+    mode: Literal["img2img", "txt2img"] = "img2img"
+    acceleration: Literal["auto", "none", "compile", "tensorrt"] = "auto"
+    device: Annotated[str, Strict(), Field(pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")] = "auto"
+    dtype: Literal["auto", "float16", "float32", "bfloat16"] = "auto"
+    source: SourceSpec = Field(
+        "pattern", description='Frame source spec, e.g. "pattern", "shm:streamvj_in", "spout:TDOut"'
+    )
+    sinks: list[SourceSpec] = Field(default_factory=lambda: ["shm:streamvj_out"], max_length=8)
+    target_fps: Annotated[float, Strict(), Field(gt=0.0, le=240.0, allow_inf_nan=False)] | None = None
+
+
+class HostPort(_Strict):
+    host: Annotated[str, Strict(), Field(min_length=1, max_length=255)] = "127.0.0.1"
+    port: Int = Field(ge=1, le=65535)
+
+
+class OscSettings(_Strict):
+    host: Annotated[str, Strict(), Field(min_length=1, max_length=255)] = Field(
+        "127.0.0.1", description="Address to bind; 0.0.0.0 listens on every interface"
+    )
+    port: Int = Field(9000, ge=0, le=65535, description="UDP port (0 = any free port)")
+    prefix: Annotated[str, Strict(), Field(pattern=r"^(/[a-z0-9_]+)+$")] = "/streamvj"
+    allow: list[Annotated[str, Strict()]] | None = Field(
+        None, description="Sender IPs accepted; absent = any sender that can reach the bound address"
+    )
+    feedback: HostPort | None = Field(None, description="Where status (fps, state, errors) is sent")
+    query_port: Int | None = Field(None, ge=0, le=65535, description="OSCQuery HTTP port; absent = off")
+
+    @field_validator("allow")
+    @classmethod
+    def _ips(cls, v: list[str] | None) -> list[str] | None:
+        import ipaddress
+
+        for ip in v or []:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise ValueError(f"{ip!r} is not an IP address") from None
+        return v
+
+
+class MidiMapping(_Strict):
+    param: Str = Field(description="Live parameter to drive (float, int or bool)")
+    channel: Int = Field(1, ge=1, le=16, description="MIDI channel as printed on the controller (1-16)")
+    cc: Int = Field(ge=0, le=127, description="Controller number (MSB for 14-bit, 0-31)")
+    bits: Literal[7, 14] = Field(7, description="14 = MSB on cc, LSB on cc+32")
+    min: Flt | None = Field(None, description="Value at CC 0; absent = the parameter's minimum")
+    max: Flt | None = Field(None, description="Value at CC max; absent = the parameter's maximum")
+    curve: Literal["linear", "exp", "log"] = "linear"
+    index: Int | None = Field(None, ge=0, le=49, description="For t_index_list: which step the knob drives")
+
+    @model_validator(mode="after")
+    def _check(self) -> MidiMapping:
+        spec = LIVE_SPECS.get(self.param)
+        if spec is None or spec.kind not in ("float", "int", "bool", "int_list"):
+            raise ValueError(
+                f"param {self.param!r} cannot be driven by a CC; mappable: {', '.join(MIDI_MAPPABLE)}"
+            )
+        if spec.kind == "int_list" and self.index is None:
+            raise ValueError("t_index_list needs `index` (which step the knob drives)")
+        if spec.kind != "int_list" and self.index is not None:
+            raise ValueError("`index` is only for t_index_list")
+        if self.bits == 14 and self.cc > 31:
+            raise ValueError("14-bit mappings use the MSB controller 0-31 (LSB is cc+32)")
+        for bound in (self.min, self.max):
+            if bound is not None and spec.min is not None and spec.max is not None:
+                if not spec.min <= bound <= spec.max:
+                    raise ValueError(f"min/max {bound} outside {self.param}'s range {spec.min}..{spec.max}")
+        return self
+
+
+class MidiSettings(_Strict):
+    port: Annotated[str, Strict(), Field(min_length=1, max_length=256)] | None = Field(
+        None, description="Input port name or a part of it; absent = MIDI off"
+    )
+    clock: Bool = Field(True, description="Follow MIDI clock (24 ppqn) for tempo")
+    mappings: list[MidiMapping] = Field(default_factory=list, max_length=256)
+
+
+class Preset(_Strict):
+    name: Annotated[str, Strict(), Field(min_length=1, max_length=64)]
+    description: Annotated[str, Strict(), Field(max_length=4000)] = ""
+    load: LoadSettings
+    live: LiveParams = Field(default_factory=LiveParams)
+    midi: MidiSettings = Field(default_factory=MidiSettings)
+    osc: OscSettings = Field(default_factory=OscSettings)
+
+    @property
+    def steps(self) -> int:
+        return len(self.live.t_index_list)
+
+
+# --------------------------------------------------------------------------- LIVE_SPECS
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One live parameter, as OSC, OSCQuery, docs, MIDI and the ParamStore see it.
+
+    kind: float | int | bool | str | enum | prompt_blend | seed_blend | int_list | smoothing.
+    """
+
+    name: str
+    kind: str
+    min: float | None
+    max: float | None
+    choices: tuple[str, ...]
+    default: Any
+    unit: str
+    doc: str
+
+
+def _bounds(metadata: list[Any]) -> tuple[float | None, float | None]:
+    lo = hi = None
+    for m in metadata:
+        if isinstance(m, annotated_types.Ge):
+            lo = m.ge
+        elif isinstance(m, annotated_types.Le):
+            hi = m.le
+    return lo, hi
+
+
+def _element_bounds(annotation: Any) -> tuple[float | None, float | None]:
+    # list[Annotated[int, Field(ge, le)]]: bounds live on the element type.
+    (elem,) = get_args(annotation)
+    return _bounds([m for a in get_args(elem)[1:] for m in getattr(a, "metadata", [a])])
+
+
+def _make_specs() -> dict[str, ParamSpec]:
+    specs: dict[str, ParamSpec] = {}
+    for name, field in LiveParams.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        ann = field.annotation
+        lo, hi = _bounds(field.metadata)
+        choices: tuple[str, ...] = ()
+        if get_origin(ann) is Literal:
+            kind, choices = "enum", tuple(get_args(ann))
+        elif "kind" in extra:
+            kind = str(extra["kind"])
+            if kind == "int_list":
+                lo, hi = _element_bounds(ann)
+        else:
+            kind = {float: "float", int: "int", bool: "bool", str: "str"}[ann]
+        default = field.get_default(call_default_factory=True)
+        specs[name] = ParamSpec(
+            name, kind, lo, hi, choices, default, str(extra.get("unit", "")), field.description or ""
+        )
+    return specs
+
+
+LIVE_SPECS: dict[str, ParamSpec] = _make_specs()
+SMOOTHABLE: tuple[str, ...] = tuple(n for n, s in LIVE_SPECS.items() if s.kind == "float")
+MIDI_MAPPABLE: tuple[str, ...] = tuple(
+    n for n, s in LIVE_SPECS.items() if s.kind in ("float", "int", "bool", "int_list")
+)
+
+# --------------------------------------------------------------------------- loading
+
+
+def _yaml_positions(text: str) -> tuple[dict[tuple[Any, ...], int], list[str]]:
+    """Line of every key path, and duplicate keys (PyYAML silently keeps the last one)."""
+    lines: dict[tuple[Any, ...], int] = {}
+    dups: list[str] = []
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+
+    def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for k, v in node.value:
+                key = k.value
+                if key in seen:
+                    dups.append(f"{k.start_mark.line + 1}: {_dotted(path + (key,))}: duplicate key")
+                seen.add(key)
+                walk(v, path + (key,))
+                lines[path + (key,)] = k.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, path + (i,))
+
+    if root is not None:
+        walk(root, ())
+    return lines, dups
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: Any = Preset
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = (
+            model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        )
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _inner_model(ann: Any) -> Any:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    if get_origin(ann) in (list, Union, types.UnionType):
+        for arg in get_args(ann):
+            found = _inner_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _short(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def format_validation_error(
+    err: ValidationError, source: str, lines: dict[tuple[Any, ...], int] | None = None
+) -> str:
+    """One line per problem: file:line: key.path: what is wrong (got value)."""
+    out = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        line = next(
+            ((lines or {})[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in (lines or {})), None
+        )
+        where = f"{source}:{line}" if line else source
+        path = _dotted(loc)
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            allowed = list(parent.model_fields) if parent else []
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            msg = "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            msg += f"; allowed: {', '.join(allowed)}" if allowed else ""
+            out.append(f"{where}: {path}: {msg}")
+        elif e["type"] == "missing":
+            out.append(f"{where}: {path}: required key is missing")
+        else:
+            reason = e["msg"].removeprefix("Value error, ")
+            out.append(f"{where}: {path}: {reason} (got {_short(e.get('input'))})")
+    return "\n".join(out)
+
+
+def parse_preset(text: str, source_name: str) -> Preset:
+    """Parse and validate preset YAML; every problem raises ConfigError naming file, key path and value."""
+    try:
+        lines, dups = _yaml_positions(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source_name}:{mark.line + 1}:{mark.column + 1}" if mark else source_name
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if dups:
+        raise ConfigError("\n".join(f"{source_name}:{d}" for d in dups))
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source_name}: a preset must be a mapping with name, load, live… (got {type(data).__name__})"
+        )
+    try:
+        return Preset.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source_name, lines)) from None
+
+
+def load_preset(path: str | Path) -> Preset:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read preset: {exc}") from None
+    return parse_preset(text, str(path))
+
+
+def resolve_preset(presets_dir: str | Path, name: str) -> Path:
+    """The file for preset `name` inside `presets_dir`; names are plain ids, never paths."""
+    if not isinstance(name, str) or not PRESET_NAME_RE.fullmatch(name):
+        raise ConfigError(f"preset name {_short(name)}: use 1-64 letters, digits, '_' or '-'")
+    root = Path(presets_dir).resolve()
+    for ext in (".yaml", ".yml"):
+        candidate = (root / f"{name}{ext}").resolve()
+        if candidate.parent == root and candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"preset {name!r}: no {name}.yaml in {root}; available: {', '.join(list_presets(root)) or 'none'}"
+    )
+
+
+def list_presets(presets_dir: str | Path) -> list[str]:
+    root = Path(presets_dir)
+    names = {
+        p.stem
+        for p in root.glob("*.y*ml")
+        if p.suffix in (".yaml", ".yml") and PRESET_NAME_RE.fullmatch(p.stem)
+    }
+    return sorted(names)
+
+
+def diff_load_time(a: Preset, b: Preset) -> list[str]:
+    """Load-time fields that differ between two presets; empty = switch without a rebuild.
+
+    Returns "load.<field>" names, plus "steps" when len(live.t_index_list) changes.
+    """
+    changed = [f"load.{k}" for k in LoadSettings.model_fields if getattr(a.load, k) != getattr(b.load, k)]
+    if a.steps != b.steps:
+        changed.append("steps")
+    return changed
