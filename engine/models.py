@@ -171,6 +171,11 @@ def _download(repo_id: str, fp16: bool) -> Path:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import RepositoryNotFoundError
 
+    try:
+        # A model cached by an earlier run loads with no network at all (a venue without internet).
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as exc:  # not cached (the hub raises several types for that)
+        log.debug("%s is not in the local cache: %s", repo_id, exc)
     log.info("fetching %s from the Hugging Face hub (cached after the first time)", repo_id)
     try:
         files = pick_hub_files(HfApi().list_repo_files(repo_id), fp16)

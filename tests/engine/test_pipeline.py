@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import ConfigError, FrameError
+from engine.pipeline import StreamPipeline, StreamSettings
+
+SIZE = 64
+
+
+def frame(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8)
+
+
+def make(parts, **kwargs) -> StreamPipeline:
+    settings = dict(width=SIZE, height=SIZE, t_index_list=[20, 40], cfg_type="self")
+    return StreamPipeline(parts, StreamSettings(**{**settings, **kwargs}), rng=random.Random(0))
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (np.zeros((SIZE * 2, SIZE, 4), np.uint8), "this pipeline takes"),
+    (np.zeros((SIZE, SIZE, 3), np.uint8), "this pipeline takes"),
+    (np.zeros((SIZE, SIZE, 4), np.float32), "uint8"),
+    (torch.zeros(SIZE, SIZE, 4), "uint8"),
+    ([[0, 0, 0, 0]], "numpy array or torch tensor"),
+])
+def test_bad_frames_raise_frame_errors(tiny_parts, bad, message):
+    pipe = make(tiny_parts)
+    with pytest.raises(FrameError, match=message):
+        pipe(bad)
+    assert pipe(frame(0)).shape == (SIZE, SIZE, 4)  # still usable afterwards
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"width": 100}, "multiple of 8"),
+    ({"height": True}, "multiple of 8"),
+    ({"mode": "video2video"}, "unknown mode"),
+    ({"acceleration": "warp"}, "unknown acceleration"),
+    ({"guidance_scale": -1.0}, "guidance_scale"),
+    ({"seed": -5}, "seed"),
+])
+def test_bad_settings_raise_config_errors(tiny_parts, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        make(tiny_parts, **kwargs)
+
+
+def test_output_is_rgba_u8_with_opaque_alpha(tiny_parts):
+    out = make(tiny_parts)(frame(1))
+    assert out.dtype == torch.uint8 and out.shape == (SIZE, SIZE, 4)
+    assert bool((out[..., 3] == 255).all())
+
+
+def test_first_outputs_are_finished_frames_not_the_empty_buffer(tiny_parts):
+    pipe = make(tiny_parts, t_index_list=[10, 25, 40])
+    first = pipe(frame(2)).clone()
+    steady = [pipe(frame(2)).clone() for _ in range(3)][-1]
+    assert torch.equal(first, steady)  # the first output is already frame 0, fully denoised
+    with torch.no_grad():
+        empty = pipe.decode(torch.zeros(1, 4, SIZE // 8, SIZE // 8))
+    brown = ((empty.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0)
+    assert not torch.equal(first[..., :3], brown)
+
+
+def test_prompt_change_encodes_only_new_text_and_applies_next_frame(tiny_parts):
+    pipe = make(tiny_parts, prompt="red", negative_prompt="")
+    calls = pipe.prompts.encode_calls
+    a = pipe(frame(3)).clone()
+    pipe.set_prompt("blue")
+    b = pipe(frame(3)).clone()
+    assert pipe.prompts.encode_calls == calls + 1
+    assert not torch.equal(a, b)
+    pipe.set_prompt("red")
+    assert pipe.prompts.encode_calls == calls + 1  # cached
+    assert pipe.stream.primed  # no re-prepare, so no grey frame
+
+
+def test_prompt_blend_weights_move_between_prompts(tiny_parts):
+    pipe = make(tiny_parts)
+    red, blue = pipe.prompts.encode("red"), pipe.prompts.encode("blue")
+    pipe.set_prompt_blend([("red", 1.0), ("blue", 0.0)], "slerp")
+    torch.testing.assert_close(pipe.stream.cond[0:1], red.hidden)
+    pipe.set_prompt_blend([("red", 1.0), ("blue", 1.0)], "linear")
+    torch.testing.assert_close(pipe.stream.cond[0:1], (red.hidden + blue.hidden) / 2)
+
+
+def test_seed_controls_the_output(tiny_parts):
+    a = make(tiny_parts, seed=1)(frame(4)).clone()
+    b = make(tiny_parts, seed=1)(frame(4)).clone()
+    c = make(tiny_parts, seed=2)(frame(4)).clone()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_similarity_filter_skips_the_unet_on_static_input(tiny_parts):
+    pipe = make(tiny_parts, similarity_enabled=True, similarity_threshold=0.5, similarity_max_skip=4)
+    first = pipe(frame(5)).clone()
+    calls = pipe.stream.unet_calls
+    outs = [pipe(frame(5)).clone() for _ in range(4)]
+    assert pipe.stream.unet_calls == calls  # four skips, no UNet call
+    assert all(torch.equal(o, first) for o in outs)
+    pipe(frame(5))
+    assert pipe.stream.unet_calls == calls + 1  # max_skip reached: forced refresh
+    assert pipe.counters.skipped == 4 and pipe.counters.frames_in == 6
+
+
+def test_txt2img_needs_no_input_and_moves(tiny_parts):
+    pipe = make(tiny_parts, mode="txt2img", cfg_type="none")
+    a, b, c = pipe().clone(), pipe().clone(), pipe().clone()
+    assert torch.equal(a, b)  # latency N-1 = 1: call 1 still shows the primed first frame
+    assert a.shape == (SIZE, SIZE, 4) and not torch.equal(b, c)  # fresh noise every frame
+    again = make(tiny_parts, mode="txt2img", cfg_type="none")
+    assert torch.equal(again(), a)  # seeded
+
+
+def test_frame_buffer_size_two_takes_and_returns_frame_pairs(tiny_parts):
+    pipe = make(tiny_parts, frame_buffer_size=2)
+    out = pipe(np.stack([frame(6), frame(7)]))
+    assert out.shape == (2, SIZE, SIZE, 4)
+    with pytest.raises(FrameError, match="x 2 frames"):
+        pipe(frame(6))
+
+
+def test_sdxl_shaped_model_runs_every_cfg(tiny_sdxl_parts):
+    for cfg in ("none", "self", "full", "initialize"):
+        out = make(tiny_sdxl_parts, cfg_type=cfg, negative_prompt="")(frame(8))
+        assert out.shape == (SIZE, SIZE, 4)
+
+
+@pytest.mark.compile
+def test_compiled_step_matches_eager_including_live_updates(tiny_parts):
+    eager, compiled = make(tiny_parts), make(tiny_parts, acceleration="compile")
+
+    def drive(pipe):
+        outs = [pipe(frame(10)).clone(), pipe(frame(11)).clone()]
+        pipe.set_guidance(2.0, 0.5)
+        pipe.set_prompt("a different prompt")
+        pipe.set_t_index_list([15, 35])
+        pipe.set_seed(9)
+        outs += [pipe(frame(12)).clone(), pipe(frame(13)).clone()]
+        return outs
+
+    expected, got = drive(eager), drive(compiled)
+    for e, g in zip(expected, got, strict=True):
+        assert (e.int() - g.int()).abs().max() <= 1  # inductor may reorder float sums: at most 1 LSB
+    assert not torch.equal(expected[1], expected[3])  # the live updates did change the image
