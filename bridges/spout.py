@@ -139,9 +139,11 @@ class SpoutSource:
             self._width, self._height = width, height
         if self._rx is None or self._rx.shape[:2] != (height, width):
             self._rx = np.zeros((height, width, 4), dtype=np.uint8)
-        if not self.sender_name:
-            # getActiveSender, not getSenderName: the binding maps getSenderName to the width.
-            self._label = str(self._receiver.getActiveSender()) or self._label
+        # getActiveSender, not getSenderName: the binding maps getSenderName to the width.
+        # Early SpoutGL releases lack getActiveSender; the label is only for logs then.
+        active = getattr(self._receiver, "getActiveSender", None)
+        if not self.sender_name and active is not None:
+            self._label = str(active()) or self._label
         shape = (width, height, sender_format)
         if shape == self._logged_shape:
             return
