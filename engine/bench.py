@@ -1,0 +1,150 @@
+"""`run_engine.py bench`: frame timings of the stream pipeline, optionally beside diffusers' own.
+
+Both sides get the same weights, size, step count and input frames in one run, and both
+hand back host pixels (numpy uint8) so the comparison includes getting bytes out.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.models import ModelParts
+from engine.pipeline import StreamPipeline, StreamSettings
+
+
+@dataclass
+class BenchOptions:
+    width: int = 512
+    height: int = 512
+    t_index_list: tuple[int, ...] = (32, 45)
+    cfg_type: str = "self"
+    frame_buffer_size: int = 1
+    frames: int = 50
+    warmup: int = 5
+    acceleration: str = "none"
+    mode: str = "img2img"
+
+
+def moving_frames(count: int, height: int, width: int) -> list[np.ndarray]:
+    """Distinct synthetic frames (a drifting gradient) so nothing is cached between frames."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    frames = []
+    for i in range(count):
+        phase = i * 0.3
+        rgb = np.stack([np.sin(x / 23 + phase), np.cos(y / 17 - phase), np.sin((x + y) / 31 + 2 * phase)], -1)
+        rgba = np.empty((height, width, 4), np.uint8)
+        rgba[..., :3] = ((rgb + 1) * 127.5).astype(np.uint8)
+        rgba[..., 3] = 255
+        frames.append(rgba)
+    return frames
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # benchmark only: the engine itself never syncs per frame
+
+
+def summarise(ms: list[float]) -> dict:
+    ordered = sorted(ms)
+    p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+    median = statistics.median(ordered)
+    return {"fps": round(1000.0 / median, 2), "ms_median": round(median, 3), "ms_p90": round(p90, 3)}
+
+
+def bench_stream(parts: ModelParts, opts: BenchOptions, device: torch.device, dtype: torch.dtype) -> dict:
+    settings = StreamSettings(width=opts.width, height=opts.height, t_index_list=list(opts.t_index_list),
+                              frame_buffer_size=opts.frame_buffer_size, cfg_type=opts.cfg_type, mode=opts.mode,
+                              acceleration=opts.acceleration)
+    pipe = StreamPipeline(parts, settings, device=device, dtype=dtype)
+    inputs = moving_frames(8, opts.height, opts.width)
+    if opts.frame_buffer_size > 1:
+        inputs = [np.stack([inputs[(i + j) % 8] for j in range(opts.frame_buffer_size)]) for i in range(8)]
+    txt = opts.mode == "txt2img"
+    ms = []
+    for i in range(opts.warmup + opts.frames):
+        start = time.perf_counter()
+        out = pipe(None if txt else inputs[i % len(inputs)])
+        out.cpu().numpy()
+        _sync(device)
+        if i >= opts.warmup:
+            ms.append((time.perf_counter() - start) * 1000.0)
+    result = summarise(ms)
+    result["fps"] = round(result["fps"] * opts.frame_buffer_size, 2)  # F frames per call
+    result["unet_ms_median"] = round(unet_ms(pipe, max(5, opts.frames // 2)), 3)
+    result["unet_batch"] = pipe.stream.unet_batch_size()
+    result["latency_frames"] = pipe.stream.n - 1
+    return result
+
+
+@torch.no_grad()
+def unet_ms(pipe: StreamPipeline, runs: int) -> float:
+    """Median time of the UNet alone on this pipeline's stream batch (same shapes as a frame)."""
+    stream = pipe.stream
+    batch = stream.unet_batch_size()
+    x = torch.randn(batch, *stream.latent_shape, device=stream.device, dtype=stream.dtype)
+    timesteps = stream.timesteps.repeat(math.ceil(batch / stream.timesteps.numel()))[:batch]
+    hidden = stream.cond[:1].expand(batch, -1, -1)
+    pooled = None if stream.cond_pooled is None else stream.cond_pooled[:1].expand(batch, -1)
+    ms = []
+    for i in range(runs + 2):
+        _sync(stream.device)
+        start = time.perf_counter()
+        stream._unet(x, timesteps, hidden, pooled)
+        _sync(stream.device)
+        if i >= 2:
+            ms.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(ms)
+
+
+def bench_autopipeline(parts: ModelParts, opts: BenchOptions, device: torch.device, dtype: torch.dtype,
+                       prompt: str) -> dict:
+    """diffusers' AutoPipelineForImage2Image on the same weights, running the same number of steps.
+
+    strength 0.5 over 2N scheduled steps runs exactly N denoising steps. Guidance is off
+    (the cheapest setting for the baseline) unless streamvj runs full CFG.
+    """
+    import warnings
+
+    from diffusers import AutoPipelineForImage2Image, LCMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")  # its own config nags
+
+    n = len(opts.t_index_list)
+    scheduler = LCMScheduler.from_config(parts.scheduler_config)
+    common = dict(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+                  scheduler=scheduler)
+    if parts.text_encoder_2 is not None:
+        base = StableDiffusionXLPipeline(text_encoder_2=parts.text_encoder_2, tokenizer_2=parts.tokenizer_2,
+                                         **common)
+    else:
+        base = StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                                       **common)
+    pipe = AutoPipelineForImage2Image.from_pipe(base)
+    pipe.set_progress_bar_config(disable=True)
+    guidance = 1.5 if opts.cfg_type == "full" else 0.0
+    frames = moving_frames(8, opts.height, opts.width)
+    images = [torch.from_numpy(f[..., :3]).permute(2, 0, 1)[None].float().div(255).to(device, dtype) for f in frames]
+    ms = []
+    for i in range(opts.warmup + opts.frames):
+        start = time.perf_counter()
+        pipe(prompt, image=images[i % 8], num_inference_steps=2 * n, strength=0.5, guidance_scale=guidance,
+             output_type="np", height=opts.height, width=opts.width)
+        _sync(device)
+        if i >= opts.warmup:
+            ms.append((time.perf_counter() - start) * 1000.0)
+    return summarise(ms)
+
+
+def format_table(rows: list[tuple[str, dict]]) -> str:
+    header = f"{'pipeline':<28}{'fps':>10}{'ms median':>12}{'ms p90':>10}{'unet ms':>10}"
+    lines = [header, "-" * len(header)]
+    for name, r in rows:
+        unet = f"{r['unet_ms_median']:>10.2f}" if "unet_ms_median" in r else f"{'':>10}"
+        lines.append(f"{name:<28}{r['fps']:>10.1f}{r['ms_median']:>12.2f}{r['ms_p90']:>10.2f}{unet}")
+    return "\n".join(lines)
