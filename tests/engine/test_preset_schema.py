@@ -199,3 +199,19 @@ def test_resolve_preset(tmp_path: Path) -> None:
 def test_preset_model_is_strict() -> None:
     with pytest.raises(Exception, match="Extra inputs"):
         Preset.model_validate({"name": "x", "load": {"model": "tiny"}, "bogus": 1})
+
+
+def _yaml_blocks(doc: str) -> list[str]:
+    text = (PRESETS.parent / "docs" / doc).read_text()
+    return [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+
+
+def test_docs_presets_example_validates() -> None:
+    (example,) = _yaml_blocks("presets.md")
+    preset = parse_preset(example, "docs/presets.md")
+    assert preset.osc.query_port == 9002 and preset.load.lora[0].scale == 1.0
+
+
+def test_docs_midi_examples_validate() -> None:
+    for block in _yaml_blocks("midi.md"):
+        parse_preset("name: doc\nload: {model: tiny}\n" + block, "docs/midi.md")
