@@ -360,7 +360,13 @@ class OscServer:
         for addr in address_table(self.prefix):
             self.dispatcher.map(addr.path, partial(self._on_message, addr), needs_reply_address=True)
         self.dispatcher.set_default_handler(self._on_unknown, needs_reply_address=True)
-        self._server = _UDPServer((host, port), self.dispatcher, self)
+        try:
+            self._server = _UDPServer((host, port), self.dispatcher, self)
+        except OSError as exc:
+            raise ConfigError(
+                f"OSC: cannot listen on {host}:{port}: {exc.strerror or exc} "
+                "(another streamvj or OSC app on that port? change osc.port/osc.host in the preset)"
+            ) from None
         self._thread: threading.Thread | None = None
 
     @classmethod

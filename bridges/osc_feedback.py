@@ -17,6 +17,7 @@ from pythonosc.udp_client import SimpleUDPClient
 
 from bridges.log_limit import LogLimiter
 from engine.errors import ConfigError
+from engine.preset_schema import OscSettings
 
 log = logging.getLogger("streamvj.osc")
 
@@ -41,6 +42,13 @@ class OscFeedback:
         self._beats = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: OscSettings) -> OscFeedback | None:
+        """Feedback for a preset's `osc:` section, or None when no feedback target is set."""
+        if settings.feedback is None:
+            return None
+        return cls(settings.feedback.host, settings.feedback.port, prefix=settings.prefix)
 
     @staticmethod
     def check(stats: dict[str, Any]) -> dict[str, Any]:

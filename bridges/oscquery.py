@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bridges.osc import OscAddress, address_table
+from engine.errors import ConfigError
 from engine.params import ParamStore
 from engine.preset_schema import LIVE_SPECS, MIDI_MAPPABLE, list_presets
 
@@ -61,7 +62,12 @@ class OscQueryServer:
         self.prefix = prefix.rstrip("/")
         self.presets_dir = Path(presets_dir)
         self.name = name
-        self._http = ThreadingHTTPServer((host, port), _make_handler(self))
+        try:
+            self._http = ThreadingHTTPServer((host, port), _make_handler(self))
+        except OSError as exc:
+            raise ConfigError(
+                f"OSCQuery: cannot listen on {host}:{port}: {exc.strerror or exc} (change osc.query_port)"
+            ) from None
         self._http.daemon_threads = True
         self._thread: threading.Thread | None = None
 

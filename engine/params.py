@@ -217,7 +217,9 @@ class ParamStore:
             self._version += 1
         self._notify("seed", seed, source)
 
-    def _current_mix(self, now: float, single: str, blend: str, fade: Crossfade | None) -> list[tuple[Any, float]]:
+    def _current_mix(
+        self, now: float, single: str, blend: str, fade: Crossfade | None
+    ) -> list[tuple[Any, float]]:
         # Start a new fade from exactly what is on screen, so retriggering never jumps.
         if fade is not None and not fade.done(now):
             mix = fade.mix(now)
@@ -229,7 +231,9 @@ class ParamStore:
 
     # ------------------------------------------------------------------ presets
 
-    def apply_preset_live(self, live: LiveParams, *, now: float | None = None, transition_s: float = 0.0) -> None:
+    def apply_preset_live(
+        self, live: LiveParams, *, now: float | None = None, transition_s: float = 0.0
+    ) -> None:
         """Take over a preset's live values.
 
         Float params slew with the preset's own `smoothing`; with `transition_s` > 0 a

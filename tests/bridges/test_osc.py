@@ -21,7 +21,7 @@ from bridges.osc_docs import osc_markdown
 from bridges.osc_feedback import OscFeedback
 from engine.errors import ConfigError
 from engine.params import ParamStore
-from engine.preset_schema import LIVE_SPECS, LiveParams
+from engine.preset_schema import LIVE_SPECS, LiveParams, OscSettings
 from engine.tempo import Tempo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -511,3 +511,20 @@ def test_docs_osc_md_is_generated_and_current() -> None:
 def test_cli_markdown(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--markdown"]) == 0
     assert capsys.readouterr().out == osc_markdown()
+
+
+def test_port_in_use_is_a_config_error(server: OscServer, store: ParamStore, commands: Recorder) -> None:
+    with pytest.raises(ConfigError, match="OSC: cannot listen on 127.0.0.1:.*change osc.port"):
+        OscServer(store, commands, port=server.address[1])
+
+
+def test_from_settings(store: ParamStore, commands: Recorder) -> None:
+    settings = OscSettings(
+        port=0, prefix="/vj", allow=["127.0.0.1"], feedback={"host": "127.0.0.1", "port": 9}
+    )
+    with OscServer.from_settings(settings, store, commands, presets_dir=PRESETS) as srv:
+        SimpleUDPClient(*srv.address).send_message("/vj/delta", 0.25)
+        assert wait_for(lambda: store.get("delta") == 0.25)
+    feedback = OscFeedback.from_settings(settings)
+    assert feedback is not None and feedback.prefix == "/vj/status" and feedback.target == ("127.0.0.1", 9)
+    assert OscFeedback.from_settings(OscSettings()) is None

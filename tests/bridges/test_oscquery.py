@@ -111,3 +111,10 @@ def test_errors(query: OscQueryServer) -> None:
     assert get(query, "/streamvj/nope")[0] == 404
     assert get(query, "/streamvj/guidance_scale?BOGUS")[0] == 400
     assert get(query, "/streamvj/pause?VALUE")[0] == 204
+
+
+def test_port_in_use_is_a_config_error(query: OscQueryServer, store: ParamStore) -> None:
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="OSCQuery: cannot listen"):
+        OscQueryServer(store, osc_port=9000, port=query.address[1])
