@@ -1,0 +1,601 @@
+"""Runtime: the real-time loop that moves frames source -> processor -> sinks (DESIGN.md "Data flow").
+
+Threads (all named 'streamvj-<role>', all daemons so a hung driver can't keep the process alive):
+
+- one per source: polls `read_latest()`, copies the frame into a pooled buffer and puts it
+  in the input mailbox (latest wins: frames the render loop had no time for are dropped,
+  never queued, so latency stays bounded by one frame plus one render);
+- one render loop: the ONLY thread that calls the processor (the model). It runs control
+  actions (`call_soon`) between frames, calls the processor, copies the output into a
+  pooled host buffer and hands it to every sink group's mailbox;
+- one per sink group: sends the newest output; with `target_fps` it sends on a steady
+  clock, repeating the last frame when the model skipped, is slower or is paused. A slow
+  sink only drops frames for itself; it never stalls the render loop;
+- one stats thread when `on_stats` is given: calls it about once a second.
+
+Buffers handed across threads are reference counted: a pooled buffer is rewritten only
+after every holder (a mailbox slot, a sink repeating it) gave it back, so a sink never sees
+a frame being overwritten, and the steady state allocates no frame memory.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.errors import ConfigError, FrameError
+from engine.framepool import FrameBuffer, FramePool
+from engine.frames import Frame, FrameSink, FrameSource, check_rgba_u8
+from engine.mailbox import Mailbox
+from engine.timings import Timings
+
+log = logging.getLogger("streamvj.runtime")
+
+# A processor takes one rgba_u8 frame (img2img) or nothing (txt2img) and returns HxWx4 uint8,
+# numpy or torch (CPU or CUDA). A StreamPipeline is one. It may expose `counters`
+# (frames_in, frames_out, skipped), `stream.unet_calls`, `device`, `reset()`, and
+# `stage_times` (a mapping of finer stage -> seconds for its last call).
+Processor = Callable[..., "np.ndarray | torch.Tensor"]
+
+SOURCE_RETRY_S = 0.5  # a raising source is retried this often, not spun on
+ERROR_REPEAT_S = 5.0  # a repeated processor error is logged at most this often
+IDLE_MIN_S, IDLE_MAX_S = 0.0002, 0.001  # source polling back-off: <= 1 ms added latency
+WAIT_S = 0.05  # idle waits: how soon stop/pause is seen when nothing wakes the thread
+STATS_PERIOD_S = 1.0
+POOL_SPARE = 2
+
+
+class _RateLimitedLog:
+    """Log each distinct message at most once per `repeat_s`: a per-frame error at 60 fps
+    must leave a readable log, not a flood."""
+
+    def __init__(self, repeat_s: float = ERROR_REPEAT_S) -> None:
+        self.repeat_s = repeat_s
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+
+    def __call__(self, level: int, msg: str, exc_info: BaseException | None = None) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(msg)
+            if last is not None and now - last < self.repeat_s:
+                return False
+            if len(self._last) >= 256:  # ever-changing texts: forget the old ones, stay bounded
+                self._last = {m: t for m, t in self._last.items() if now - t < self.repeat_s}
+            self._last[msg] = now
+        log.log(level, msg, exc_info=exc_info)
+        return True
+
+
+class _SinkGroup:
+    """Sinks served by one thread, in order, from one latest-wins mailbox."""
+
+    def __init__(self, sinks: Sequence[FrameSink], index: int, pool: FramePool) -> None:
+        self.sinks = list(sinks)
+        self.index = index
+        self.name = "+".join(getattr(s, "name", type(s).__name__) for s in self.sinks)
+        self.box: Mailbox[FrameBuffer] = Mailbox(f"out:{self.name}", on_drop=pool.release)
+        self.sent = 0  # fresh frames sent
+        self.repeated = 0  # ticks that re-sent the last frame (pacing)
+        self.errors = [0] * len(self.sinks)
+        self.failing: list[str | None] = [None] * len(self.sinks)  # message last logged, per sink
+        self.thread: threading.Thread | None = None
+
+
+def _close_quietly(what: str, obj: Any) -> bool:
+    try:
+        obj.close()
+    except Exception as e:  # one failing close must not leave the others open
+        log.warning("closing %s failed: %s: %s", what, type(e).__name__, e)
+        return False
+    return True
+
+
+class Runtime:
+    """Real-time frame loop around a processor; see the module docstring.
+
+    `sinks`: each item is a sink (its own thread) or a sequence of sinks sharing one thread.
+    `source=None`: txt2img, the processor is called with no input at `target_fps` (or as fast
+    as it goes). `clock` stamps arrivals and timings (perf_counter by default); pacing sleeps
+    in real time. `control()` runs on the render thread before every frame: the place to
+    snapshot live parameters and apply them to the pipeline; its errors are logged and the
+    frame still renders. `on_stats(stats)` is called about once a second.
+    """
+
+    def __init__(
+        self,
+        processor: Processor,
+        source: FrameSource | None,
+        sinks: Sequence[FrameSink | Sequence[FrameSink]] = (),
+        target_fps: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        on_stats: Callable[[dict[str, Any]], None] | None = None,
+        control: Callable[[], None] | None = None,
+    ) -> None:
+        if target_fps is not None and (isinstance(target_fps, bool) or not 0 < target_fps <= 1000):
+            raise ConfigError(f"target_fps must be in (0, 1000] or None, got {target_fps!r}")
+        self._processor = processor
+        self._source = source
+        self.target_fps = float(target_fps) if target_fps else None
+        self._clock = clock
+        self._on_stats = on_stats
+        self._control = control
+        self.timings = Timings(clock=clock)
+        device = getattr(processor, "device", None)
+        pin_input = torch.cuda.is_available() and getattr(device, "type", None) == "cuda"
+        # Input: one being filled by the source, one in the mailbox, one being rendered.
+        self._in_pool = FramePool("input", 3, pinned=pin_input)
+        self._in_box: Mailbox[tuple[Frame, FrameBuffer | None]] = Mailbox("input", on_drop=self._drop_input)
+        groups = [[s] if isinstance(s, FrameSink) or not isinstance(s, Sequence) else list(s) for s in sinks]
+        # Output: each group holds at most two (mailbox + the one it repeats), the render loop one.
+        self._out_pool = FramePool("output", 2 * len(groups) + POOL_SPARE)
+        self._groups = [_SinkGroup(g, i, self._out_pool) for i, g in enumerate(groups)]
+        self._actions: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future]] = queue.SimpleQueue()
+        self._errlog = _RateLimitedLog()
+        self._stopping = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stop_done = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._started = self._stopped = False
+        self._paused = False
+        self._render_thread: threading.Thread | None = None
+        self._cuda_event: Any = None
+        self.frames_received = 0
+        self.frames_rendered = 0
+        self.render_errors = 0
+        self.last_error = ""
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> Runtime:
+        """Open the source and sinks (a failure closes what was opened and raises), start the threads."""
+        if self._started:
+            raise RuntimeError("Runtime.start() called twice; build a new Runtime")
+        opened: list[tuple[str, Any]] = []
+        try:
+            for name, obj in self._endpoints():
+                obj.open()
+                opened.append((name, obj))
+        except BaseException:
+            for name, obj in reversed(opened):
+                _close_quietly(name, obj)
+            raise
+        self._started = True
+        if self._source is not None:
+            self._spawn("source", self._source_loop)
+        self._render_thread = self._spawn("render", self._render_loop)
+        for g in self._groups:
+            g.thread = self._spawn(f"sink-{g.index}", self._sink_loop, g)
+        if self._on_stats is not None:
+            self._spawn("stats", self._stats_loop)
+        log.info("runtime started: source %s, %d sink group(s), %s", self._source_name(), len(self._groups),
+                 f"{self.target_fps:g} fps paced output" if self.target_fps else "unpaced output")
+        return self
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop every thread, then close the source and sinks; idempotent. True if all threads ended.
+
+        An endpoint whose thread is still running after `timeout` (stuck in a driver) is not
+        closed under it (unmapping memory a thread is reading would crash the process); it is
+        logged, and the daemon thread dies with the process.
+        """
+        with self._stop_lock:
+            first, self._stopped = not self._stopped, True
+        if not first:  # a concurrent or repeated stop: wait for the first one to finish
+            if threading.current_thread() not in self._threads:
+                self._stop_done.wait(timeout)
+            return all(not t.is_alive() for t in self._threads if t is not threading.current_thread())
+        self._stopping.set()
+        self._in_box.close()
+        for g in self._groups:
+            g.box.close()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self._threads if t.is_alive() and t is not threading.current_thread()]
+        if stuck:
+            log.error("threads still running after %.1f s: %s", timeout, ", ".join(stuck))
+        self._drain_actions()
+        if self._started:
+            if self._source is not None and not self._alive("streamvj-source"):
+                _close_quietly(f"source {self._source_name()}", self._source)
+            for g in self._groups:
+                if g.thread is not None and g.thread.is_alive():
+                    continue
+                for sink in g.sinks:
+                    _close_quietly(f"sink {getattr(sink, 'name', sink)}", sink)
+        log.info("runtime stopped")
+        self._stop_done.set()
+        return not stuck
+
+    def run_until_signal(self, timeout: float = 5.0) -> bool:
+        """Start (if needed) and run until SIGINT/SIGTERM or stop(); then shut down cleanly.
+
+        Main thread only (Python delivers signals there). The handlers only set a flag: the
+        shutdown itself runs here, outside the signal handler. Previous handlers are restored.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("run_until_signal() must be called from the main thread")
+        requested = threading.Event()
+
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            requested.set()
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if not self._started:
+                self.start()
+            # Short waits: the main thread must get back to bytecode to run the handler.
+            while not requested.is_set() and not self._stopping.is_set():
+                requested.wait(0.2)
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        return self.stop(timeout)
+
+    def __enter__(self) -> Runtime:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- control (any thread) -----------------------------------------------------------------------
+
+    def call_soon(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run `fn()` on the render thread between frames; the future gets its result or error.
+
+        This is how OSC/preset changes reach the pipeline without touching the model from
+        another thread. Actions run in order, also while paused or waiting for input.
+        """
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if self._stopped:
+            fut.set_exception(RuntimeError("runtime is stopped"))
+            return fut
+        self._actions.put((fn, fut))
+        self._in_box.wake()
+        return fut
+
+    def replace_processor(self, processor: Processor) -> concurrent.futures.Future:
+        """Swap the processor between two frames (a pipeline rebuilt in the background goes on air)."""
+
+        def swap() -> None:
+            self._processor = processor
+
+        return self.call_soon(swap)
+
+    def pause(self) -> None:
+        """Hold the last output: the render loop stops calling the processor; paced sinks repeat it."""
+        self._paused = True
+        self._in_box.wake()
+
+    def resume(self) -> None:
+        self._paused = False
+        self._in_box.wake()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopping.is_set()
+
+    # ---- stats --------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Flat numbers for the status line and OSC feedback, plus per-stage and per-sink detail.
+
+        Keys: state, fps (outputs/s), fps_in, fps_sent (primary sink group), latency_ms /
+        latency_p90_ms / latency_p99_ms (arrival -> handoff to sinks), skip_ratio (rolling),
+        frames_received, frames_rendered, render_errors, error (last processor error text),
+        dropped_input, dropped_output, the processor's frames_in / frames_out / skipped /
+        unet_calls when it has them, stages {name: {median_ms, p90_ms, p99_ms, n}},
+        sinks {name: {sent, repeated, dropped, errors}} and counts (source/sink errors).
+        """
+        snap = self.timings.snapshot()
+        if not self._started:
+            state = "ready"
+        elif self._stopping.is_set():
+            state = "stopped"
+        else:
+            state = "paused" if self._paused else "running"
+        out: dict[str, Any] = {"state": state}
+        out.update({k: v for k, v in snap.items() if k not in ("stages", "counts")})
+        out.update(
+            frames_received=self.frames_received,
+            frames_rendered=self.frames_rendered,
+            render_errors=self.render_errors,
+            error=self.last_error,
+            dropped_input=self._in_box.dropped,
+            dropped_output=sum(g.box.dropped for g in self._groups),
+        )
+        out.update(self._processor_counters())
+        out["stages"] = snap["stages"]
+        out["sinks"] = {
+            g.name: {"sent": g.sent, "repeated": g.repeated, "dropped": g.box.dropped, "errors": sum(g.errors)}
+            for g in self._groups
+        }
+        out["counts"] = snap["counts"]
+        return out
+
+    def _processor_counters(self) -> dict[str, int]:
+        p = self._processor
+        out: dict[str, int] = {}
+        counters = getattr(p, "counters", None)
+        for name in ("frames_in", "frames_out", "skipped"):
+            value = getattr(counters, name, None)
+            if isinstance(value, int):
+                out[name] = value
+        unet_calls = getattr(getattr(p, "stream", None), "unet_calls", None)
+        if isinstance(unet_calls, int):
+            out["unet_calls"] = unet_calls
+        return out
+
+    # ---- threads ------------------------------------------------------------------------------------
+
+    def _spawn(self, role: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+        t = threading.Thread(target=target, args=args, name=f"streamvj-{role}", daemon=True)
+        self._threads.append(t)
+        t.start()
+        return t
+
+    def _alive(self, name: str) -> bool:
+        return any(t.name == name and t.is_alive() for t in self._threads)
+
+    def _endpoints(self) -> list[tuple[str, Any]]:
+        eps: list[tuple[str, Any]] = []
+        if self._source is not None:
+            eps.append((f"source {self._source_name()}", self._source))
+        eps += [(f"sink {getattr(s, 'name', s)}", s) for g in self._groups for s in g.sinks]
+        return eps
+
+    def _source_name(self) -> str:
+        return "none (txt2img)" if self._source is None else str(getattr(self._source, "name", self._source))
+
+    def _drop_input(self, item: tuple[Frame, FrameBuffer | None]) -> None:
+        self._in_pool.release(item[1])
+
+    def _source_loop(self) -> None:
+        src, clock, timings = self._source, self._clock, self.timings
+        assert src is not None
+        # A source that hands over a fresh array per frame (never touched again) needs no copy.
+        owned = bool(getattr(src, "frames_owned", False))
+        name = self._source_name()
+        idle = IDLE_MIN_S
+        while not self._stopping.is_set():
+            t0 = clock()
+            try:
+                rgba = src.read_latest()
+            except Exception as e:  # a vanished driver/peer: log, back off, retry
+                timings.count("source_errors")
+                self._errlog(logging.WARNING, f"source {name} failed: {type(e).__name__}: {e}; "
+                                              f"retrying every {SOURCE_RETRY_S:g} s")
+                self._stopping.wait(SOURCE_RETRY_S)
+                continue
+            if rgba is None:
+                # Frames come every 16-33 ms; polling back-off keeps a core free without adding
+                # more than ~1 ms to latency.
+                self._stopping.wait(idle)
+                idle = min(idle * 2, IDLE_MAX_S)
+                continue
+            idle = IDLE_MIN_S
+            try:
+                check_rgba_u8(rgba, f"source {name}")
+            except FrameError as e:
+                timings.count("source_errors")
+                self._errlog(logging.WARNING, str(e))
+                continue
+            buf = None
+            if not owned:
+                buf = self._in_pool.acquire(rgba.shape)
+                np.copyto(buf.array, rgba)
+            t1 = clock()
+            timings.record("receive", t1 - t0)
+            timings.tick("in", t0)
+            frame = Frame(rgba if buf is None else buf.array, self.frames_received, t0)
+            self.frames_received += 1
+            self._in_box.put((frame, buf))
+
+    def _render_loop(self) -> None:
+        period = 1.0 / self.target_fps if self._source is None and self.target_fps else 0.0
+        next_t = time.monotonic()
+        while True:
+            self._run_actions()
+            if self._stopping.is_set():
+                break
+            if self._paused:
+                held = self._in_box.get(WAIT_S)  # keep the input fresh: no stale frame on resume
+                if held is not None:
+                    self._in_pool.release(held[1])
+                continue
+            if self._source is None:
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    self._in_box.get(min(delay, WAIT_S))  # nobody puts: a wakeable sleep
+                    continue
+                next_t = max(next_t + period, time.monotonic() - period) if period else 0.0
+                self._render(None, self._clock())
+                continue
+            item = self._in_box.get(WAIT_S)
+            if item is not None:
+                self._render(item, self._clock())
+        pending = self._in_box.clear()
+        if pending is not None:
+            self._in_pool.release(pending[1])
+
+    def _run_actions(self) -> None:
+        while True:
+            try:
+                fn, fut = self._actions.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except Exception as e:  # a bad control change must not end the show
+                self._errlog(logging.WARNING, f"control action {getattr(fn, '__name__', fn)!r} failed: "
+                                              f"{type(e).__name__}: {e}")
+                fut.set_exception(e)
+
+    def _drain_actions(self) -> None:
+        while True:
+            try:
+                _, fut = self._actions.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(RuntimeError("runtime stopped before the action ran"))
+
+    def _render(self, item: tuple[Frame, FrameBuffer | None] | None, t_take: float) -> None:
+        clock, timings, p = self._clock, self.timings, self._processor
+        frame, in_buf = item if item is not None else (None, None)
+        out_buf: FrameBuffer | None = None
+        try:
+            if self._control is not None:
+                try:
+                    self._control()
+                except Exception as e:  # keep rendering with the previous parameters
+                    self._errlog(logging.WARNING, f"control hook failed: {type(e).__name__}: {e}")
+            counters = getattr(p, "counters", None)
+            skipped_before = getattr(counters, "skipped", 0)
+            t0 = clock()
+            t_arrival = frame.t_arrival if frame is not None else t0
+            # Preprocess: from taking the frame to the model call (the control hook applying live params).
+            timings.record("preprocess", t0 - t_take)
+            if frame is not None:
+                result = p(frame.rgba_u8)
+            else:
+                result = p()
+            t1 = clock()
+            out_buf = self._to_host(result)
+            if self._cuda_event is not None and out_buf.tensor is not None:
+                self._cuda_event.synchronize()  # the async download has landed (no device-wide sync)
+            t2 = clock()
+        except Exception as e:  # one bad frame must not end the show: log, keep the last output
+            self.render_errors += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            timings.count("render_errors")
+            self._errlog(logging.ERROR, f"processor failed on frame "
+                                        f"{frame.index if frame is not None else self.frames_rendered}: "
+                                        f"{self.last_error}", exc_info=e)
+            self._out_pool.release(out_buf)
+            return
+        finally:
+            self._in_pool.release(in_buf)  # after the download: an async upload from it is done too
+        timings.record("model", t1 - t0)
+        timings.record("postprocess", t2 - t1)
+        stage_times = getattr(p, "stage_times", None)
+        if isinstance(stage_times, Mapping):
+            for name, seconds in stage_times.items():
+                timings.record(f"model.{name}", float(seconds))
+        out_buf.index = frame.index if frame is not None else self.frames_rendered
+        out_buf.t_arrival = t_arrival
+        self._out_pool.retain(out_buf, len(self._groups))
+        for g in self._groups:
+            g.box.put(out_buf)
+        self.frames_rendered += 1
+        timings.frame_out(t_arrival, clock(), getattr(counters, "skipped", 0) != skipped_before)
+        self._out_pool.release(out_buf)
+
+    def _to_host(self, result: np.ndarray | torch.Tensor) -> FrameBuffer:
+        """Copy a processor result into a pooled host buffer (the one copy sinks read from)."""
+        if isinstance(result, torch.Tensor):
+            if result.is_cuda:
+                return self._download_cuda(result)
+            result = result.detach().numpy()  # a view: the ring copy below is the only copy
+        if not isinstance(result, np.ndarray) or result.dtype != np.uint8 or result.ndim != 3 \
+                or result.shape[2] != 4:
+            raise FrameError(f"processor must return an HxWx4 uint8 array or tensor, got "
+                             f"{type(result).__name__} {getattr(result, 'dtype', '')} "
+                             f"{tuple(getattr(result, 'shape', ()))}")
+        buf = self._out_pool.acquire(result.shape, pinned=False)
+        np.copyto(buf.array, result)
+        return buf
+
+    def _download_cuda(self, result: torch.Tensor) -> FrameBuffer:
+        if result.dtype != torch.uint8 or result.ndim != 3 or result.shape[2] != 4:
+            raise FrameError(f"processor must return an HxWx4 uint8 tensor, got {result.dtype} "
+                             f"{tuple(result.shape)}")
+        buf = self._out_pool.acquire(tuple(result.shape), pinned=True)
+        assert buf.tensor is not None
+        # Straight into the pinned buffer sinks read; ordered after the model on its stream,
+        # and before the next call can overwrite the pipeline's output buffer.
+        buf.tensor.copy_(result, non_blocking=True)
+        if self._cuda_event is None:
+            self._cuda_event = torch.cuda.Event()
+        self._cuda_event.record(torch.cuda.current_stream(result.device))
+        return buf
+
+    def _sink_loop(self, g: _SinkGroup) -> None:
+        period = 1.0 / self.target_fps if self.target_fps else None
+        current: FrameBuffer | None = None
+        next_t = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                if period is None:
+                    new = g.box.get(WAIT_S)
+                    if new is not None:
+                        self._send(g, new, repeat=False)
+                        self._out_pool.release(new)
+                    continue
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    self._stopping.wait(delay)
+                    continue
+                new = g.box.get_nowait()
+                if new is not None:
+                    self._out_pool.release(current)
+                    current = new
+                if current is not None:
+                    self._send(g, current, repeat=new is None)
+                now = time.monotonic()
+                # A sink slower than the target skips ticks instead of bursting to catch up.
+                next_t = now + period if now - next_t > period else next_t + period
+        finally:
+            self._out_pool.release(current)
+            self._out_pool.release(g.box.clear())
+
+    def _send(self, g: _SinkGroup, buf: FrameBuffer, repeat: bool) -> None:
+        clock = self._clock
+        for i, sink in enumerate(g.sinks):
+            t0 = clock()
+            try:
+                sink.send(buf.view)
+            except Exception as e:  # a sink's peer vanished or its driver hiccuped: retry next frame
+                g.errors[i] += 1
+                self.timings.count("sink_errors")
+                msg = f"sink {getattr(sink, 'name', sink)} failed: {type(e).__name__}: {e}"
+                if g.failing[i] != msg:
+                    g.failing[i] = msg
+                    log.warning("%s; retrying every frame", msg)
+                continue
+            if g.failing[i] is not None:
+                g.failing[i] = None
+                log.info("sink %s recovered", getattr(sink, "name", sink))
+            self.timings.record("send", clock() - t0)
+        if repeat:
+            g.repeated += 1
+        else:
+            g.sent += 1
+        if g.index == 0:
+            self.timings.tick("sent")
+
+    def _stats_loop(self) -> None:
+        assert self._on_stats is not None
+        while not self._stopping.wait(STATS_PERIOD_S):
+            try:
+                self._on_stats(self.stats())
+            except Exception as e:  # a broken status consumer must not take the engine down
+                self._errlog(logging.WARNING, f"on_stats failed: {type(e).__name__}: {e}")
