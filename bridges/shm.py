@@ -343,6 +343,9 @@ class ShmSource:
         self.last_timestamp_ns = 0  # the writer's time.time_ns() when it wrote that frame
         self.generation = 0  # the attached block's generation (0: none yet)
         self._n_out = out_buffers
+        # The runtime skips its own copy into a pooled buffer for sources that hand over a
+        # fresh array per frame (engine/runtime.py, `frames_owned`).
+        self.frames_owned = out_buffers == 0
         self._outs: list[np.ndarray] = []
         self._k = 0
         self._block: _Block | None = None

@@ -333,9 +333,12 @@ def test_returned_arrays_rotate_and_are_never_written_by_the_writer(new_name) ->
     b = src.read_latest()
     sink.send(np.full((8, 8, 4), 3, np.uint8))  # the writer reuses slots, never our arrays
     assert (a == 1).all() and (b == 2).all() and a is not b
+    assert not src.frames_owned
     fresh = ShmSource(name, out_buffers=0)
     fresh.open()
-    assert fresh.read_latest() is not fresh._outs  # a new array per frame
+    first = fresh.read_latest()
+    sink.send(np.full((8, 8, 4), 4, np.uint8))
+    assert fresh.frames_owned and fresh.read_latest() is not first and (first == 3).all()
     for s in (sink, src, fresh):
         s.close()
 
