@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+PRESETS_DIR = ROOT / "presets"
 log = logging.getLogger("streamvj")
 
 
@@ -21,27 +22,6 @@ def _int_list(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 32,45, got {text!r}") from None
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("streamvj: --device cuda was asked for, but this torch build sees no CUDA GPU "
-                         "(install a CUDA build of torch, or use --device cpu)")
-    return device
-
-
-def pick_dtype(name: str, device):
-    import torch
-
-    if name == "auto":
-        # CPU kernels for half precision are 10-100x slower than fp32; GPUs want fp16.
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def quiet_libraries() -> None:
@@ -57,12 +37,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from engine.bench import BenchOptions, bench_autopipeline, bench_stream, format_table
     from engine.errors import StreamVJError
     from engine.models import load_model
+    from engine.show import resolve_device, resolve_dtype
 
     quiet_libraries()
     import torch
 
-    device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
+    try:
+        device = resolve_device(args.device)
+    except StreamVJError as exc:
+        print(f"streamvj: {exc}", file=sys.stderr)
+        return 2
+    dtype = resolve_dtype(args.dtype, device)
     opts = BenchOptions(width=args.width, height=args.height, t_index_list=tuple(args.t_index), cfg_type=args.cfg,
                         frame_buffer_size=args.frame_buffer_size, frames=args.frames, warmup=args.warmup,
                         acceleration="compile" if args.compile else "none", mode=args.mode)
@@ -97,10 +82,192 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preset_path(value: str) -> Path:
+    from engine.preset_schema import resolve_preset
+
+    path = Path(value)
+    return path if path.suffix in (".yaml", ".yml") and path.is_file() else resolve_preset(PRESETS_DIR, value)
+
+
+def _apply_overrides(preset, args: argparse.Namespace):
+    """CLI flags win over the preset's load section (validated through the same schema)."""
+    from engine.preset_schema import Preset
+
+    data = preset.model_dump()
+    for flag, key in (("model", "model"), ("width", "width"), ("height", "height"), ("device", "device"),
+                      ("source", "source"), ("target_fps", "target_fps"), ("acceleration", "acceleration")):
+        value = getattr(args, flag)
+        if value is not None:
+            data["load"][key] = value
+    if args.sink:
+        data["load"]["sinks"] = args.sink
+    if args.osc_host is not None:
+        data["osc"]["host"] = args.osc_host
+    if args.osc_port is not None:
+        data["osc"]["port"] = args.osc_port
+    return Preset.model_validate(data)
+
+
+class StatusLine:
+    """One status line, redrawn in place on a terminal, logged every 10 s otherwise."""
+
+    def __init__(self, feedback=None):
+        self.show, self.feedback = None, feedback
+        self.tty = sys.stderr.isatty()
+        self._last_log = 0.0
+
+    def __call__(self, stats: dict) -> None:
+        import time
+
+        if self.show is None:
+            return
+        state = self.show.state if self.show.state == "building" else stats["state"]
+        line = (f"{state:<8} {self.show.preset_name:<12} {stats.get('fps', 0.0):6.1f} fps  "
+                f"latency {stats.get('latency_ms', 0.0):6.1f} ms  skip {100 * stats.get('skip_ratio', 0.0):4.0f}%  "
+                f"in {stats.get('frames_received', 0)}  out {stats.get('frames_rendered', 0)}")
+        error = self.show.last_error or stats.get("error", "")
+        if self.tty:
+            print("\r" + line[:150].ljust(150), end="", file=sys.stderr, flush=True)
+        elif time.monotonic() - self._last_log >= 10.0:
+            self._last_log = time.monotonic()
+            log.info(line)
+        if self.feedback is not None:
+            self.feedback.publish({"state": state, "fps": float(stats.get("fps", 0.0)),
+                                   "latency_ms": float(stats.get("latency_ms", 0.0)),
+                                   "skip_ratio": float(stats.get("skip_ratio", 0.0)),
+                                   "preset": self.show.preset_name, "error": error})
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import threading
+    import time
+
+    from bridges.osc import OscServer
+    from bridges.osc_feedback import OscFeedback
+    from bridges.registry import make_sink, make_source
+    from engine.errors import StreamVJError
+    from engine.params import ParamStore
+    from engine.player import LivePlayer
+    from engine.preset_schema import load_preset
+    from engine.runtime import Runtime
+    from engine.show import Show, build_pipeline
+    from engine.tempo import Tempo
+
+    quiet_libraries()
+    closers = []
+    try:
+        path = _preset_path(args.preset)
+        preset = _apply_overrides(load_preset(path), args)
+        log.info("preset %s: model %s, %dx%d, steps %s, cfg %s", path.stem, preset.load.model, preset.load.width,
+                 preset.load.height, list(preset.live.t_index_list), preset.load.cfg_type)
+        pipeline = build_pipeline(preset)
+        log.info("pipeline ready on %s (%s); latency %d frame(s)", pipeline.device, str(pipeline.dtype)[6:],
+                 pipeline.stream.n - 1)
+        tempo = Tempo()
+        store = ParamStore(preset.live, tempo=tempo)
+        player = LivePlayer(pipeline, store)
+        spec = preset.load.source
+        if spec == "pattern":
+            spec = f"pattern:{preset.load.width}x{preset.load.height}"
+        source = None if preset.load.mode == "txt2img" else make_source(spec)
+        sinks = [make_sink(s) for s in preset.load.sinks]
+        feedback = OscFeedback.from_settings(preset.osc)
+        status = StatusLine(feedback)
+        runtime = Runtime(player, source, sinks, target_fps=preset.load.target_fps, on_stats=status)
+        show = status.show = Show(PRESETS_DIR, preset, path.stem, store, player, runtime)
+        if not args.no_osc:
+            server = OscServer.from_settings(preset.osc, store, show, presets_dir=PRESETS_DIR, tempo=tempo).start()
+            closers.append(server.stop)
+            log.info("OSC on udp://%s:%d%s (see docs/osc.md)", *server.address, preset.osc.prefix)
+        if feedback is not None:
+            feedback.start()
+            closers.append(feedback.stop)
+        if preset.midi.port:
+            from bridges.midi import MidiInput
+
+            midi = MidiInput.from_settings(preset.midi, store, tempo=tempo)
+            if midi is not None:
+                midi.start()
+                closers.append(midi.stop)
+                show.midi_learn = midi.mapper.learn
+                show.on_midi_mappings = midi.mapper.set_mappings
+        runtime.start()
+    except StreamVJError as exc:
+        print(f"streamvj: {exc}", file=sys.stderr)
+        for close in reversed(closers):
+            close()
+        return 2
+    log.info("running: source %s -> sinks %s (Ctrl-C to stop)", spec if source else "none (txt2img)",
+             ", ".join(preset.load.sinks) or "none")
+    if args.frames:
+        # Smoke runs and scripts: stop after N rendered frames (or on a signal).
+        done = threading.Event()
+        deadline = time.monotonic() + args.timeout
+        while runtime.running and runtime.frames_rendered < args.frames and time.monotonic() < deadline:
+            done.wait(0.05)
+        ok = runtime.frames_rendered >= args.frames
+        runtime.stop()
+    else:
+        ok = runtime.run_until_signal()
+    for close in reversed(closers):
+        close()
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    stats = runtime.stats()
+    log.info("stopped after %d frames (%.1f fps, %d skipped)", stats["frames_rendered"], stats.get("fps", 0.0),
+             stats.get("skipped", 0))
+    return 0 if ok else 1
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from engine.errors import StreamVJError
+    from engine.preset_schema import list_presets, load_preset, resolve_preset
+
+    for name in list_presets(PRESETS_DIR):
+        try:
+            preset = load_preset(resolve_preset(PRESETS_DIR, name))
+        except StreamVJError as exc:
+            print(f"{name:<14} INVALID: {exc}")
+            continue
+        summary = " ".join((preset.description or "").split())
+        print(f"{name:<14} {preset.load.model:<34} {preset.load.width}x{preset.load.height} "
+              f"steps {preset.steps}  {summary[:90]}")
+    return 0
+
+
+def cmd_osc(args: argparse.Namespace) -> int:
+    from bridges.osc_docs import osc_markdown
+
+    print(osc_markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_engine.py", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="play a preset live (the default command)")
+    run.add_argument("--preset", default="tiny", help="preset name in presets/ or a .yaml path (default: tiny)")
+    run.add_argument("--model", help="override the preset's model")
+    run.add_argument("--width", type=int, help="override the model width")
+    run.add_argument("--height", type=int, help="override the model height")
+    run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    run.add_argument("--acceleration", choices=["auto", "none", "compile", "tensorrt"])
+    run.add_argument("--source", help="frame source, e.g. pattern, shm:streamvj_in, spout:TDOut, ndi:NAME, image:x.png")
+    run.add_argument("--sink", action="append", help="frame sink (repeatable), e.g. shm:streamvj_out, spout:streamvj")
+    run.add_argument("--target-fps", type=float, help="pace the output at this rate (repeat frames when skipping)")
+    run.add_argument("--osc-host", help="OSC listen address (default 127.0.0.1: this machine only)")
+    run.add_argument("--osc-port", type=int, help="OSC listen port (default from the preset, 9000)")
+    run.add_argument("--no-osc", action="store_true", help="do not open the OSC port")
+    run.add_argument("--frames", type=int, default=0, help="stop after this many frames (0 = run until Ctrl-C)")
+    run.add_argument("--timeout", type=float, default=600.0, help="with --frames: give up after this many seconds")
+    run.set_defaults(func=cmd_run)
+
+    presets = sub.add_parser("presets", help="list the presets in presets/")
+    presets.set_defaults(func=cmd_presets)
+    osc = sub.add_parser("osc", help="print the OSC address table (markdown)")
+    osc.set_defaults(func=cmd_osc)
 
     bench = sub.add_parser("bench", help="measure frame rate and latency of the stream pipeline")
     bench.add_argument("--model", default="tiny", help="tiny | tiny-sdxl | a Hugging Face id | a folder | a .safetensors")
@@ -130,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command is None:
-        parser.print_help()
-        return 1
+        verbose = args.verbose
+        args = parser.parse_args(["run"])
+        args.verbose = verbose
     return args.func(args)
 
 

@@ -111,7 +111,12 @@ def bench_autopipeline(parts: ModelParts, opts: BenchOptions, device: torch.devi
     """
     import warnings
 
-    from diffusers import AutoPipelineForImage2Image, LCMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import (
+        AutoPipelineForImage2Image,
+        LCMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")  # its own config nags
 

@@ -1,0 +1,53 @@
+"""LivePlayer: the render thread's processor — params applied, frame fitted, pipeline run.
+
+The runtime calls it once per frame on the render thread, the only thread that touches
+the model. A hot preset switch replaces the pipeline between two frames (`swap`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from engine.fit import fit_rgba_u8
+from engine.live import LiveApplier
+from engine.params import ParamStore
+from engine.pipeline import StreamPipeline
+
+
+class LivePlayer:
+    def __init__(self, pipeline: StreamPipeline, store: ParamStore, clock: Callable[[], float] = time.monotonic):
+        self.pipeline, self.store, self.clock = pipeline, store, clock
+        self.applier = LiveApplier(pipeline)
+        self.applier.apply(store.snapshot(clock()))
+
+    @property
+    def counters(self):
+        return self.pipeline.counters
+
+    @property
+    def stream(self):
+        return self.pipeline.stream
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.device
+
+    @property
+    def txt2img(self) -> bool:
+        return self.pipeline.txt2img
+
+    def swap(self, pipeline: StreamPipeline) -> None:
+        """Put a freshly built pipeline on air (call on the render thread, between frames)."""
+        self.pipeline = pipeline
+        self.applier.rebind(pipeline)
+
+    def __call__(self, rgba_u8: np.ndarray | None = None) -> torch.Tensor:
+        self.applier.apply(self.store.snapshot(self.clock()))
+        if self.pipeline.txt2img:
+            return self.pipeline()
+        s = self.pipeline.settings
+        return self.pipeline(fit_rgba_u8(rgba_u8, s.height, s.width))
