@@ -138,7 +138,12 @@ class StatusLine:
                                    "preset": self.show.preset_name, "error": error})
 
 
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import signal
     import threading
     import time
 
@@ -153,8 +158,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engine.show import Show, build_pipeline
     from engine.tempo import Tempo
 
+    # SIGTERM while loading (minutes for real weights) stops as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     quiet_libraries()
-    closers = []
+    closers: list = []
+    runtime = None
+    ok = True
     try:
         path = _preset_path(args.preset)
         preset = _apply_overrides(load_preset(path), args)
@@ -192,30 +201,35 @@ def cmd_run(args: argparse.Namespace) -> int:
                 show.midi_learn = midi.mapper.learn
                 show.on_midi_mappings = midi.mapper.set_mappings
         runtime.start()
+        log.info("running: source %s -> sinks %s (Ctrl-C to stop)", spec if source else "none (txt2img)",
+                 ", ".join(preset.load.sinks) or "none")
+        if args.frames:
+            # Smoke runs and scripts: stop after N rendered frames (or on a signal).
+            wait = threading.Event()
+            deadline = time.monotonic() + args.timeout
+            while runtime.running and runtime.frames_rendered < args.frames and time.monotonic() < deadline:
+                wait.wait(0.05)
+            ok = runtime.frames_rendered >= args.frames
+        else:
+            ok = runtime.run_until_signal()
     except StreamVJError as exc:
         print(f"streamvj: {exc}", file=sys.stderr)
+        ok = None
+    except KeyboardInterrupt:
+        log.info("interrupted: stopping")
+    finally:
+        if runtime is not None:
+            runtime.stop()
         for close in reversed(closers):
             close()
+    if ok is None:
         return 2
-    log.info("running: source %s -> sinks %s (Ctrl-C to stop)", spec if source else "none (txt2img)",
-             ", ".join(preset.load.sinks) or "none")
-    if args.frames:
-        # Smoke runs and scripts: stop after N rendered frames (or on a signal).
-        done = threading.Event()
-        deadline = time.monotonic() + args.timeout
-        while runtime.running and runtime.frames_rendered < args.frames and time.monotonic() < deadline:
-            done.wait(0.05)
-        ok = runtime.frames_rendered >= args.frames
-        runtime.stop()
-    else:
-        ok = runtime.run_until_signal()
-    for close in reversed(closers):
-        close()
     if sys.stderr.isatty():
         print(file=sys.stderr)
-    stats = runtime.stats()
-    log.info("stopped after %d frames (%.1f fps, %d skipped)", stats["frames_rendered"], stats.get("fps", 0.0),
-             stats.get("skipped", 0))
+    if runtime is not None:
+        stats = runtime.stats()
+        log.info("stopped after %d frames (%.1f fps, %d skipped)", stats["frames_rendered"], stats.get("fps", 0.0),
+                 stats.get("skipped", 0))
     return 0 if ok else 1
 
 

@@ -1,0 +1,91 @@
+"""The command line as a user runs it: real subprocesses, the tiny model, tiny sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["--width", "64", "--height", "64", "--no-osc"]
+
+
+def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_engine.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_run_renders_frames_to_png(tmp_path):
+    result = run_cli("run", "--frames", "3", "--sink", f"png:{tmp_path}", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert len(list(tmp_path.glob("*.png"))) >= 3
+    assert "stopped after" in result.stderr
+
+
+def test_bad_preset_is_one_clear_line():
+    result = run_cli("run", "--preset", "no-such-preset", *SMALL)
+    assert result.returncode == 2
+    assert "preset 'no-such-preset'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_model_is_one_clear_line():
+    result = run_cli("run", "--model", "./no/such/folder", *SMALL)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_presets_lists_every_shipped_preset_as_valid():
+    result = run_cli("presets")
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert {"tiny", "sd-turbo", "sdxl-turbo", "sd15-lcm", "txt2img"} <= set(names)
+    assert "INVALID" not in result.stdout
+
+
+def test_osc_prints_the_address_table():
+    result = run_cli("osc")
+    assert result.returncode == 0 and "/streamvj/guidance_scale" in result.stdout
+
+
+def test_bench_json_with_autopipeline_baseline():
+    result = run_cli("bench", "--model", "tiny", "--width", "64", "--height", "64", "--t-index", "32,45",
+                     "--cfg", "self", "--frames", "3", "--warmup", "1", "--device", "cpu", "--json",
+                     "--baseline", "autopipeline")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for key in ("fps", "ms_median", "ms_p90", "unet_ms_median", "speedup_vs_baseline"):
+        assert data[key] > 0
+    assert data["baseline"]["name"] == "AutoPipelineForImage2Image"
+
+
+def test_bench_rejects_bad_settings_clearly():
+    result = run_cli("bench", "--t-index", "60", "--frames", "1", "--device", "cpu")
+    assert result.returncode == 2 and "out of range" in result.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_stops_cleanly():
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_engine.py"), "run", "--sink", "null", *SMALL],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "running: source" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(lines) + err
+    assert "runtime stopped" in err
