@@ -63,15 +63,17 @@ class _RateLimitedLog:
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
 
-    def __call__(self, level: int, msg: str, exc_info: BaseException | None = None) -> bool:
+    def __call__(self, level: int, msg: str, exc_info: BaseException | None = None, key: str | None = None) -> bool:
+        """`key` (default: the message) says what counts as the same message."""
         now = time.monotonic()
+        key = msg if key is None else key
         with self._lock:
-            last = self._last.get(msg)
+            last = self._last.get(key)
             if last is not None and now - last < self.repeat_s:
                 return False
             if len(self._last) >= 256:  # ever-changing texts: forget the old ones, stay bounded
                 self._last = {m: t for m, t in self._last.items() if now - t < self.repeat_s}
-            self._last[msg] = now
+            self._last[key] = now
         log.log(level, msg, exc_info=exc_info)
         return True
 
@@ -223,6 +225,7 @@ class Runtime:
 
         Main thread only (Python delivers signals there). The handlers only set a flag: the
         shutdown itself runs here, outside the signal handler. Previous handlers are restored.
+        Call it instead of start() so a signal during startup is handled too.
         """
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("run_until_signal() must be called from the main thread")
@@ -489,7 +492,7 @@ class Runtime:
             timings.count("render_errors")
             self._errlog(logging.ERROR, f"processor failed on frame "
                                         f"{frame.index if frame is not None else self.frames_rendered}: "
-                                        f"{self.last_error}", exc_info=e)
+                                        f"{self.last_error}", exc_info=e, key=self.last_error)
             self._out_pool.release(out_buf)
             return
         finally:
