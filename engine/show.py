@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from engine.errors import ConfigError, StreamVJError
+from engine.lora import fuse_loras
 from engine.models import load_model
 from engine.params import ParamStore
 from engine.pipeline import StreamPipeline, StreamSettings
@@ -79,12 +80,10 @@ def stream_settings(load: LoadSettings, live: LiveParams, device: torch.device) 
 def build_pipeline(preset: Preset) -> StreamPipeline:
     """Load the preset's model and build its pipeline (slow: run it off the render thread)."""
     load = preset.load
-    if load.lora:
-        raise ConfigError("LoRA loading is not supported by this version of streamvj; "
-                          "remove `lora:` or use a model with the LoRA fused in")
     device = resolve_device(load.device)
     dtype = resolve_dtype(load.dtype, device)
     parts = load_model(load.model, family=load.family, vae=load.vae, device=device, dtype=dtype)
+    fuse_loras(parts, [(lora.path, lora.scale, lora.weight_name) for lora in load.lora])
     return StreamPipeline(parts, stream_settings(load, preset.live, device), device=device, dtype=dtype)
 
 
