@@ -42,8 +42,8 @@ log = logging.getLogger("streamvj.runtime")
 
 # A processor takes one rgba_u8 frame (img2img) or nothing (txt2img) and returns HxWx4 uint8,
 # numpy or torch (CPU or CUDA). A StreamPipeline is one. It may expose `counters`
-# (frames_in, frames_out, skipped), `stream.unet_calls`, `device`, `reset()`, and
-# `stage_times` (a mapping of finer stage -> seconds for its last call).
+# (frames_in, frames_out, skipped), `stream.unet_calls`, `device` (a CUDA one gets pinned
+# input buffers) and `stage_times` (a mapping of finer stage -> seconds for its last call).
 Processor = Callable[..., "np.ndarray | torch.Tensor"]
 
 SOURCE_RETRY_S = 0.5  # a raising source is retried this often, not spun on
@@ -93,13 +93,11 @@ class _SinkGroup:
         self.thread: threading.Thread | None = None
 
 
-def _close_quietly(what: str, obj: Any) -> bool:
+def _close_quietly(what: str, obj: Any) -> None:
     try:
         obj.close()
     except Exception as e:  # one failing close must not leave the others open
         log.warning("closing %s failed: %s: %s", what, type(e).__name__, e)
-        return False
-    return True
 
 
 class Runtime:
@@ -141,6 +139,10 @@ class Runtime:
         # Output: each group holds at most two (mailbox + the one it repeats), the render loop one.
         self._out_pool = FramePool("output", 2 * len(groups) + POOL_SPARE)
         self._groups = [_SinkGroup(g, i, self._out_pool) for i, g in enumerate(groups)]
+        names = [g.name for g in self._groups]
+        for g in self._groups:  # two "null" sinks must not share a line in stats()
+            if names.count(g.name) > 1:
+                g.name = f"{g.name}#{g.index}"
         self._actions: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future]] = queue.SimpleQueue()
         self._errlog = _RateLimitedLog()
         self._stopping = threading.Event()
@@ -149,7 +151,6 @@ class Runtime:
         self._threads: list[threading.Thread] = []
         self._started = self._stopped = False
         self._paused = False
-        self._render_thread: threading.Thread | None = None
         self._cuda_event: Any = None
         self.frames_received = 0
         self.frames_rendered = 0
@@ -174,7 +175,7 @@ class Runtime:
         self._started = True
         if self._source is not None:
             self._spawn("source", self._source_loop)
-        self._render_thread = self._spawn("render", self._render_loop)
+        self._spawn("render", self._render_loop)
         for g in self._groups:
             g.thread = self._spawn(f"sink-{g.index}", self._sink_loop, g)
         if self._on_stats is not None:
@@ -207,9 +208,11 @@ class Runtime:
         stuck = [t.name for t in self._threads if t.is_alive() and t is not threading.current_thread()]
         if stuck:
             log.error("threads still running after %.1f s: %s", timeout, ", ".join(stuck))
-        self._drain_actions()
+        with self._stop_lock:
+            self._run_actions(refuse=True)
         if self._started:
-            if self._source is not None and not self._alive("streamvj-source"):
+            if self._source is not None and not any(t.name == "streamvj-source" and t.is_alive()
+                                                    for t in self._threads):
                 _close_quietly(f"source {self._source_name()}", self._source)
             for g in self._groups:
                 if g.thread is not None and g.thread.is_alive():
@@ -262,10 +265,11 @@ class Runtime:
         another thread. Actions run in order, also while paused or waiting for input.
         """
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        if self._stopped:
-            fut.set_exception(RuntimeError("runtime is stopped"))
-            return fut
-        self._actions.put((fn, fut))
+        with self._stop_lock:  # an action is either refused here or run/failed by stop()'s drain
+            if self._stopped:
+                fut.set_exception(RuntimeError("runtime is stopped"))
+                return fut
+            self._actions.put((fn, fut))
         self._in_box.wake()
         return fut
 
@@ -304,7 +308,9 @@ class Runtime:
         frames_received, frames_rendered, render_errors, error (last processor error text),
         dropped_input, dropped_output, the processor's frames_in / frames_out / skipped /
         unet_calls when it has them, stages {name: {median_ms, p90_ms, p99_ms, n}},
-        sinks {name: {sent, repeated, dropped, errors}} and counts (source/sink errors).
+        sinks {name: {sent, repeated, dropped (replaced by a newer output before it was sent:
+        a slow sink, or pacing below the render rate), errors}} and counts (source/sink/render
+        errors).
         """
         snap = self.timings.snapshot()
         if not self._started:
@@ -353,15 +359,9 @@ class Runtime:
         t.start()
         return t
 
-    def _alive(self, name: str) -> bool:
-        return any(t.name == name and t.is_alive() for t in self._threads)
-
     def _endpoints(self) -> list[tuple[str, Any]]:
-        eps: list[tuple[str, Any]] = []
-        if self._source is not None:
-            eps.append((f"source {self._source_name()}", self._source))
-        eps += [(f"sink {getattr(s, 'name', s)}", s) for g in self._groups for s in g.sinks]
-        return eps
+        src = [] if self._source is None else [(f"source {self._source_name()}", self._source)]
+        return src + [(f"sink {getattr(s, 'name', s)}", s) for g in self._groups for s in g.sinks]
 
     def _source_name(self) -> str:
         return "none (txt2img)" if self._source is None else str(getattr(self._source, "name", self._source))
@@ -437,7 +437,8 @@ class Runtime:
         if pending is not None:
             self._in_pool.release(pending[1])
 
-    def _run_actions(self) -> None:
+    def _run_actions(self, refuse: bool = False) -> None:
+        """Run the queued actions (render thread), or fail them all (`refuse`, from stop())."""
         while True:
             try:
                 fn, fut = self._actions.get_nowait()
@@ -445,21 +446,15 @@ class Runtime:
                 return
             if not fut.set_running_or_notify_cancel():
                 continue
+            if refuse:
+                fut.set_exception(RuntimeError("runtime stopped before the action ran"))
+                continue
             try:
                 fut.set_result(fn())
             except Exception as e:  # a bad control change must not end the show
                 self._errlog(logging.WARNING, f"control action {getattr(fn, '__name__', fn)!r} failed: "
                                               f"{type(e).__name__}: {e}")
                 fut.set_exception(e)
-
-    def _drain_actions(self) -> None:
-        while True:
-            try:
-                _, fut = self._actions.get_nowait()
-            except queue.Empty:
-                return
-            if fut.set_running_or_notify_cancel():
-                fut.set_exception(RuntimeError("runtime stopped before the action ran"))
 
     def _render(self, item: tuple[Frame, FrameBuffer | None] | None, t_take: float) -> None:
         clock, timings, p = self._clock, self.timings, self._processor

@@ -408,6 +408,13 @@ def test_a_failing_open_closes_what_was_opened():
     assert runtime_threads() == []
 
 
+def test_sinks_with_the_same_name_get_separate_stats(runtimes):
+    a, b = CollectingSink(), CollectingSink()
+    rt = start(runtimes, GatedProcessor(gated=False), CountingSource(), [a, b])
+    wait_until(lambda: len(a.indices) >= 2 and len(b.indices) >= 2, what="frames on both sinks")
+    assert set(rt.stats()["sinks"]) == {"collect#0", "collect#1"}
+
+
 @pytest.mark.parametrize("fps", [0, -5, True, 5000])
 def test_bad_target_fps_is_a_config_error(fps):
     with pytest.raises(ConfigError, match="target_fps"):
