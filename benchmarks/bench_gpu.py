@@ -1,0 +1,360 @@
+"""GPU benchmark: streamvj eager vs compiled vs CUDA-graph (vs TensorRT) vs diffusers, same weights, same run.
+
+The model is the SD 2.1 / sd-turbo architecture: its UNet from sd-turbo's config (written
+out below) with random weights, a TAESD-sized AutoencoderTiny, and an OpenCLIP-H-shaped
+text encoder (off the per-frame path; it only encodes the prompt once). Speed does not
+depend on the weights, so no download is needed; `--model stabilityai/sd-turbo` loads
+the real ones when they can be fetched (`--vae madebyollin/taesd` for the real TAESD).
+
+Each variant runs 512x512 img2img, 1 and 4 denoising steps, timing whole frames: RGBA
+uint8 in -> RGBA uint8 on the host (the same work the engine does per frame). diffusers'
+AutoPipelineForImage2Image runs the same steps on the same modules.
+
+    python benchmarks/bench_gpu.py                      # CUDA, fp16, all variants
+    python benchmarks/bench_gpu.py --tensorrt           # also TensorRT engines (cached)
+    python benchmarks/bench_gpu.py --power              # watts with/without the similarity filter
+    python benchmarks/bench_gpu.py --device cpu --tiny --frames 2 --no-compile   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.bench import BenchOptions, bench_autopipeline, moving_frames, summarise  # noqa: E402
+from engine.cuda_graphs import GraphedStep  # noqa: E402
+from engine.family import Family  # noqa: E402
+from engine.models import ModelParts, load_model, load_vae  # noqa: E402
+from engine.pipeline import StreamPipeline, StreamSettings  # noqa: E402
+
+log = logging.getLogger("streamvj.bench_gpu")
+
+# stabilityai/sd-turbo unet/config.json (= SD 2.1's UNet). In diffusers' SD2 configs
+# "attention_head_dim" holds the number of heads per block (5, 10, 20, 20 -> 64 channels per head).
+SD_TURBO_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "center_input_sample": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "only_cross_attention": False,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "norm_eps": 1e-05,
+    "cross_attention_dim": 1024,
+    "attention_head_dim": [5, 10, 20, 20],
+    "use_linear_projection": True,
+    "dual_cross_attention": False,
+    "class_embed_type": None,
+    "num_class_embeds": None,
+    "resnet_time_scale_shift": "default",
+    "upcast_attention": False,  # only read by the non-SDPA attention path; SDPA is what runs here
+    "time_embedding_type": "positional",
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+}
+# sd-turbo's scheduler: epsilon prediction, SD's scaled-linear betas.
+SD_TURBO_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "timestep_spacing": "trailing",
+    "steps_offset": 1,
+}
+# OpenCLIP ViT-H/14 text tower as SD 2.x uses it (penultimate layer: 23 of 24 layers kept).
+OPENCLIP_H_TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
+                   "num_attention_heads": 16, "max_position_embeddings": 77, "hidden_act": "gelu",
+                   "projection_dim": 512}
+T_INDEX = {1: [32], 2: [32, 45], 3: [16, 32, 45], 4: [0, 16, 32, 45]}
+
+
+def build_sd_turbo_random(device: torch.device, dtype: torch.dtype, seed: int = 0) -> ModelParts:
+    from diffusers import AutoencoderTiny, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.tiny_model import build_tiny_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_tokenizer()  # offline byte-level CLIP tokenizer: same 77-token output shape
+    vocab = len(tokenizer)
+    with torch.device(device):  # initialise on the GPU: seconds instead of a minute of CPU init
+        unet = UNet2DConditionModel.from_config(SD_TURBO_UNET)
+        vae = AutoencoderTiny()  # the default config is TAESD's
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
+                                            pad_token_id=vocab - 1, **OPENCLIP_H_TEXT))
+    parts = ModelParts(family=Family.SD21, unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer,
+                       scheduler_config=dict(SD_TURBO_SCHEDULER), source="sd-turbo architecture, random weights")
+    return parts.to(device, dtype)
+
+
+def load_parts(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[ModelParts, str]:
+    if args.tiny:
+        return load_model("tiny", device=device, dtype=dtype), "tiny (random weights)"
+    if args.model:
+        parts = load_model(args.model, device=device, dtype=dtype)
+        label = args.model
+    else:
+        parts = build_sd_turbo_random(device, dtype)
+        label = "sd-turbo architecture (random weights)"
+    if args.vae:
+        parts.vae = load_vae(args.vae, dtype=dtype).to(device).eval().requires_grad_(False)
+        label += f", vae {args.vae}"
+    elif args.model:
+        from diffusers import AutoencoderTiny
+
+        parts.vae = AutoencoderTiny().to(device, dtype).eval().requires_grad_(False)
+        label += ", TAESD-sized VAE (random weights)"
+    return parts, label
+
+
+# ---- timing -------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # benchmark only: frames are timed end to end
+
+
+def time_frames(pipe: StreamPipeline, frames: list[np.ndarray], warmup: int, count: int) -> dict:
+    ms = []
+    for i in range(warmup + count):
+        start = time.perf_counter()
+        pipe(frames[i % len(frames)]).cpu().numpy()
+        _sync(pipe.device)
+        if i >= warmup:
+            ms.append((time.perf_counter() - start) * 1000.0)
+    return summarise(ms)
+
+
+def make_pipeline(parts: ModelParts, size: int, steps: int, cfg: str, acceleration: str, device: torch.device,
+                  dtype: torch.dtype, **settings: object) -> StreamPipeline:
+    stream_settings = StreamSettings(width=size, height=size, t_index_list=T_INDEX[steps], cfg_type=cfg,
+                                     acceleration=acceleration, **settings)
+    return StreamPipeline(parts, stream_settings, device=device, dtype=dtype)
+
+
+def use_graph(pipe: StreamPipeline) -> GraphedStep:
+    """Wrap the pipeline's (eager or compiled) frame step in a CUDA graph, as pipeline.py will."""
+    s = pipe.stream
+    step = GraphedStep(pipe._step, [pipe.input_u8, pipe.txt_noise],
+                       watch=lambda: (s.cond, s.uncond, s.cond_pooled, s.uncond_pooled))
+    pipe._step = step
+    pipe.reset()
+    return step
+
+
+def use_tensorrt(pipe: StreamPipeline, parts: ModelParts, size: int) -> None:
+    """Swap the UNet and VAE calls for TensorRT engines (built once, then loaded from the cache)."""
+    from engine.trt_engine import build_trt_components
+
+    trt = build_trt_components(parts, width=size, height=size, unet_batch=pipe.stream.unet_batch_size(),
+                               frame_buffer_size=pipe.settings.frame_buffer_size, device=pipe.device,
+                               dtype=pipe.dtype)
+    scale, shift = pipe._vae_scale, pipe._vae_shift
+    pipe.stream.unet_fn = trt.unet
+    pipe.encode = lambda img: (trt.vae_encoder(img) - shift) * scale
+    pipe.decode = lambda latents: trt.vae_decoder(latents / scale + shift)
+    pipe.reset()
+
+
+def run_variants(parts: ModelParts, args: argparse.Namespace, steps: int, device: torch.device,
+                 dtype: torch.dtype) -> list[dict]:
+    frames = moving_frames(8, args.size, args.size)
+    cuda = device.type == "cuda"
+    rows: list[dict] = []
+
+    def record(variant: str, pipe: StreamPipeline, note: str = "") -> None:
+        result = {"steps": steps, "variant": variant, **time_frames(pipe, frames, args.warmup, args.frames)}
+        if note:
+            result["note"] = note
+        rows.append(result)
+        log.info("%d step(s) %-22s %8.1f fps", steps, variant, result["fps"])
+
+    def graphed(variant: str, pipe: StreamPipeline) -> None:
+        step = use_graph(pipe)
+        record(variant, pipe, "" if step.captured or step.enabled else f"no graph: {step.fallback_reason}")
+
+    pipe = make_pipeline(parts, args.size, steps, args.cfg, "none", device, dtype)
+    record("eager", pipe)
+    if cuda:
+        graphed("eager + cuda graph", pipe)
+    del pipe
+    if not args.no_compile:
+        pipe = make_pipeline(parts, args.size, steps, args.cfg, "compile", device, dtype)
+        record("compile", pipe)
+        if cuda:
+            graphed("compile + cuda graph", pipe)
+        del pipe
+    if args.tensorrt and cuda:
+        pipe = make_pipeline(parts, args.size, steps, args.cfg, "none", device, dtype)
+        use_tensorrt(pipe, parts, args.size)
+        record("tensorrt", pipe)
+        graphed("tensorrt + cuda graph", pipe)
+        del pipe
+    if not args.no_baseline:
+        opts = BenchOptions(width=args.size, height=args.size, t_index_list=tuple(T_INDEX[steps]), cfg_type=args.cfg,
+                            frames=args.frames, warmup=args.warmup)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights: NaN-to-uint8 casts in diffusers' postprocessing
+            base = bench_autopipeline(parts, opts, device, dtype, "a psychedelic neon landscape, highly detailed")
+        rows.append({"steps": steps, "variant": "diffusers AutoPipelineForImage2Image", **base})
+        log.info("%d step(s) %-22s %8.1f fps", steps, "diffusers", base["fps"])
+    return rows
+
+
+def measure_power(parts: ModelParts, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    """Watts on a static scene (one frame repeated), similarity filter off vs on, 1 step."""
+    from engine.gpu_stats import GpuStats
+
+    stats = GpuStats.for_device(device)
+    if stats is None:
+        return {"error": "NVML not available (pip install 'streamvj[nvml]') or no GPU"}
+    frame = moving_frames(1, args.size, args.size)[0]
+    out = {}
+    try:
+        for enabled in (False, True):
+            pipe = make_pipeline(parts, args.size, 1, args.cfg, "none", device, dtype, similarity_enabled=enabled,
+                                 similarity_threshold=0.98, similarity_max_skip=10)
+            for _ in range(args.warmup):
+                pipe(frame)
+            _sync(device)
+            watts, frames_done, start, next_read = [], 0, time.perf_counter(), 0.0
+            while (now := time.perf_counter()) - start < args.power_seconds:
+                pipe(frame).cpu()
+                frames_done += 1
+                if now >= next_read:  # NVML averages power over ~1 s; sample a few times a second
+                    reading = stats.read()["gpu_power_w"]
+                    if reading is not None:
+                        watts.append(reading)
+                    next_read = now + 0.25
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            out["similarity_on" if enabled else "similarity_off"] = {
+                "fps": round(frames_done / elapsed, 1),
+                "gpu_power_w": round(float(np.mean(watts)), 1) if watts else None,
+                "skip_ratio": round(pipe.counters.skip_ratio, 3)}
+            del pipe
+    finally:
+        stats.close()
+    return out
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+
+
+def format_rows(rows: list[dict]) -> str:
+    header = f"{'steps':>5}  {'variant':<38}{'fps':>9}{'ms median':>11}{'ms p90':>9}  note"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['steps']:>5}  {r['variant']:<38}{r['fps']:>9.1f}{r['ms_median']:>11.2f}"
+                     f"{r['ms_p90']:>9.2f}  {r.get('note', '')}")
+    return "\n".join(lines)
+
+
+def speedups(rows: list[dict]) -> dict:
+    out: dict[str, dict] = {}
+    for steps in sorted({r["steps"] for r in rows}):
+        by = {r["variant"]: r for r in rows if r["steps"] == steps}
+        eager = by.get("eager")
+        best = max((r for name, r in by.items() if not name.startswith("diffusers")), key=lambda r: r["fps"])
+        entry = {"best_variant": best["variant"], "best_fps": best["fps"]}
+        if eager:
+            entry["best_vs_eager"] = round(best["fps"] / eager["fps"], 2)
+        base = by.get("diffusers AutoPipelineForImage2Image")
+        if base:
+            entry["best_vs_diffusers"] = round(best["fps"] / base["fps"], 2)
+        out[f"{steps}_step"] = entry
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu")
+    p.add_argument("--dtype", choices=["auto", "float16", "float32", "bfloat16"], default="auto")
+    p.add_argument("--tiny", action="store_true", help="the tiny test model (64x64): a quick check, not a benchmark")
+    p.add_argument("--model", help="real weights, e.g. stabilityai/sd-turbo (default: random sd-turbo architecture)")
+    p.add_argument("--vae", help="real VAE, e.g. madebyollin/taesd (default: random TAESD-sized)")
+    p.add_argument("--size", type=int, help="square image size (default 512; 64 with --tiny)")
+    p.add_argument("--steps", default="1,4", help="comma-separated step counts from 1..4 (default 1,4)")
+    p.add_argument("--cfg", choices=["none", "full", "self", "initialize"], default="none",
+                   help="turbo models run without CFG (default none)")
+    p.add_argument("--frames", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10, help="untimed frames first (compiling happens here)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    p.add_argument("--no-baseline", action="store_true", help="skip diffusers' AutoPipelineForImage2Image")
+    p.add_argument("--tensorrt", action="store_true", help="also TensorRT engines (needs streamvj[tensorrt])")
+    p.add_argument("--power", action="store_true", help="GPU watts on a static scene, similarity filter off/on")
+    p.add_argument("--power-seconds", type=float, default=10.0)
+    p.add_argument("--json-out", type=Path, help="also write the JSON object to this file")
+    args = p.parse_args(argv)
+    args.size = args.size or (64 if args.tiny else 512)
+    try:
+        args.steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--steps takes comma-separated integers, got {args.steps!r}")
+    if not args.steps or any(s not in T_INDEX for s in args.steps):
+        p.error(f"--steps must be among {sorted(T_INDEX)}")
+    if args.frames < 1 or args.warmup < 0:
+        p.error("--frames must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_gpu: no CUDA GPU visible to torch; use --device cpu --tiny for a CPU check", file=sys.stderr)
+        return 2
+    dtype = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+        args.dtype, torch.float16 if device.type == "cuda" else torch.float32)
+    parts, label = load_parts(args, device, dtype)
+    rows = []
+    for steps in args.steps:
+        rows.extend(run_variants(parts, args, steps, device, dtype))
+    result = {
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+        "model": label, "width": args.size, "height": args.size, "cfg": args.cfg,
+        "frames": args.frames, "warmup": args.warmup, "results": rows, "speedups": speedups(rows),
+    }
+    if args.power:
+        result["power_static_scene"] = measure_power(parts, args, device, dtype)
+    print(format_rows(rows), file=sys.stderr)
+    text = json.dumps(result)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
