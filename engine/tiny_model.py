@@ -90,13 +90,26 @@ def build_tiny_unet(family: Family) -> UNet2DConditionModel:
     return UNet2DConditionModel(**kwargs)
 
 
-def build_tiny_vae() -> AutoencoderTiny:
-    return AutoencoderTiny(
+def build_tiny_vae(seed: int = 0) -> AutoencoderTiny:
+    vae = AutoencoderTiny(
         encoder_block_out_channels=(8, 8, 8, 8),
         decoder_block_out_channels=(8, 8, 8, 8),
         num_encoder_blocks=(1, 1, 1, 1),
         num_decoder_blocks=(1, 1, 1, 1),
     )
+    # PyTorch's default conv init shrinks the signal ~3x per layer, so a random VAE would
+    # ignore its input. He init keeps it alive; the last layers are scaled so latents are
+    # ~unit variance and decoded pixels mostly inside [-1, 1]: the output follows the input.
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in vae.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+        vae.encoder.layers[-1].weight.mul_(0.25)
+        vae.decoder.layers[-1].weight.mul_(0.08)
+    return vae
 
 
 def build_tiny_components(family: Family = Family.SD15, seed: int = 0) -> dict:
@@ -106,7 +119,7 @@ def build_tiny_components(family: Family = Family.SD15, seed: int = 0) -> dict:
     vocab_size = len(tokenizer)
     parts = {
         "unet": build_tiny_unet(family),
-        "vae": build_tiny_vae(),
+        "vae": build_tiny_vae(seed),
         "tokenizer": tokenizer,
         "scheduler_config": dict(TINY_SCHEDULER_CONFIG),
     }
