@@ -22,6 +22,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "guidance": ("guidance_scale", "delta"),
     "t_index": ("t_index_list",),
     "similarity": ("similarity_enabled", "similarity_threshold", "similarity_max_skip"),
+    "fx": ("fx_feedback", "fx_blend", "fx_brightness", "fx_contrast", "fx_saturation", "fx_hue"),
 }
 
 
@@ -35,6 +36,8 @@ def _apply_group(pipe: StreamPipeline, group: str, v: dict[str, Any]) -> None:
         pipe.set_guidance(float(v["guidance_scale"]), float(v["delta"]))
     elif group == "t_index":
         pipe.set_t_index_list([int(i) for i in v["t_index_list"]])
+    elif group == "fx":
+        pipe.fx.update(v)
     elif group == "similarity":
         pipe.set_similarity(bool(v["similarity_enabled"]), float(v["similarity_threshold"]),
                             int(v["similarity_max_skip"]))

@@ -16,6 +16,7 @@ import torch
 from engine.blend import blend
 from engine.errors import ConfigError
 from engine.family import Family
+from engine.fx import FxUniforms, feedback_mix, post_fx
 from engine.models import ModelParts
 from engine.pixels import as_frame_batch, img_pm1_to_rgb_u8, rgba_u8_to_img_pm1
 from engine.prompts import PromptEncoder
@@ -102,6 +103,9 @@ class StreamPipeline:
         self.input_u8 = torch.zeros(f, h, w, 4, dtype=torch.uint8, device=self.device)
         self.output_u8 = torch.full((f, h, w, 4), 255, dtype=torch.uint8, device=self.device)
         self.txt_noise = torch.zeros(f, *latent_shape, device=self.device, dtype=dtype)
+        self.fx = FxUniforms(self.device)
+        self.fx_last = torch.zeros(f, 3, h, w, device=self.device, dtype=dtype)  # last shown frame, post-FX
+        self._fx_on = False
         self._txt_generator = torch.Generator(device=self.device)
         self._vae_scale = float(getattr(parts.vae.config, "scaling_factor", 1.0) or 1.0)
         self._vae_shift = float(getattr(parts.vae.config, "shift_factor", 0.0) or 0.0)
@@ -130,9 +134,17 @@ class StreamPipeline:
         return self.parts.vae.decode(latents / self._vae_scale + self._vae_shift, return_dict=False)[0]
 
     @torch.no_grad()
-    def _frame_step(self, input_u8: torch.Tensor, txt_noise: torch.Tensor) -> torch.Tensor:
-        x_in = txt_noise if self.txt2img else self.encode(rgba_u8_to_img_pm1(input_u8, self.dtype))
-        return img_pm1_to_rgb_u8(self.decode(self.stream.step(x_in)))
+    def _frame_step(self, input_u8: torch.Tensor, txt_noise: torch.Tensor, fx: bool = False) -> torch.Tensor:
+        if self.txt2img:
+            x_in = txt_noise
+        else:
+            img = rgba_u8_to_img_pm1(input_u8, self.dtype)
+            x_in = self.encode(feedback_mix(img, self.fx_last, self.fx.feedback) if fx else img)
+        out = self.decode(self.stream.step(x_in))
+        if fx:
+            out = post_fx(out, self.fx_last, self.fx)
+            self.fx_last.copy_(out)
+        return img_pm1_to_rgb_u8(out)
 
     # ---- live settings ----------------------------------------------------------------------------
 
@@ -178,6 +190,7 @@ class StreamPipeline:
         """Drop frames in flight and the filter's reference; the next frame re-primes the batch."""
         self.stream.reset()
         self.similarity.reset()
+        self._fx_on = False
 
     # ---- per frame --------------------------------------------------------------------------------
 
@@ -204,7 +217,14 @@ class StreamPipeline:
                 self.counters.skipped += 1
                 return self._result(frame)
             self.input_u8.copy_(frames, non_blocking=True)
-        rgb = self.stream.advance(self._step, self.input_u8, self.txt_noise)
+        # FX run only when some uniform is off neutral (decided on the host from Python floats).
+        fx = not self.fx.is_identity()
+        if fx and not self._fx_on:
+            # Seed the feedback history from what is on screen, never from black.
+            seed = self.output_u8 if self._has_output else self.input_u8
+            self.fx_last.copy_(rgba_u8_to_img_pm1(seed, self.dtype))
+        self._fx_on = fx
+        rgb = self.stream.advance(self._step, self.input_u8, self.txt_noise, fx)
         self.output_u8[..., :3].copy_(rgb)
         self._has_output = True
         self.counters.frames_out += 1

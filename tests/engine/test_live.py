@@ -18,7 +18,7 @@ def make(parts):
 def test_only_changed_groups_are_applied(tiny_parts):
     applier = LiveApplier(make(tiny_parts))
     live = LiveParams(prompt="a", t_index_list=[20, 40])
-    assert set(applier.apply(live)) == {"prompt", "seed", "guidance", "t_index", "similarity"}
+    assert set(applier.apply(live)) == {"prompt", "seed", "guidance", "t_index", "similarity", "fx"}
     assert applier.apply(live) == []
     live.guidance_scale = 2.0
     assert applier.apply(live) == ["guidance"]

@@ -146,3 +146,25 @@ def test_compiled_step_matches_eager_including_live_updates(tiny_parts):
     for e, g in zip(expected, got, strict=True):
         assert (e.int() - g.int()).abs().max() <= 1  # inductor may reorder float sums: at most 1 LSB
     assert not torch.equal(expected[1], expected[3])  # the live updates did change the image
+
+
+def test_neutral_fx_leave_the_output_bit_identical(tiny_parts):
+    plain, graded = make(tiny_parts), make(tiny_parts)
+    graded.fx.update({"fx_feedback": 0.0, "fx_blend": 0.0, "fx_brightness": 0.0, "fx_contrast": 1.0,
+                      "fx_saturation": 1.0, "fx_hue": 0.0})
+    for i in range(3):
+        assert torch.equal(plain(frame(20 + i)), graded(frame(20 + i)))
+
+
+def test_fx_grade_and_feedback_apply_on_the_next_frame(tiny_parts):
+    pipe = make(tiny_parts)
+    before = pipe(frame(30)).clone()
+    neutral = {"fx_feedback": 0.0, "fx_blend": 0.0, "fx_brightness": 0.0, "fx_contrast": 1.0,
+               "fx_saturation": 1.0, "fx_hue": 0.0}
+    pipe.fx.update({**neutral, "fx_saturation": 0.0})
+    grey = pipe(frame(31)).int()
+    assert (grey[..., 0] - grey[..., 1]).abs().max() <= 1 and (grey[..., 1] - grey[..., 2]).abs().max() <= 1
+    pipe.fx.update({**neutral, "fx_blend": 1.0})  # full temporal blend: holds the last shown frame
+    held = pipe(frame(32))
+    assert torch.equal(held[..., :3].int(), grey[..., :3])
+    assert not torch.equal(before, held)
