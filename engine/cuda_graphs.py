@@ -17,6 +17,8 @@ time (cfg type, mode, step count, sizes, Python float constants) and any buffer 
 *replaced* by a new tensor instead of written into, since the graph would keep reading the
 old storage (possibly freed and reused: garbage). `watch=` names such buffers; when one's
 storage changes, the next call recaptures before replaying instead of reading stale memory.
+A step whose Python branches on a flag per frame (an effect stage on or off) gets one graph
+per flag value: trailing non-tensor arguments select the graph.
 """
 
 from __future__ import annotations
@@ -36,18 +38,30 @@ def _storage_ids(tensors: Iterable[torch.Tensor | None]) -> tuple[Any, ...]:
     return tuple(None if t is None else (t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors)
 
 
+class _Captured:
+    __slots__ = ("graph", "output", "watched")
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, output: torch.Tensor, watched: tuple[Any, ...]):
+        self.graph, self.output, self.watched = graph, output, watched
+
+
 class GraphedStep:
-    """`fn(*static_inputs)` captured into a CUDA graph; calling replays it.
+    """`fn(*static_inputs, *mode)` captured into CUDA graphs; calling replays the matching one.
 
     - `static_inputs`: preallocated tensors `fn` reads. Update them in place, or pass new
       values to `__call__`, which copies them in (skipped when they are those tensors).
+    - `mode`: trailing non-tensor arguments (e.g. a bool that switches an effect stage on)
+      are passed to `fn` as they are and select the graph: one graph per distinct mode,
+      captured on first use, so a switch costs one capture the first time and nothing after.
+      Each graph has its own memory pool (alternating replays must not share one).
     - The output is a static tensor inside the graph's memory pool, overwritten by the next
       replay: consume or copy it before the next call (on the same stream, or make that
       stream wait for the consumer).
     - Warm-up runs `fn` for real `warmup` times on a side stream (it lets cuDNN/cuBLAS and
       torch.compile finish their lazy setup, which must not happen during capture), so any
-      state `fn` updates advances that many times: reset it after capturing (the stream
-      batch re-primes on its next frame after `reset()`). The capture itself runs nothing.
+      state `fn` updates advances that many times. The stream batch tolerates this: warm-up
+      repeats the current input, which is exactly what its priming does. The capture itself
+      runs nothing.
     - Off CUDA (or with `enabled=False`) it calls `fn` directly, the same code path, so
       it is testable anywhere. If capture fails (a host sync inside `fn`, an op that cannot
       be captured), it logs why and keeps running `fn` eagerly rather than stopping the show.
@@ -69,19 +83,17 @@ class GraphedStep:
         self.enabled = on_cuda if enabled is None else bool(enabled) and on_cuda
         self.fallback_reason: str | None = None if self.enabled else f"device is {self.device.type}"
         self.captures = 0
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._output: torch.Tensor | None = None
-        self._watched: tuple[Any, ...] = ()
+        self._graphs: dict[tuple[Any, ...], _Captured] = {}
 
     @property
     def captured(self) -> bool:
-        return self._graph is not None
+        return bool(self._graphs)
 
     # ---- capture ------------------------------------------------------------------------------
 
-    def capture(self) -> None:
-        """Warm up, then record `fn` into a graph (drops any previous graph first)."""
-        self.release()
+    def capture(self, *mode: Any) -> None:
+        """Warm up, then record `fn(*static_inputs, *mode)` into a graph (replacing that mode's graph)."""
+        self._release(mode)
         if not self.enabled:
             return
         side = torch.cuda.Stream(device=self.device)
@@ -92,11 +104,13 @@ class GraphedStep:
             with torch.no_grad():
                 with torch.cuda.stream(side):
                     for _ in range(self.warmup):
-                        self.fn(*self.static_inputs)
+                        self.fn(*self.static_inputs, *mode)
                 # Inputs/buffers written on `current` after this point would race the warm-up otherwise.
                 current.wait_stream(side)
-                with torch.cuda.graph(graph, pool=self.pool, stream=side):
-                    output = self.fn(*self.static_inputs)
+                # thread_local: the runtime's source/sink threads keep using CUDA (uploads,
+                # pinned buffers) while the render thread captures; "global" would fail them.
+                with torch.cuda.graph(graph, pool=self.pool, stream=side, capture_error_mode="thread_local"):
+                    output = self.fn(*self.static_inputs, *mode)
         except RuntimeError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.enabled, self.fallback_reason = False, f"capture failed: {reason}"
@@ -105,53 +119,67 @@ class GraphedStep:
         current.wait_stream(side)
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"GraphedStep: fn must return one tensor, got {type(output).__name__}")
-        self._graph, self._output = graph, output
-        self._watched = self._watch_ids()
+        self._graphs[mode] = _Captured(graph, output, self._watch_ids())
         self.captures += 1
-        log.debug("captured CUDA graph #%d on %s", self.captures, self.device)
+        log.debug("captured CUDA graph #%d on %s (mode %s)", self.captures, self.device, mode or "default")
 
     def recapture(self) -> None:
-        """For load-time changes: the next call captures anew (live settings never need this)."""
+        """For load-time changes: every mode captures anew on its next call (live settings never need this)."""
         self.release()
         if self.fallback_reason and self.fallback_reason.startswith("capture failed"):
             self.enabled, self.fallback_reason = self.device.type == "cuda", None
 
     def release(self) -> None:
-        """Free the graph and its memory pool's hold on the static output."""
-        if self._graph is not None:
-            self._graph.reset()
-        self._graph, self._output, self._watched = None, None, ()
+        """Free every graph (and with it their memory pools' hold on the static outputs)."""
+        for mode in list(self._graphs):
+            self._release(mode)
+
+    def _release(self, mode: tuple[Any, ...]) -> None:
+        captured = self._graphs.pop(mode, None)
+        if captured is not None:
+            captured.graph.reset()
 
     def _watch_ids(self) -> tuple[Any, ...]:
         return _storage_ids(self.watch()) if self.watch is not None else ()
 
     # ---- run ----------------------------------------------------------------------------------
 
-    def _load(self, args: Sequence[torch.Tensor]) -> None:
-        if len(args) != len(self.static_inputs):
-            raise TypeError(f"GraphedStep takes {len(self.static_inputs)} inputs, got {len(args)}")
-        for arg, static in zip(args, self.static_inputs):
+    def _load(self, tensors: Sequence[torch.Tensor]) -> None:
+        for arg, static in zip(tensors, self.static_inputs):
             if arg is static:
                 continue
+            if not isinstance(arg, torch.Tensor):
+                raise TypeError(f"GraphedStep: expected a tensor for a static input, got {type(arg).__name__}")
             if arg.shape != static.shape:
                 raise ValueError(f"input shape {tuple(arg.shape)} != captured shape {tuple(static.shape)}")
             static.copy_(arg, non_blocking=True)
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        """Run one step. With args: copy them into the static inputs first (a no-op for the same tensors)."""
-        if args:
-            self._load(args)
+    def __call__(self, *args: Any) -> torch.Tensor:
+        """Run one step: `step()`, `step(*tensors)` or `step(*tensors, *mode)`.
+
+        Tensors are copied into the static inputs (a no-op for the same tensors); the
+        remaining arguments are the mode, passed through to `fn` and selecting the graph.
+        """
+        n = len(self.static_inputs)
+        if args and len(args) < n:
+            raise TypeError(f"GraphedStep takes {n} input tensors (then optional mode arguments), got {len(args)}")
+        self._load(args[:n])
+        mode = tuple(args[n:])
+        if any(isinstance(m, torch.Tensor) for m in mode):
+            raise TypeError(f"GraphedStep takes {n} input tensors; mode arguments after them must not be tensors")
         if not self.enabled:
             with torch.no_grad():
-                return self.fn(*self.static_inputs)
-        if self._graph is not None and self.watch is not None and self._watch_ids() != self._watched:
-            log.info("a captured buffer was replaced; recapturing the CUDA graph")
+                return self.fn(*self.static_inputs, *mode)
+        captured = self._graphs.get(mode)
+        if captured is not None and self.watch is not None and self._watch_ids() != captured.watched:
+            log.info("a captured buffer was replaced; recapturing the CUDA graph(s)")
             self.release()
-        if self._graph is None:
-            self.capture()
-            if self._graph is None:  # capture failed: eager from now on
+            captured = None
+        if captured is None:
+            self.capture(*mode)
+            captured = self._graphs.get(mode)
+            if captured is None:  # capture failed: eager from now on
                 with torch.no_grad():
-                    return self.fn(*self.static_inputs)
-        self._graph.replay()
-        assert self._output is not None
-        return self._output
+                    return self.fn(*self.static_inputs, *mode)
+        captured.graph.replay()
+        return captured.output

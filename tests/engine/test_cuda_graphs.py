@@ -73,13 +73,23 @@ def test_bad_arguments():
     step = GraphedStep(lambda x: x, [torch.zeros(2)])
     with pytest.raises(ValueError, match="shape"):
         step(torch.zeros(3))
-    with pytest.raises(TypeError, match="takes 1"):
+    with pytest.raises(TypeError, match="must not be tensors"):
         step(torch.zeros(2), torch.zeros(2))
+    with pytest.raises(TypeError, match="takes 2 input tensors"):
+        GraphedStep(lambda x, y: x, [torch.zeros(1), torch.zeros(1)])(torch.zeros(1))
 
 
-def make(parts, **kwargs) -> StreamPipeline:
+def test_mode_arguments_pass_through_on_cpu():
+    x = torch.ones(3)
+    step = GraphedStep(lambda t, double=False: t * (2 if double else 1), [x])
+    torch.testing.assert_close(step(x, True), torch.full((3,), 2.0))
+    torch.testing.assert_close(step(x, False), torch.ones(3))
+    torch.testing.assert_close(step(), torch.ones(3))
+
+
+def make(parts, device: str = "cpu", **kwargs) -> StreamPipeline:
     settings = dict(width=SIZE, height=SIZE, t_index_list=[20, 40], cfg_type="self")
-    return StreamPipeline(parts, StreamSettings(**{**settings, **kwargs}), rng=random.Random(0))
+    return StreamPipeline(parts, StreamSettings(**{**settings, **kwargs}), device=device, rng=random.Random(0))
 
 
 def frames(n: int) -> list[np.ndarray]:
@@ -158,6 +168,20 @@ def test_replaced_watched_buffer_triggers_recapture():
 
 @pytest.mark.cuda
 @cuda
+def test_one_graph_per_mode():
+    x = torch.ones(3, device="cuda")
+    scale = torch.full((), 3.0, device="cuda")
+    step = GraphedStep(lambda t, double: t * scale * (2 if double else 1), [x], warmup=1)
+    torch.testing.assert_close(step(x, True), torch.full((3,), 6.0, device="cuda"))
+    torch.testing.assert_close(step(x, False), torch.full((3,), 3.0, device="cuda"))
+    scale.fill_(5.0)
+    torch.testing.assert_close(step(x, True), torch.full((3,), 10.0, device="cuda"))
+    torch.testing.assert_close(step(x, False), torch.full((3,), 5.0, device="cuda"))
+    assert step.captures == 2
+
+
+@pytest.mark.cuda
+@cuda
 def test_capture_failure_falls_back_to_eager(caplog):
     def syncs(x):
         return x * float(x.sum().item())  # a host sync: not capturable
@@ -176,8 +200,8 @@ def test_graphed_pipeline_on_cuda_equals_eager():
 
     parts = load_model("tiny", device="cuda", dtype=torch.float32)
     inputs = frames(6)
-    want = run_pipeline(make(parts), inputs)
-    pipe = make(parts)
+    want = run_pipeline(make(parts, "cuda"), inputs)
+    pipe = make(parts, "cuda")
     step = graph_pipeline(pipe)
     got = run_pipeline(pipe, inputs)
     assert step.captured
