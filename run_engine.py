@@ -183,7 +183,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         feedback = OscFeedback.from_settings(preset.osc)
         status = StatusLine(feedback)
         runtime = Runtime(player, source, sinks, target_fps=preset.load.target_fps, on_stats=status)
-        show = status.show = Show(PRESETS_DIR, preset, path.stem, store, player, runtime)
+        show = status.show = Show(PRESETS_DIR, preset, path.stem, store, player, runtime, tempo=tempo,
+                                  quantum=args.switch_on, transition_s=args.transition)
+        show.watch()
+        closers.append(show.stop_watching)
         if not args.no_osc:
             server = OscServer.from_settings(preset.osc, store, show, presets_dir=PRESETS_DIR, tempo=tempo).start()
             closers.append(server.stop)
@@ -274,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--osc-host", help="OSC listen address (default 127.0.0.1: this machine only)")
     run.add_argument("--osc-port", type=int, help="OSC listen port (default from the preset, 9000)")
     run.add_argument("--no-osc", action="store_true", help="do not open the OSC port")
+    run.add_argument("--switch-on", choices=["beat", "bar"], help="quantise preset switches to the next beat/bar")
+    run.add_argument("--transition", type=float, default=0.0,
+                     help="seconds to crossfade prompt/seed on a preset switch (0 = cut)")
     run.add_argument("--frames", type=int, default=0, help="stop after this many frames (0 = run until Ctrl-C)")
     run.add_argument("--timeout", type=float, default=600.0, help="with --frames: give up after this many seconds")
     run.set_defaults(func=cmd_run)

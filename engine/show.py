@@ -33,8 +33,15 @@ from engine.preset_schema import (
     load_preset,
     resolve_preset,
 )
+from engine.tempo import Tempo
 
 log = logging.getLogger("streamvj.show")
+
+
+def _timer(delay_s: float, action: Callable[[], None]) -> None:
+    timer = threading.Timer(delay_s, action)
+    timer.daemon = True
+    timer.start()
 
 # Load-time fields the render pipeline does not depend on: they need a restart, not a rebuild.
 BRIDGE_FIELDS = {"load.source", "load.sinks", "load.target_fps"}
@@ -99,16 +106,27 @@ class Show:
     def __init__(self, presets_dir: str | Path, preset: Preset, preset_name: str, store: ParamStore,
                  player: LivePlayer, controls: Controls, build: Callable[[Preset], StreamPipeline] = build_pipeline,
                  midi_learn: Callable[[str], None] | None = None,
-                 on_midi_mappings: Callable[[list], None] | None = None, transition_s: float = 0.0):
+                 on_midi_mappings: Callable[[list], None] | None = None, transition_s: float = 0.0,
+                 tempo: Tempo | None = None, quantum: str | None = None,
+                 schedule: Callable[[float, Callable[[], None]], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.presets_dir = Path(presets_dir)
         self.preset, self.preset_name = preset, preset_name
         self.store, self.player, self.controls, self.build = store, player, controls, build
         self.midi_learn, self.on_midi_mappings = midi_learn, on_midi_mappings
         self.transition_s = transition_s
+        if quantum not in (None, "beat", "bar"):
+            raise ConfigError(f"preset switches can be quantised to 'beat' or 'bar', got {quantum!r}")
+        if quantum is not None and tempo is None:
+            raise ConfigError("quantised preset switches need a tempo")
+        self.tempo, self.quantum, self.clock = tempo, quantum, clock
+        self.schedule = schedule or _timer
         self.state = "ready"
         self.last_error = ""
         self._building: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._watched: tuple[Path, float] | None = None
+        self._watch_stop = threading.Event()
 
     # ---- CommandSink (OSC) ------------------------------------------------------------------------
 
@@ -130,6 +148,17 @@ class Show:
                 self.midi_learn(str(args[0]))
         else:
             log.warning("unknown command %r ignored", name)
+
+    # ---- timing -----------------------------------------------------------------------------------
+
+    def _on_the_beat(self, action: Callable[[], None]) -> None:
+        """Run `action` now, or on the next beat/bar when switches are quantised."""
+        if self.quantum is None:
+            action()
+            return
+        now = self.clock()
+        delay = max(0.0, self.tempo.next_beat_time(now, self.quantum) - now)
+        self.schedule(delay, action)
 
     # ---- presets ----------------------------------------------------------------------------------
 
@@ -159,9 +188,12 @@ class Show:
                         ", ".join(c.removeprefix("load.") for c in restart_only))
         rebuild = [c for c in changes if c not in BRIDGE_FIELDS]
         if not rebuild:
-            self.store.apply_preset_live(new.live, transition_s=self.transition_s)
-            self._adopt(new, name)
-            log.info("preset %s on air (live values only)", name)
+            def live_switch() -> None:
+                self.store.apply_preset_live(new.live, transition_s=self.transition_s)
+                self._adopt(new, name)
+                log.info("preset %s on air (live values only)", name)
+
+            self._on_the_beat(live_switch)
             return
         with self._lock:
             if self._building is not None and self._building.is_alive():
@@ -175,6 +207,7 @@ class Show:
     def _adopt(self, preset: Preset, name: str) -> None:
         self.preset, self.preset_name = preset, name
         self.last_error = ""
+        self._watched = None
         if self.on_midi_mappings is not None:
             self.on_midi_mappings(list(preset.midi.mappings))
 
@@ -200,7 +233,40 @@ class Show:
             self.state = "running"
             log.info("preset %s on air (built in %.1f s)", name, time.monotonic() - started)
 
-        self.controls.call_soon(go_on_air)
+        self._on_the_beat(lambda: self.controls.call_soon(go_on_air))
+
+    # ---- editing presets on disk ------------------------------------------------------------------
+
+    def check_for_edits(self) -> bool:
+        """Reload the on-air preset when its file changed on disk; True when a reload started."""
+        try:
+            path = resolve_preset(self.presets_dir, self.preset_name)
+            mtime = path.stat().st_mtime
+        except (StreamVJError, OSError):
+            return False  # not a file in the folder (e.g. a --preset path): nothing to watch
+        if self._watched is None or self._watched[0] != path:
+            self._watched = (path, mtime)
+            return False
+        if mtime == self._watched[1]:
+            return False
+        self._watched = (path, mtime)
+        log.info("preset %s changed on disk: reloading", self.preset_name)
+        self.switch(self.preset_name, path)
+        return True
+
+    def watch(self, interval_s: float = 1.0) -> threading.Thread:
+        """Poll the on-air preset's file for edits on a daemon thread until `stop_watching`."""
+
+        def loop() -> None:
+            while not self._watch_stop.wait(interval_s):
+                self.check_for_edits()
+
+        thread = threading.Thread(target=loop, name="streamvj-preset-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def stop_watching(self) -> None:
+        self._watch_stop.set()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait for a background build to finish (tests, shutdown)."""

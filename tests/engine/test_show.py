@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import queue
 from pathlib import Path
 
@@ -123,3 +124,36 @@ def test_pause_resume_reset_reach_the_runtime(show):
     show.on_command("reset", ())
     show.controls.drain()
     assert not show.player.pipeline.stream.primed
+
+
+def test_editing_the_on_air_preset_reloads_it(show):
+    assert show.check_for_edits() is False  # first look records the file's state
+    path = write(show.presets_dir, "alpha", guidance=3.5)
+    stat = path.stat()
+    os.utime(path, (stat.st_atime, stat.st_mtime + 5))
+    assert show.check_for_edits() is True
+    show.player(frame())
+    assert float(show.player.pipeline.stream.guidance) == 3.5
+    assert show.check_for_edits() is False
+
+
+def test_quantised_switch_waits_for_the_next_bar(tmp_path):
+    from engine.tempo import Tempo
+
+    write(tmp_path, "alpha")
+    write(tmp_path, "beta", guidance=2.5)
+    preset = load_preset(tmp_path / "alpha.yaml")
+    now = [10.0]
+    tempo = Tempo(120, clock=lambda: now[0])
+    store = ParamStore(preset.live)
+    player = LivePlayer(build_pipeline(preset), store)
+    scheduled = []
+    show = Show(tmp_path, preset, "alpha", store, player, FakeControls(), tempo=tempo, quantum="bar",
+                schedule=lambda delay, action: scheduled.append((delay, action)), clock=lambda: now[0])
+    show.on_command("preset/load", ("beta",))
+    assert show.preset_name == "alpha" and len(scheduled) == 1
+    delay, action = scheduled[0]
+    assert 0.0 <= delay <= 2.0  # a 4/4 bar at 120 BPM lasts 2 s
+    assert tempo.beat_at(now[0] + delay) % 4 == pytest.approx(0.0, abs=1e-6)
+    action()
+    assert show.preset_name == "beta"
