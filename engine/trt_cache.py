@@ -271,8 +271,11 @@ class TrtCache:
         if sha != sidecar["sha256"]:
             self._discard(key, "corrupt (sha256 mismatch)")
             return None
-        now = time.time()
-        os.utime(engine_path, (now, now))  # recency for `prune`
+        try:
+            now = time.time()
+            os.utime(engine_path, (now, now))  # recency for `prune`
+        except OSError as exc:  # a read-only cache still serves its engines
+            log.debug("cannot mark %s as used: %s", engine_path, exc)
         entry = CacheEntry(key, engine_path, sidecar_path, sidecar["parts"], size, sha)
         return entry, data
 
