@@ -50,17 +50,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype, device)
     opts = BenchOptions(width=args.width, height=args.height, t_index_list=tuple(args.t_index), cfg_type=args.cfg,
                         frame_buffer_size=args.frame_buffer_size, frames=args.frames, warmup=args.warmup,
-                        acceleration="compile" if args.compile else "none", mode=args.mode)
+                        acceleration=args.acceleration or ("compile" if args.compile else "none"), mode=args.mode)
     try:
         parts = load_model(args.model, family=args.family, vae=args.vae, device=device, dtype=dtype)
         stream = bench_stream(parts, opts, device, dtype)
-        rows = [("streamvj" + (" (compiled)" if args.compile else ""), stream)]
+        rows = [(f"streamvj ({opts.acceleration})", stream)]
         result = {"model": args.model, "family": parts.family.value, "device": str(device),
                   "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "width": args.width, "height": args.height, "t_index_list": args.t_index, "cfg": args.cfg,
                   "mode": args.mode, "frame_buffer_size": args.frame_buffer_size, "frames": args.frames,
-                  "compiled": args.compile, **stream}
+                  **stream}
         if args.baseline == "autopipeline":
             if args.mode != "img2img":
                 raise StreamVJError("--baseline autopipeline compares img2img; drop it for txt2img")
@@ -111,8 +111,8 @@ def _apply_overrides(preset, args: argparse.Namespace):
 class StatusLine:
     """One status line, redrawn in place on a terminal, logged every 10 s otherwise."""
 
-    def __init__(self, feedback=None):
-        self.show, self.feedback = None, feedback
+    def __init__(self, feedback=None, gpu=None):
+        self.show, self.feedback, self.gpu = None, feedback, gpu
         self.tty = sys.stderr.isatty()
         self._last_log = 0.0
 
@@ -122,10 +122,16 @@ class StatusLine:
         if self.show is None:
             return
         state = self.show.state if self.show.state == "building" else stats["state"]
+        state = "ready" if state == "stopped" else state  # feedback speaks the peers' state names
         line = (f"{state:<8} {self.show.preset_name:<12} {stats.get('fps', 0.0):6.1f} fps  "
                 f"latency {stats.get('latency_ms', 0.0):6.1f} ms  skip {100 * stats.get('skip_ratio', 0.0):4.0f}%  "
                 f"in {stats.get('frames_received', 0)}  out {stats.get('frames_rendered', 0)}")
         error = self.show.last_error or stats.get("error", "")
+        gpu = {k: v for k, v in self.gpu.read().items() if v is not None} if self.gpu is not None else {}
+        if "vram_mb" in gpu:
+            line += f"  {gpu['vram_mb']:.0f} MB"
+        if "gpu_power_w" in gpu:
+            line += f"  {gpu['gpu_power_w']:.0f} W"
         if self.tty:
             print("\r" + line[:150].ljust(150), end="", file=sys.stderr, flush=True)
         elif time.monotonic() - self._last_log >= 10.0:
@@ -135,7 +141,8 @@ class StatusLine:
             self.feedback.publish({"state": state, "fps": float(stats.get("fps", 0.0)),
                                    "latency_ms": float(stats.get("latency_ms", 0.0)),
                                    "skip_ratio": float(stats.get("skip_ratio", 0.0)),
-                                   "preset": self.show.preset_name, "error": error})
+                                   "preset": self.show.preset_name, "error": error,
+                                   **{k: float(gpu[k]) for k in ("vram_mb", "gpu_power_w") if k in gpu}})
 
 
 def _interrupt(signum, _frame):
@@ -151,6 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bridges.osc_feedback import OscFeedback
     from bridges.registry import make_sink, make_source
     from engine.errors import StreamVJError
+    from engine.gpu_stats import GpuStats
     from engine.params import ParamStore
     from engine.player import LivePlayer
     from engine.preset_schema import load_preset
@@ -170,6 +178,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("preset %s: model %s, %dx%d, steps %s, cfg %s", path.stem, preset.load.model, preset.load.width,
                  preset.load.height, list(preset.live.t_index_list), preset.load.cfg_type)
         pipeline = build_pipeline(preset)
+        gpu = GpuStats.for_device(pipeline.device)
+        if gpu is not None:
+            closers.append(gpu.close)
         log.info("pipeline ready on %s (%s); latency %d frame(s)", pipeline.device, str(pipeline.dtype)[6:],
                  pipeline.stream.n - 1)
         tempo = Tempo()
@@ -181,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         source = None if preset.load.mode == "txt2img" else make_source(spec)
         sinks = [make_sink(s) for s in preset.load.sinks]
         feedback = OscFeedback.from_settings(preset.osc)
-        status = StatusLine(feedback)
+        status = StatusLine(feedback, gpu)
         runtime = Runtime(player, source, sinks, target_fps=preset.load.target_fps, on_stats=status)
         show = status.show = Show(PRESETS_DIR, preset, path.stem, store, player, runtime, tempo=tempo,
                                   quantum=args.switch_on, transition_s=args.transition)
@@ -303,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     bench.add_argument("--dtype", choices=["auto", "float16", "float32", "bfloat16"], default="auto")
-    bench.add_argument("--compile", action="store_true", help="run the per-frame step under torch.compile")
+    bench.add_argument("--compile", action="store_true", help="same as --acceleration compile")
+    bench.add_argument("--acceleration", choices=["none", "compile", "tensorrt"],
+                       help="per-frame backend (default none; compile adds CUDA graphs on a GPU)")
     bench.add_argument("--baseline", choices=["none", "autopipeline"], default="none",
                        help="also run diffusers' AutoPipelineForImage2Image in the same run")
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout (table on stderr)")

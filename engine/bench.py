@@ -66,6 +66,9 @@ def bench_stream(parts: ModelParts, opts: BenchOptions, device: torch.device, dt
     if opts.frame_buffer_size > 1:
         inputs = [np.stack([inputs[(i + j) % 8] for j in range(opts.frame_buffer_size)]) for i in range(8)]
     txt = opts.mode == "txt2img"
+    from engine.gpu_stats import GpuStats
+
+    gpu = GpuStats.for_device(device)
     ms = []
     for i in range(opts.warmup + opts.frames):
         start = time.perf_counter()
@@ -79,6 +82,10 @@ def bench_stream(parts: ModelParts, opts: BenchOptions, device: torch.device, dt
     result["unet_ms_median"] = round(unet_ms(pipe, max(5, opts.frames // 2)), 3)
     result["unet_batch"] = pipe.stream.unet_batch_size()
     result["latency_frames"] = pipe.stream.n - 1
+    result["acceleration"] = opts.acceleration
+    if gpu is not None:
+        result.update({k: v for k, v in gpu.read().items() if v is not None})
+        gpu.close()
     return result
 
 

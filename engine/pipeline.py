@@ -23,7 +23,7 @@ from engine.prompts import PromptEncoder
 from engine.similarity import SimilarityFilter
 from engine.stream import StreamBatch
 
-ACCELERATIONS = ("none", "compile")
+ACCELERATIONS = ("none", "compile", "tensorrt")
 MODES = ("img2img", "txt2img")
 VAE_FACTOR = 8
 
@@ -110,9 +110,25 @@ class StreamPipeline:
         self._vae_scale = float(getattr(parts.vae.config, "scaling_factor", 1.0) or 1.0)
         self._vae_shift = float(getattr(parts.vae.config, "shift_factor", 0.0) or 0.0)
         self._has_output = False
+        self._trt = None
+        if settings.acceleration == "tensorrt":
+            from engine.trt_engine import build_trt_components
+
+            self._trt = build_trt_components(parts, width=w, height=h, unet_batch=self.stream.unet_batch_size(),
+                                             frame_buffer_size=f, device=self.device, dtype=dtype,
+                                             txt2img=self.txt2img)
+            self.stream.unet_fn = self._trt.unet
         self._step = self._frame_step
         if settings.acceleration == "compile":
             self._step = torch.compile(self._frame_step, dynamic=False, fullgraph=False)
+        if self.device.type == "cuda" and settings.acceleration != "none":
+            from engine.cuda_graphs import GraphedStep
+
+            # One graph replay per frame; live settings are copied into the captured buffers.
+            stream = self.stream
+            self._step = GraphedStep(self._step, [self.input_u8, self.txt_noise],
+                                     watch=lambda: (stream.cond, stream.uncond, stream.cond_pooled,
+                                                    stream.uncond_pooled))
         self.set_prompt(settings.prompt, settings.negative_prompt)
         self.set_guidance(settings.guidance_scale, settings.delta)
         self.set_seed(settings.seed)
@@ -125,12 +141,16 @@ class StreamPipeline:
                                return_dict=False)[0]
 
     def encode(self, img_pm1: torch.Tensor) -> torch.Tensor:
+        if self._trt is not None:
+            return (self._trt.vae_encoder(img_pm1) - self._vae_shift) * self._vae_scale
         encoded = self.parts.vae.encode(img_pm1)
         # AutoencoderTiny returns latents directly; AutoencoderKL a distribution (its mode is deterministic).
         latents = encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mode()
         return (latents - self._vae_shift) * self._vae_scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self._trt is not None:
+            return self._trt.vae_decoder(latents / self._vae_scale + self._vae_shift)
         return self.parts.vae.decode(latents / self._vae_scale + self._vae_shift, return_dict=False)[0]
 
     @torch.no_grad()

@@ -34,6 +34,7 @@ from engine.preset_schema import (
     resolve_preset,
 )
 from engine.tempo import Tempo
+from engine.trt_engine import TensorRTUnavailable, TrtBuildError
 
 log = logging.getLogger("streamvj.show")
 
@@ -65,13 +66,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_acceleration(name: str, device: torch.device) -> str:
-    if name == "auto":
-        # Compiling on a CPU takes minutes per graph for little gain; on CUDA it pays off.
-        return "compile" if device.type == "cuda" else "none"
-    if name == "tensorrt":
-        log.warning("TensorRT engines are not built by this version; using torch.compile instead")
-        return "compile"
-    return name
+    """The backend a preset's `acceleration` gets here (engine.trt_engine.select_backend decides)."""
+    from engine.trt_engine import select_backend
+
+    backend, reason = select_backend(name, device)
+    log.info("acceleration %s on %s: %s", name, device, reason)
+    return backend
 
 
 def stream_settings(load: LoadSettings, live: LiveParams, device: torch.device) -> StreamSettings:
@@ -91,7 +91,15 @@ def build_pipeline(preset: Preset) -> StreamPipeline:
     dtype = resolve_dtype(load.dtype, device)
     parts = load_model(load.model, family=load.family, vae=load.vae, device=device, dtype=dtype)
     fuse_loras(parts, [(lora.path, lora.scale, lora.weight_name) for lora in load.lora])
-    return StreamPipeline(parts, stream_settings(load, preset.live, device), device=device, dtype=dtype)
+    settings = stream_settings(load, preset.live, device)
+    try:
+        return StreamPipeline(parts, settings, device=device, dtype=dtype)
+    except (TrtBuildError, TensorRTUnavailable, RuntimeError) as exc:
+        if settings.acceleration != "tensorrt":
+            raise
+        log.warning("TensorRT build failed (%s); using torch.compile with CUDA graphs", str(exc).splitlines()[0])
+        settings.acceleration = "compile"
+        return StreamPipeline(parts, settings, device=device, dtype=dtype)
 
 
 class Controls(Protocol):
