@@ -105,6 +105,8 @@ def _apply_overrides(preset, args: argparse.Namespace):
         data["osc"]["host"] = args.osc_host
     if args.osc_port is not None:
         data["osc"]["port"] = args.osc_port
+    if args.oscquery_port is not None:
+        data["osc"]["query_port"] = args.oscquery_port
     return Preset.model_validate(data)
 
 
@@ -202,6 +204,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             server = OscServer.from_settings(preset.osc, store, show, presets_dir=PRESETS_DIR, tempo=tempo).start()
             closers.append(server.stop)
             log.info("OSC on udp://%s:%d%s (see docs/osc.md)", *server.address, preset.osc.prefix)
+            if preset.osc.query_port is not None:
+                from bridges.oscquery import OscQueryServer
+
+                query = OscQueryServer(store, osc_port=server.address[1], osc_host=server.address[0],
+                                       prefix=preset.osc.prefix, host=preset.osc.host,
+                                       port=preset.osc.query_port, presets_dir=PRESETS_DIR).start()
+                closers.append(query.stop)
+                log.info("OSCQuery on http://%s:%d/", *query.address)
         if feedback is not None:
             feedback.start()
             closers.append(feedback.stop)
@@ -287,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target-fps", type=float, help="pace the output at this rate (repeat frames when skipping)")
     run.add_argument("--osc-host", help="OSC listen address (default 127.0.0.1: this machine only)")
     run.add_argument("--osc-port", type=int, help="OSC listen port (default from the preset, 9000)")
+    run.add_argument("--oscquery-port", type=int, help="serve OSCQuery (HTTP) on this port (0 = any free port)")
     run.add_argument("--no-osc", action="store_true", help="do not open the OSC port")
     run.add_argument("--switch-on", choices=["beat", "bar"], help="quantise preset switches to the next beat/bar")
     run.add_argument("--transition", type=float, default=0.0,

@@ -1,0 +1,81 @@
+"""OSC from outside reaches the picture: real UDP -> engine process -> shared memory -> reader."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from pythonosc.udp_client import SimpleUDPClient
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "clients"))
+import streamvj_shm_client as client  # noqa: E402
+
+
+def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 120) -> re.Match:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"no line matching {pattern!r}:\n{''.join(seen)}")
+
+
+def is_grey(frame: np.ndarray) -> bool:
+    rgb = frame[..., :3].astype(np.int16)
+    return bool(np.abs(rgb[..., 0] - rgb[..., 1]).max() <= 1 and np.abs(rgb[..., 1] - rgb[..., 2]).max() <= 1)
+
+
+def test_osc_message_changes_the_output_and_oscquery_reports_it():
+    name_out = f"osc_e2e_{os.getpid()}"
+    engine = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_engine.py"), "run", "--sink", f"shm:{name_out}", "--width", "64",
+         "--height", "64", "--osc-port", "0", "--oscquery-port", "0"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    reader = client.ShmReader(name_out)
+    try:
+        osc = wait_for_line(engine, r"OSC on udp://([\d.]+):(\d+)")
+        query = wait_for_line(engine, r"OSCQuery on http://([\d.]+):(\d+)/")
+        wait_for_line(engine, r"running: source")
+        deadline = time.monotonic() + 60
+        frame = None
+        while frame is None and time.monotonic() < deadline:
+            frame = reader.read()
+            time.sleep(0.01)
+        assert frame is not None and not is_grey(frame)
+
+        SimpleUDPClient(osc.group(1), int(osc.group(2))).send_message("/streamvj/fx_saturation", 0.0)
+        grey = False
+        while not grey and time.monotonic() < deadline:
+            frame = reader.read()
+            grey = frame is not None and is_grey(frame)
+            time.sleep(0.005)
+        assert grey, "the OSC change never reached the picture"
+
+        url = f"http://{query.group(1)}:{query.group(2)}/streamvj/fx_saturation"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            node = json.load(response)
+        assert node["VALUE"] == [0.0]
+    finally:
+        reader.close()
+        engine.send_signal(signal.SIGTERM)
+        try:
+            engine.communicate(timeout=60)
+        finally:
+            if engine.poll() is None:
+                engine.kill()
+    assert engine.returncode == 0
