@@ -58,17 +58,19 @@ class GraphedStep:
       replay: consume or copy it before the next call (on the same stream, or make that
       stream wait for the consumer).
     - Warm-up runs `fn` for real `warmup` times on a side stream (it lets cuDNN/cuBLAS and
-      torch.compile finish their lazy setup, which must not happen during capture), so any
-      state `fn` updates advances that many times. The stream batch tolerates this: warm-up
-      repeats the current input, which is exactly what its priming does. The capture itself
-      runs nothing.
+      torch.compile finish their lazy setup, which must not happen during capture). State
+      that `fn` updates in place and that must not advance (the stream batch's frames in
+      flight) is listed by `preserve`: it is saved before the warm-up and restored before
+      the first replay, so capturing mid-show (e.g. when FX switch on) changes no frame.
+      The capture itself runs nothing.
     - Off CUDA (or with `enabled=False`) it calls `fn` directly, the same code path, so
       it is testable anywhere. If capture fails (a host sync inside `fn`, an op that cannot
       be captured), it logs why and keeps running `fn` eagerly rather than stopping the show.
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], static_inputs: Sequence[torch.Tensor], warmup: int = 3,
-                 watch: Watch | None = None, pool: Any = None, enabled: bool | None = None):
+                 watch: Watch | None = None, pool: Any = None, enabled: bool | None = None,
+                 preserve: Watch | None = None):
         if not static_inputs:
             raise ValueError("GraphedStep needs at least one static input tensor")
         devices = {t.device for t in static_inputs}
@@ -78,7 +80,7 @@ class GraphedStep:
             raise ValueError(f"warmup must be an integer >= 1, got {warmup!r}")
         self.fn, self.static_inputs = fn, tuple(static_inputs)
         self.device = next(iter(devices))
-        self.warmup, self.watch, self.pool = warmup, watch, pool
+        self.warmup, self.watch, self.pool, self.preserve = warmup, watch, pool, preserve
         on_cuda = self.device.type == "cuda"
         self.enabled = on_cuda if enabled is None else bool(enabled) and on_cuda
         self.fallback_reason: str | None = None if self.enabled else f"device is {self.device.type}"
@@ -98,6 +100,8 @@ class GraphedStep:
             return
         side = torch.cuda.Stream(device=self.device)
         current = torch.cuda.current_stream(self.device)
+        kept = [t for t in (self.preserve() if self.preserve else ()) if t is not None]
+        saved = [t.clone() for t in kept]
         side.wait_stream(current)
         graph = torch.cuda.CUDAGraph()
         try:
@@ -117,6 +121,8 @@ class GraphedStep:
             log.warning("CUDA graph capture failed (%s); running the step without a graph", reason)
             return
         current.wait_stream(side)
+        for tensor, copy in zip(kept, saved):
+            tensor.copy_(copy)  # undo the warm-up's state updates (ordered on `current`)
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"GraphedStep: fn must return one tensor, got {type(output).__name__}")
         self._graphs[mode] = _Captured(graph, output, self._watch_ids())

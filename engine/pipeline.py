@@ -128,7 +128,8 @@ class StreamPipeline:
             stream = self.stream
             self._step = GraphedStep(self._step, [self.input_u8, self.txt_noise],
                                      watch=lambda: (stream.cond, stream.uncond, stream.cond_pooled,
-                                                    stream.uncond_pooled))
+                                                    stream.uncond_pooled),
+                                     preserve=lambda: (stream.x_buf, stream.anchor_buf, self.fx_last))
         self.set_prompt(settings.prompt, settings.negative_prompt)
         self.set_guidance(settings.guidance_scale, settings.delta)
         self.set_seed(settings.seed)

@@ -207,3 +207,17 @@ def test_graphed_pipeline_on_cuda_equals_eager():
     assert step.captured
     for a, b in zip(want, got):
         assert (a.int() - b.int()).abs().max() <= 1  # kernel choice may differ by one rounding step
+
+
+@pytest.mark.cuda
+@cuda
+def test_preserved_state_advances_once_per_call_despite_the_warm_up():
+    model = Affine("cuda")
+    x = torch.ones(4, device="cuda")
+    eager = Affine("cuda")
+    want = [eager(x).clone() for _ in range(3)]
+    step = GraphedStep(model, [x], warmup=3, preserve=lambda: (model.state,))
+    got = [step(x).clone() for _ in range(3)]
+    assert step.captured
+    for a, b in zip(want, got):
+        torch.testing.assert_close(a, b)
