@@ -142,7 +142,12 @@ def test_compiled_step_matches_eager_including_live_updates(tiny_parts):
         outs += [pipe(frame(12)).clone(), pipe(frame(13)).clone()]
         return outs
 
-    expected, got = drive(eager), drive(compiled)
+    from torch._dynamo.utils import counters
+
+    expected = drive(eager)
+    graphs_before = counters["stats"]["unique_graphs"]
+    got = drive(compiled)
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1  # live updates never recompile
     for e, g in zip(expected, got, strict=True):
         assert (e.int() - g.int()).abs().max() <= 1  # inductor may reorder float sums: at most 1 LSB
     assert not torch.equal(expected[1], expected[3])  # the live updates did change the image
