@@ -237,3 +237,35 @@ def test_video_source_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     _fake_av(monkeypatch)
     with pytest.raises(MediaFileError, match="clip.mp4"):
         VideoFileSource(tmp_path / "clip.mp4").open()
+
+
+def test_real_video_file_decodes_at_its_rate_and_loops(tmp_path):
+    """A real encoded file through PyAV (the `video` extra), not a fake decoder."""
+    av = pytest.importorskip("av")
+    path = tmp_path / "clip.mp4"
+    container = av.open(str(path), "w")
+    stream = container.add_stream("mpeg4", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    for i in range(10):
+        image = np.full((48, 64, 3), i * 25, np.uint8)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+
+    now = [0.0]
+    source = VideoFileSource(path, clock=lambda: now[0])
+    source.open()
+    try:
+        levels = []
+        for i in range(24):
+            now[0] = (i + 0.5) / 10  # mid-way through frame i of the file's 10 fps
+            frame = source.read_latest()
+            if frame is not None:
+                assert frame.shape == (48, 64, 4) and frame.dtype == np.uint8
+                levels.append(int(frame[..., 0].mean()))
+    finally:
+        source.close()
+    assert levels[:10] == sorted(levels[:10]) and levels[9] > levels[0] + 150  # plays in order
+    assert min(levels[10:]) < 30  # and starts over
