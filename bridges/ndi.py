@@ -36,6 +36,14 @@ def _ndi_available() -> tuple[bool, str]:
     return True, ""
 
 
+def _require_cyndilib() -> Any:
+    """The cyndilib module, or BridgeUnavailable naming the extra to install."""
+    ok, message = _ndi_available()
+    if not ok:
+        raise BridgeUnavailable(message)
+    return importlib.import_module("cyndilib")
+
+
 def ndi_frame_rate(fps: float) -> Fraction:
     """`fps` as the exact fraction NDI expects: 29.97 -> 30000/1001 (NTSC rates), 30 -> 30/1."""
     ntsc = round(fps * 1.001)
@@ -90,11 +98,7 @@ class NdiSource:
         return _ndi_available()
 
     def open(self) -> None:
-        ok, message = self.is_available()
-        if not ok:
-            raise BridgeUnavailable(message)
-        nd = importlib.import_module("cyndilib")
-        self._nd = nd
+        self._nd = nd = _require_cyndilib()
         self._finder = nd.Finder()
         self._finder.open()  # starts the finder's own discovery thread; lookups below are cheap
         self._receiver = nd.Receiver(
@@ -234,10 +238,7 @@ class NdiSink:
         return _ndi_available()
 
     def open(self) -> None:
-        ok, message = self.is_available()
-        if not ok:
-            raise BridgeUnavailable(message)
-        self._nd = importlib.import_module("cyndilib")
+        self._nd = _require_cyndilib()
         self._size = None
 
     def _start(self, width: int, height: int) -> None:

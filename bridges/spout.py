@@ -43,6 +43,21 @@ def _spout_available() -> tuple[bool, str]:
     return True, ""
 
 
+def _require_spout() -> tuple[Any, Any]:
+    """SpoutGL and OpenGL.GL, or BridgeUnavailable naming the extra to install."""
+    ok, message = _spout_available()
+    if not ok:
+        raise BridgeUnavailable(message)
+    return _import_spout()
+
+
+def _with_gl_context(spout_object: Any) -> Any:
+    """A new SpoutReceiver/SpoutSender, once its hidden OpenGL context is created."""
+    if not spout_object.createOpenGL():
+        raise BridgeUnavailable("Spout: could not create an OpenGL context (is a GPU driver installed?)")
+    return spout_object
+
+
 def _bgra_to_rgba(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     dst[..., 0] = src[..., 2]
     dst[..., 1] = src[..., 1]
@@ -100,19 +115,14 @@ class SpoutSource:
         return _spout_available()
 
     def open(self) -> None:
-        ok, message = self.is_available()
-        if not ok:
-            raise BridgeUnavailable(message)
-        self._spout, gl = _import_spout()
+        self._spout, gl = _require_spout()
         self._gl_rgba = gl.GL_RGBA
         self._gl_bgra = gl.GL_BGRA
         self._rx_format = self._gl_rgba
         self._opened = True
 
     def _create_receiver(self) -> None:
-        receiver = self._spout.SpoutReceiver()
-        if not receiver.createOpenGL():
-            raise BridgeUnavailable("Spout: could not create an OpenGL context (is a GPU driver installed?)")
+        receiver = _with_gl_context(self._spout.SpoutReceiver())
         if self.sender_name:
             receiver.setReceiverName(self.sender_name)
         self._receiver = receiver
@@ -260,17 +270,12 @@ class SpoutSink:
         return _spout_available()
 
     def open(self) -> None:
-        ok, message = self.is_available()
-        if not ok:
-            raise BridgeUnavailable(message)
-        self._spout, gl = _import_spout()
+        self._spout, gl = _require_spout()
         self._gl_rgba = gl.GL_RGBA
         self._opened = True
 
     def _create_sender(self) -> None:
-        sender = self._spout.SpoutSender()
-        if not sender.createOpenGL():
-            raise BridgeUnavailable("Spout: could not create an OpenGL context (is a GPU driver installed?)")
+        sender = _with_gl_context(self._spout.SpoutSender())
         sender.setSenderName(self.sender_name)
         self._sender = sender
 

@@ -36,6 +36,14 @@ def _syphon_available() -> tuple[bool, str]:
     return True, ""
 
 
+def _require_syphon() -> tuple[Any, Any]:
+    """syphon and Metal, or BridgeUnavailable naming the extra to install."""
+    ok, message = _syphon_available()
+    if not ok:
+        raise BridgeUnavailable(message)
+    return _import_syphon()
+
+
 class SyphonSource:
     """Receives from the Syphon server `server_name` ("" = the first one listed).
 
@@ -75,10 +83,7 @@ class SyphonSource:
         return _syphon_available()
 
     def open(self) -> None:
-        ok, message = self.is_available()
-        if not ok:
-            raise BridgeUnavailable(message)
-        self._syphon, self._metal = _import_syphon()
+        self._syphon, self._metal = _require_syphon()
         self._directory = self._syphon.SyphonServerDirectory()
         # `servers` pumps the run loop for run_loop_interval seconds (default 1 s): keep it short.
         self._directory.run_loop_interval = 0.001
@@ -212,10 +217,7 @@ class SyphonSink:
         return _syphon_available()
 
     def open(self) -> None:
-        ok, message = self.is_available()
-        if not ok:
-            raise BridgeUnavailable(message)
-        syphon, self._metal = _import_syphon()
+        syphon, self._metal = _require_syphon()
         self._server = syphon.SyphonMetalServer(self.server_name)
         self._size = None
         log.info("Syphon server '%s' started", self.server_name)

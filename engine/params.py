@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -184,16 +184,7 @@ class ParamStore:
         `quantum` ("beat"/"bar") delays the start to the next beat or bar; when the fade
         ends, `prompt` is `text` and `prompt_blend` is empty.
         """
-        text = self.validate("prompt", text, source)
-        with self._lock:
-            now = self._clock() if now is None else now
-            start, seconds = self._timing(duration_s, beats, quantum, now)
-            src = self._current_mix(now, "prompt", "prompt_blend", self._prompt_fade)
-            self._targets["prompt"] = text
-            self._targets["prompt_blend"] = []
-            self._prompt_fade = Crossfade(tuple(src), text, start, seconds)
-            self._version += 1
-        self._notify("prompt", text, source)
+        self._transition("prompt", text, duration_s, beats, quantum, now, source)
 
     def transition_seed(
         self,
@@ -206,16 +197,31 @@ class ParamStore:
         source: str = "api",
     ) -> None:
         """Crossfade the noise from the current seed (mix) to `seed` via seed_blend."""
-        seed = self.validate("seed", seed, source)
+        self._transition("seed", seed, duration_s, beats, quantum, now, source)
+
+    def _transition(
+        self,
+        name: Literal["prompt", "seed"],
+        value: Any,
+        duration_s: float | None,
+        beats: float | None,
+        quantum: Quantum | None,
+        now: float | None,
+        source: str,
+    ) -> None:
+        # Shared by transition_prompt/transition_seed: `name` is "prompt" or "seed", whose
+        # crossfade lives in self._<name>_fade and whose blend param is <name>_blend.
+        value = self.validate(name, value, source)
+        fade_attr = f"_{name}_fade"
         with self._lock:
             now = self._clock() if now is None else now
             start, seconds = self._timing(duration_s, beats, quantum, now)
-            src = self._current_mix(now, "seed", "seed_blend", self._seed_fade)
-            self._targets["seed"] = seed
-            self._targets["seed_blend"] = []
-            self._seed_fade = Crossfade(tuple(src), seed, start, seconds)
+            src = self._current_mix(now, name, f"{name}_blend", getattr(self, fade_attr))
+            self._targets[name] = value
+            self._targets[f"{name}_blend"] = []
+            setattr(self, fade_attr, Crossfade(tuple(src), value, start, seconds))
             self._version += 1
-        self._notify("seed", seed, source)
+        self._notify(name, value, source)
 
     def _current_mix(
         self, now: float, single: str, blend: str, fade: Crossfade | None

@@ -12,8 +12,8 @@ from __future__ import annotations
 import enum
 import logging
 import sys
-import time
 import types
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -246,10 +246,6 @@ def net(monkeypatch: pytest.MonkeyPatch) -> Net:
     return n
 
 
-def _messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
-
-
 def test_unavailable_without_cyndilib(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cyndilib", None)
     ok, message = NdiSource.is_available()
@@ -260,7 +256,9 @@ def test_unavailable_without_cyndilib(monkeypatch: pytest.MonkeyPatch) -> None:
         NdiSource("")
 
 
-def test_source_lifecycle(net: Net, caplog: pytest.LogCaptureFixture) -> None:
+def test_source_lifecycle(
+    net: Net, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
+) -> None:
     caplog.set_level(logging.INFO, logger="streamvj.ndi")
     clock = FakeClock()
     name = "MY-PC (TouchDesigner)"
@@ -268,7 +266,7 @@ def test_source_lifecycle(net: Net, caplog: pytest.LogCaptureFixture) -> None:
     assert isinstance(src, FrameSource)
     src.open()
     assert src.read_latest() is None
-    assert _messages(caplog, f"waiting for NDI source '{name}'")
+    assert logged(f"waiting for NDI source '{name}'")
 
     remote = RemoteSource(4, 3, pad=8)  # padded rows: the line stride is not width * 4
     net.sources[name] = remote
@@ -288,7 +286,7 @@ def test_source_lifecycle(net: Net, caplog: pytest.LogCaptureFixture) -> None:
     for _ in range(8):
         assert src.read_latest() is None
         clock.t += 0.5
-    assert len(_messages(caplog, f"NDI source '{name}' vanished")) == 1
+    assert len(logged(f"NDI source '{name}' vanished")) == 1
     assert net.receivers[0].disconnects >= 1
 
     # Comes back (a new sender instance, another size): found again and received.
@@ -298,8 +296,8 @@ def test_source_lifecycle(net: Net, caplog: pytest.LogCaptureFixture) -> None:
     clock.t += 0.5
     c = src.read_latest()
     assert c is not None and c.shape == (2, 6, 4) and np.array_equal(c, expected_c)
-    assert _messages(caplog, f"NDI source '{name}' is back")
-    assert len(_messages(caplog, "vanished")) == 1
+    assert logged(f"NDI source '{name}' is back")
+    assert len(logged("vanished")) == 1
     src.close()
 
 
@@ -320,7 +318,7 @@ def test_source_converts_other_rgb_layouts(net: Net, fourcc: FourCC) -> None:
         assert np.array_equal(got[..., 3], expected[..., 3])
 
 
-def test_source_skips_unexpected_formats_logging_once(net: Net, caplog: pytest.LogCaptureFixture) -> None:
+def test_source_skips_unexpected_formats_logging_once(net: Net, logged: Callable[[str], list[str]]) -> None:
     remote = RemoteSource(2, 2, fourcc=FourCC.UYVY)
     net.sources["S"] = remote
     src = NdiSource("S", clock=FakeClock())
@@ -328,7 +326,7 @@ def test_source_skips_unexpected_formats_logging_once(net: Net, caplog: pytest.L
     for seed in range(3):
         remote.publish(seed)
         assert src.read_latest() is None
-    assert len(_messages(caplog, "expected RGBA/RGBX")) == 1
+    assert len(logged("expected RGBA/RGBX")) == 1
 
 
 def test_sink_sends_and_recreates_frame_on_resize(net: Net) -> None:
@@ -389,7 +387,7 @@ def test_real_sender_and_receiver_construct_and_poll() -> None:
 
 
 @pytest.mark.network
-def test_real_ndi_loopback() -> None:
+def test_real_ndi_loopback(assert_loopback: Callable[..., None]) -> None:
     """Needs NDI discovery (mDNS) on this machine; skipped where the sender is never listed."""
     cyndilib = pytest.importorskip("cyndilib")
     sink = NdiSink("streamvj-pytest-loopback", fps=30)
@@ -414,16 +412,4 @@ def test_real_ndi_loopback() -> None:
         pytest.skip("NDI discovery did not list the local sender (no mDNS here)")
     src = NdiSource(full_name)
     src.open()
-    got = None
-    try:
-        for _ in range(300):
-            sink.send(frame)
-            got = src.read_latest()
-            if got is not None:
-                break
-            time.sleep(0.01)
-        assert got is not None and got.shape == frame.shape
-        assert np.array_equal(got[..., :3], frame[..., :3])
-    finally:
-        src.close()
-        sink.close()
+    assert_loopback(sink, src, frame, tries=300)

@@ -7,7 +7,6 @@ waits, never measurements.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,6 @@ from bridges.shm import ShmSink, ShmSource
 from engine.errors import ConfigError, FrameError
 
 ROOT = Path(__file__).resolve().parents[2]
-_names = itertools.count()
 
 # Frame k of a writer: R,G,B = (x + 3y + k) % 256, A = marker; marker -1: every byte = k % 251.
 SINK_WRITER = """
@@ -111,27 +109,6 @@ class Proc:
         if self.popen.poll() is None:
             self.popen.kill()  # SIGKILL on POSIX: no cleanup runs
         self.popen.wait(timeout=10)
-
-
-@pytest.fixture
-def new_name() -> Iterator[Callable[[], str]]:
-    made: list[str] = []
-
-    def make() -> str:
-        made.append(f"svj_{os.getpid()}_{next(_names)}")
-        return made[-1]
-
-    yield make
-    for name in made:
-        shm._unlink(name)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    running: list[Proc] = []
-    yield running
-    for proc in running:
-        proc.kill()
 
 
 def expected(h: int, w: int, k: int, marker: int) -> np.ndarray:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import itertools
 import json
-import os
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -26,7 +24,6 @@ CLIENT_PATH = ROOT / "clients" / "streamvj_shm_client.py"
 _spec = importlib.util.spec_from_file_location("streamvj_shm_client", CLIENT_PATH)
 client = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(client)
-_names = itertools.count()
 
 CLIENT_WRITER = """
 import sys, time
@@ -73,27 +70,6 @@ while len(seen) < want and time.monotonic() < deadline:
 r.close()
 print(json.dumps({"indices": seen, "ok": ok, "shape": shape}), flush=True)
 """
-
-
-@pytest.fixture
-def new_name() -> Iterator[Callable[[], str]]:
-    made: list[str] = []
-
-    def make() -> str:
-        made.append(f"svjc_{os.getpid()}_{next(_names)}")
-        return made[-1]
-
-    yield make
-    for name in made:
-        shm._unlink(name)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    running: list[Proc] = []
-    yield running
-    for proc in running:
-        proc.kill()
 
 
 def _client_proc(procs: list[Proc], code: str, *args: object) -> Proc:

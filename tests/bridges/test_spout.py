@@ -12,6 +12,7 @@ import itertools
 import logging
 import sys
 import types
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -195,10 +196,6 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     return w
 
 
-def _messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
-
-
 def test_unavailable_without_spoutgl(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "SpoutGL", None)
     for cls in (SpoutSource, SpoutSink):
@@ -208,7 +205,9 @@ def test_unavailable_without_spoutgl(monkeypatch: pytest.MonkeyPatch) -> None:
             cls().open()
 
 
-def test_source_lifecycle(world: World, caplog: pytest.LogCaptureFixture) -> None:
+def test_source_lifecycle(
+    world: World, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
+) -> None:
     caplog.set_level(logging.DEBUG, logger="streamvj.spout")
     clock = FakeClock()
     src = SpoutSource("TDOut", retry_s=1.0, stale_s=100.0, clock=clock)
@@ -219,7 +218,7 @@ def test_source_lifecycle(world: World, caplog: pytest.LogCaptureFixture) -> Non
     # No sender yet.
     assert src.read_latest() is None
     assert world.receivers[0].gl_open and world.receivers[0].name == "TDOut"
-    assert _messages(caplog, "waiting for Spout sender 'TDOut'")
+    assert logged("waiting for Spout sender 'TDOut'")
 
     # Sender appears: the update call returns nothing, the next call the frame.
     sender = FakeSender(4, 2)
@@ -248,7 +247,7 @@ def test_source_lifecycle(world: World, caplog: pytest.LogCaptureFixture) -> Non
     for _ in range(5):
         assert src.read_latest() is None
         clock.t += 0.6
-    assert len(_messages(caplog, "Spout sender 'TDOut' vanished")) == 1
+    assert len(logged("Spout sender 'TDOut' vanished")) == 1
     assert world.receivers[0].released and not world.receivers[0].gl_open
 
     # It restarts as BGRA: a fresh receiver connects, asks for BGRA and swaps once.
@@ -260,14 +259,16 @@ def test_source_lifecycle(world: World, caplog: pytest.LogCaptureFixture) -> Non
     assert d is not None and np.array_equal(d, expected_d)
     assert world.receivers[-1].requested[-1] == GL_BGRA
     assert len(world.receivers) == 2
-    assert _messages(caplog, "Spout sender 'TDOut' is back")
-    assert _messages(caplog, "BGRA, swapped to RGBA")
-    assert len(_messages(caplog, "vanished")) == 1
+    assert logged("Spout sender 'TDOut' is back")
+    assert logged("BGRA, swapped to RGBA")
+    assert len(logged("vanished")) == 1
     src.close()
     assert world.receivers[-1].released
 
 
-def test_source_recreates_a_receiver_that_went_stale(world: World, caplog: pytest.LogCaptureFixture) -> None:
+def test_source_recreates_a_receiver_that_went_stale(
+    world: World, logged: Callable[[str], list[str]]
+) -> None:
     clock = FakeClock()
     sender = FakeSender(2, 2)
     world.senders["A"] = sender
@@ -280,14 +281,16 @@ def test_source_recreates_a_receiver_that_went_stale(world: World, caplog: pytes
         clock.t += 2.0
         assert src.read_latest() is None
     assert world.receivers[0].released  # quietly released after 5 s without a new frame
-    assert not _messages(caplog, "vanished")
+    assert not logged("vanished")
     expected = sender.publish(2)
     assert src.read_latest() is None  # a fresh receiver's update call
     assert len(world.receivers) == 2
     assert np.array_equal(src.read_latest(), expected)
 
 
-def test_source_without_name_uses_active_sender(world: World, caplog: pytest.LogCaptureFixture) -> None:
+def test_source_without_name_uses_active_sender(
+    world: World, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
+) -> None:
     caplog.set_level(logging.INFO, logger="streamvj.spout")
     world.senders["Resolume Out"] = FakeSender(3, 3)
     world.senders["Resolume Out"].publish(7)
@@ -296,7 +299,7 @@ def test_source_without_name_uses_active_sender(world: World, caplog: pytest.Log
     src.read_latest()
     assert src.read_latest() is not None
     assert world.receivers[0].name == ""
-    assert _messages(caplog, "Spout sender 'Resolume Out' is 3x3")
+    assert logged("Spout sender 'Resolume Out' is 3x3")
 
 
 def test_sink_sends_rgba_and_frame_sync(world: World) -> None:
@@ -318,7 +321,9 @@ def test_sink_sends_rgba_and_frame_sync(world: World) -> None:
     assert spout.released
 
 
-def test_sink_failure_is_logged_once_and_recreated(world: World, caplog: pytest.LogCaptureFixture) -> None:
+def test_sink_failure_is_logged_once_and_recreated(
+    world: World, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
+) -> None:
     caplog.set_level(logging.INFO, logger="streamvj.spout")
     clock = FakeClock()
     sink = SpoutSink("out", retry_s=1.0, clock=clock)
@@ -328,38 +333,24 @@ def test_sink_failure_is_logged_once_and_recreated(world: World, caplog: pytest.
     for _ in range(4):
         sink.send(frame)
         clock.t += 0.4
-    assert len(_messages(caplog, "could not send")) == 1
+    assert len(logged("could not send")) == 1
     assert world.spout_senders[0].released
     failed_senders = len(world.spout_senders)
     assert 1 < failed_senders <= 3  # recreated at most once per retry_s
     world.send_ok = True
     clock.t += 1.0
     sink.send(frame)
-    assert _messages(caplog, "sending again")
+    assert logged("sending again")
 
 
 @pytest.mark.windows
 @pytest.mark.skipif(sys.platform != "win32", reason="Spout is Windows-only")
-def test_real_spout_loopback() -> None:
+def test_real_spout_loopback(assert_loopback: Callable[..., None]) -> None:
     pytest.importorskip("SpoutGL")
-    import time
-
     sink = SpoutSink("streamvj-test-loopback")
     src = SpoutSource("streamvj-test-loopback")
     sink.open()
     src.open()
     frame = np.zeros((64, 96, 4), dtype=np.uint8)
     frame[..., 0], frame[..., 3] = 200, 255
-    got = None
-    try:
-        for _ in range(200):
-            sink.send(frame)
-            got = src.read_latest()
-            if got is not None:
-                break
-            time.sleep(0.01)
-        assert got is not None and got.shape == frame.shape
-        assert np.array_equal(got[..., :3], frame[..., :3])
-    finally:
-        src.close()
-        sink.close()
+    assert_loopback(sink, src, frame, tries=200)

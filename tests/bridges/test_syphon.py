@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -167,10 +168,6 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     return w
 
 
-def _messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
-
-
 def test_unavailable_without_syphon(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "syphon", None)
     for cls in (SyphonSource, SyphonSink):
@@ -182,7 +179,9 @@ def test_unavailable_without_syphon(monkeypatch: pytest.MonkeyPatch) -> None:
         SyphonSink("")
 
 
-def test_source_lifecycle(world: World, caplog: pytest.LogCaptureFixture) -> None:
+def test_source_lifecycle(
+    world: World, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
+) -> None:
     caplog.set_level(logging.INFO, logger="streamvj.syphon")
     clock = FakeClock()
     src = SyphonSource("TD Out", retry_s=1.0, clock=clock)
@@ -190,7 +189,7 @@ def test_source_lifecycle(world: World, caplog: pytest.LogCaptureFixture) -> Non
     src.open()
     assert src.read_latest() is None
     assert world.directory_interval is not None and world.directory_interval < 0.01
-    assert _messages(caplog, "waiting for Syphon server 'TD Out'")
+    assert logged("waiting for Syphon server 'TD Out'")
 
     server = Server("TD Out", "TouchDesigner", 4, 3, fmt=BGRA8)
     world.servers.append(server)
@@ -213,7 +212,7 @@ def test_source_lifecycle(world: World, caplog: pytest.LogCaptureFixture) -> Non
     for _ in range(4):
         assert src.read_latest() is None
         clock.t += 0.4
-    assert len(_messages(caplog, "Syphon server 'TD Out' vanished")) == 1
+    assert len(logged("Syphon server 'TD Out' vanished")) == 1
     assert world.clients[0].stopped
 
     back = Server("TD Out", "TouchDesigner", 5, 5, fmt=RGBA8)
@@ -222,7 +221,7 @@ def test_source_lifecycle(world: World, caplog: pytest.LogCaptureFixture) -> Non
     clock.t += 1.0
     d = src.read_latest()
     assert d is not None and np.array_equal(d, expected_d)
-    assert _messages(caplog, "Syphon server 'TD Out' is back")
+    assert logged("Syphon server 'TD Out' is back")
     assert len(world.clients) == 2
     src.close()
     assert world.clients[1].stopped
@@ -246,7 +245,7 @@ def test_source_matches_app_name_and_first_server(world: World) -> None:
 
 
 def test_source_skips_unsupported_formats_logging_once(
-    world: World, caplog: pytest.LogCaptureFixture
+    world: World, logged: Callable[[str], list[str]]
 ) -> None:
     server = Server("HDR", "App", 2, 2, fmt=RGBA16F)
     world.servers.append(server)
@@ -255,7 +254,7 @@ def test_source_skips_unsupported_formats_logging_once(
     for seed in range(3):
         server.publish(seed)
         assert src.read_latest() is None
-    assert len(_messages(caplog, "expected 8-bit RGBA/BGRA")) == 1
+    assert len(logged("expected 8-bit RGBA/BGRA")) == 1
 
 
 def test_sink_publishes_and_recreates_texture_on_resize(world: World) -> None:
@@ -278,26 +277,12 @@ def test_sink_publishes_and_recreates_texture_on_resize(world: World) -> None:
 
 @pytest.mark.macos
 @pytest.mark.skipif(sys.platform != "darwin", reason="Syphon is macOS-only")
-def test_real_syphon_loopback() -> None:
+def test_real_syphon_loopback(assert_loopback: Callable[..., None]) -> None:
     pytest.importorskip("syphon")
-    import time
-
     sink = SyphonSink("streamvj-test-loopback")
     sink.open()
     frame = np.zeros((48, 64, 4), dtype=np.uint8)
     frame[..., 2], frame[..., 3] = 220, 255
     src = SyphonSource("streamvj-test-loopback")
     src.open()
-    got = None
-    try:
-        for _ in range(300):
-            sink.send(frame)
-            got = src.read_latest()
-            if got is not None:
-                break
-            time.sleep(0.01)
-        assert got is not None and got.shape == frame.shape
-        assert np.array_equal(got[..., :3], frame[..., :3])
-    finally:
-        src.close()
-        sink.close()
+    assert_loopback(sink, src, frame, tries=300)
