@@ -32,10 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.device_io import DeviceDownload
 from engine.errors import ConfigError, FrameError
 from engine.framepool import FrameBuffer, FramePool
 from engine.frames import Frame, FrameSink, FrameSource, check_rgba_u8
 from engine.mailbox import Mailbox
+from engine.ratelimit import RateLimitedLog
+from engine.sinkgroup import SinkGroup, close_quietly
 from engine.timings import Timings
 
 log = logging.getLogger("streamvj.runtime")
@@ -52,52 +55,6 @@ IDLE_MIN_S, IDLE_MAX_S = 0.0002, 0.001  # source polling back-off: <= 1 ms added
 WAIT_S = 0.05  # idle waits: how soon stop/pause is seen when nothing wakes the thread
 STATS_PERIOD_S = 1.0
 POOL_SPARE = 2
-
-
-class _RateLimitedLog:
-    """Log each distinct message at most once per `repeat_s`: a per-frame error at 60 fps
-    must leave a readable log, not a flood."""
-
-    def __init__(self, repeat_s: float = ERROR_REPEAT_S) -> None:
-        self.repeat_s = repeat_s
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-
-    def __call__(self, level: int, msg: str, exc_info: BaseException | None = None, key: str | None = None) -> bool:
-        """`key` (default: the message) says what counts as the same message."""
-        now = time.monotonic()
-        key = msg if key is None else key
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.repeat_s:
-                return False
-            if len(self._last) >= 256:  # ever-changing texts: forget the old ones, stay bounded
-                self._last = {m: t for m, t in self._last.items() if now - t < self.repeat_s}
-            self._last[key] = now
-        log.log(level, msg, exc_info=exc_info)
-        return True
-
-
-class _SinkGroup:
-    """Sinks served by one thread, in order, from one latest-wins mailbox."""
-
-    def __init__(self, sinks: Sequence[FrameSink], index: int, pool: FramePool) -> None:
-        self.sinks = list(sinks)
-        self.index = index
-        self.name = "+".join(getattr(s, "name", type(s).__name__) for s in self.sinks)
-        self.box: Mailbox[FrameBuffer] = Mailbox(f"out:{self.name}", on_drop=pool.release)
-        self.sent = 0  # fresh frames sent
-        self.repeated = 0  # ticks that re-sent the last frame (pacing)
-        self.errors = [0] * len(self.sinks)
-        self.failing: list[str | None] = [None] * len(self.sinks)  # message last logged, per sink
-        self.thread: threading.Thread | None = None
-
-
-def _close_quietly(what: str, obj: Any) -> None:
-    try:
-        obj.close()
-    except Exception as e:  # one failing close must not leave the others open
-        log.warning("closing %s failed: %s: %s", what, type(e).__name__, e)
 
 
 class Runtime:
@@ -138,20 +95,22 @@ class Runtime:
         groups = [[s] if isinstance(s, FrameSink) or not isinstance(s, Sequence) else list(s) for s in sinks]
         # Output: each group holds at most two (mailbox + the one it repeats), the render loop one.
         self._out_pool = FramePool("output", 2 * len(groups) + POOL_SPARE)
-        self._groups = [_SinkGroup(g, i, self._out_pool) for i, g in enumerate(groups)]
+        self._groups = [SinkGroup(g, i, self._out_pool) for i, g in enumerate(groups)]
         names = [g.name for g in self._groups]
         for g in self._groups:  # two "null" sinks must not share a line in stats()
             if names.count(g.name) > 1:
                 g.name = f"{g.name}#{g.index}"
         self._actions: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future]] = queue.SimpleQueue()
-        self._errlog = _RateLimitedLog()
+        self._errlog = RateLimitedLog(log, ERROR_REPEAT_S)
         self._stopping = threading.Event()
         self._stop_lock = threading.Lock()
         self._stop_done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = self._stopped = False
         self._paused = False
-        self._cuda_event: Any = None
+        self._download: DeviceDownload | None = None
+        # A CUDA frame whose download is in flight: (out_buf, event, in_buf, arrival, t_done, skipped).
+        self._pending: tuple | None = None
         self.frames_received = 0
         self.frames_rendered = 0
         self.render_errors = 0
@@ -170,7 +129,7 @@ class Runtime:
                 opened.append((name, obj))
         except BaseException:
             for name, obj in reversed(opened):
-                _close_quietly(name, obj)
+                close_quietly(name, obj)
             raise
         self._started = True
         if self._source is not None:
@@ -213,12 +172,12 @@ class Runtime:
         if self._started:
             if self._source is not None and not any(t.name == "streamvj-source" and t.is_alive()
                                                     for t in self._threads):
-                _close_quietly(f"source {self._source_name()}", self._source)
+                close_quietly(f"source {self._source_name()}", self._source)
             for g in self._groups:
                 if g.thread is not None and g.thread.is_alive():
                     continue
                 for sink in g.sinks:
-                    _close_quietly(f"sink {getattr(sink, 'name', sink)}", sink)
+                    close_quietly(f"sink {getattr(sink, 'name', sink)}", sink)
         log.info("runtime stopped")
         self._stop_done.set()
         return not stuck
@@ -418,6 +377,7 @@ class Runtime:
             if self._stopping.is_set():
                 break
             if self._paused:
+                self._flush_pending()
                 held = self._in_box.get(WAIT_S)  # keep the input fresh: no stale frame on resume
                 if held is not None:
                     self._in_pool.release(held[1])
@@ -425,14 +385,21 @@ class Runtime:
             if self._source is None:
                 delay = next_t - time.monotonic()
                 if delay > 0:
+                    self._flush_pending()
                     self._in_box.get(min(delay, WAIT_S))  # nobody puts: a wakeable sleep
                     continue
                 next_t = max(next_t + period, time.monotonic() - period) if period else 0.0
                 self._render(None, self._clock())
                 continue
-            item = self._in_box.get(WAIT_S)
+            # With a CUDA frame pending, take a waiting input first (launch it, then hand the
+            # pending one off); block only after handing it off, so an idle source adds no latency.
+            item = self._in_box.get_nowait() if self._pending is not None else None
+            if item is None:
+                self._flush_pending()
+                item = self._in_box.get(WAIT_S)
             if item is not None:
                 self._render(item, self._clock())
+        self._flush_pending()
         pending = self._in_box.clear()
         if pending is not None:
             self._in_pool.release(pending[1])
@@ -476,11 +443,7 @@ class Runtime:
                 result = p(frame.rgba_u8)
             else:
                 result = p()
-            t1 = clock()
-            out_buf = self._to_host(result)
-            if self._cuda_event is not None and out_buf.tensor is not None:
-                self._cuda_event.synchronize()  # the async download has landed (no device-wide sync)
-            t2 = clock()
+            out_buf, landed = self._to_host(result)
         except Exception as e:  # one bad frame must not end the show: log, keep the last output
             self.render_errors += 1
             self.last_error = f"{type(e).__name__}: {e}"
@@ -489,26 +452,52 @@ class Runtime:
                                         f"{frame.index if frame is not None else self.frames_rendered}: "
                                         f"{self.last_error}", exc_info=e, key=self.last_error)
             self._out_pool.release(out_buf)
+            self._in_pool.release(in_buf)
             return
-        finally:
-            self._in_pool.release(in_buf)  # after the download: an async upload from it is done too
+        t1 = clock()
         timings.record("model", t1 - t0)
-        timings.record("postprocess", t2 - t1)
         stage_times = getattr(p, "stage_times", None)
         if isinstance(stage_times, Mapping):
             for name, seconds in stage_times.items():
                 timings.record(f"model.{name}", float(seconds))
         out_buf.index = frame.index if frame is not None else self.frames_rendered
         out_buf.t_arrival = t_arrival
+        skipped = getattr(counters, "skipped", 0) != skipped_before
+        if landed is None:
+            self._in_pool.release(in_buf)
+            self._hand_off(out_buf, t1, skipped)
+            return
+        # On CUDA the previous frame is handed off only now, after this one was launched:
+        # the GPU finished it while the host prepared this frame (see engine/device_io.py).
+        self._flush_pending()
+        self._pending = (out_buf, landed, in_buf, t1, skipped)
+
+    def _flush_pending(self) -> None:
+        """Wait for the pending CUDA frame's bytes (its event, not a device sync) and hand it off."""
+        if self._pending is None:
+            return
+        out_buf, landed, in_buf, t1, skipped = self._pending
+        self._pending = None
+        landed.synchronize()
+        self._in_pool.release(in_buf)  # its upload ran before the download the event marks
+        self._hand_off(out_buf, t1, skipped)
+
+    def _hand_off(self, out_buf: FrameBuffer, t_model_done: float, skipped: bool) -> None:
+        clock, timings = self._clock, self.timings
+        t2 = clock()
+        timings.record("postprocess", t2 - t_model_done)
         self._out_pool.retain(out_buf, len(self._groups))
         for g in self._groups:
             g.box.put(out_buf)
         self.frames_rendered += 1
-        timings.frame_out(t_arrival, clock(), getattr(counters, "skipped", 0) != skipped_before)
+        timings.frame_out(out_buf.t_arrival, clock(), skipped)
         self._out_pool.release(out_buf)
 
-    def _to_host(self, result: np.ndarray | torch.Tensor) -> FrameBuffer:
-        """Copy a processor result into a pooled host buffer (the one copy sinks read from)."""
+    def _to_host(self, result: np.ndarray | torch.Tensor) -> tuple[FrameBuffer, Any]:
+        """Copy a processor result into a pooled host buffer (the one copy sinks read from).
+
+        Returns the buffer and, for a CUDA result, the event marking its bytes as landed.
+        """
         if isinstance(result, torch.Tensor):
             if result.is_cuda:
                 return self._download_cuda(result)
@@ -520,23 +509,19 @@ class Runtime:
                              f"{tuple(getattr(result, 'shape', ()))}")
         buf = self._out_pool.acquire(result.shape, pinned=False)
         np.copyto(buf.array, result)
-        return buf
+        return buf, None
 
-    def _download_cuda(self, result: torch.Tensor) -> FrameBuffer:
+    def _download_cuda(self, result: torch.Tensor) -> tuple[FrameBuffer, Any]:
         if result.dtype != torch.uint8 or result.ndim != 3 or result.shape[2] != 4:
             raise FrameError(f"processor must return an HxWx4 uint8 tensor, got {result.dtype} "
                              f"{tuple(result.shape)}")
         buf = self._out_pool.acquire(tuple(result.shape), pinned=True)
         assert buf.tensor is not None
-        # Straight into the pinned buffer sinks read; ordered after the model on its stream,
-        # and before the next call can overwrite the pipeline's output buffer.
-        buf.tensor.copy_(result, non_blocking=True)
-        if self._cuda_event is None:
-            self._cuda_event = torch.cuda.Event()
-        self._cuda_event.record(torch.cuda.current_stream(result.device))
-        return buf
+        if self._download is None:
+            self._download = DeviceDownload(result.device)
+        return buf, self._download.start(result, buf.tensor)
 
-    def _sink_loop(self, g: _SinkGroup) -> None:
+    def _sink_loop(self, g: SinkGroup) -> None:
         period = 1.0 / self.target_fps if self.target_fps else None
         current: FrameBuffer | None = None
         next_t = time.monotonic()
@@ -565,7 +550,7 @@ class Runtime:
             self._out_pool.release(current)
             self._out_pool.release(g.box.clear())
 
-    def _send(self, g: _SinkGroup, buf: FrameBuffer, repeat: bool) -> None:
+    def _send(self, g: SinkGroup, buf: FrameBuffer, repeat: bool) -> None:
         clock = self._clock
         for i, sink in enumerate(g.sinks):
             t0 = clock()

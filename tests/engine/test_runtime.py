@@ -481,3 +481,66 @@ def test_sigterm_stops_a_runtime_process_cleanly(tmp_path):
     assert "received SIGTERM" not in err or "Traceback" not in err
     with pytest.raises(ProcessLookupError):  # nothing left in its process group
         os.killpg(proc.pid, 0)
+
+
+class FakeLanded:
+    """Stands in for a CUDA event: records when the render thread waited for the bytes."""
+
+    def __init__(self, log: list[str], index: int) -> None:
+        self.log, self.index = log, index
+
+    def synchronize(self) -> None:
+        self.log.append(f"wait {self.index}")
+
+
+def deferred_runtime(runtimes, source, sink, log: list[str]) -> Runtime:
+    """A runtime whose results behave like CUDA ones: downloads finish later, marked by an event.
+
+    Each call returns only once the source has produced a newer frame, so one is always
+    waiting in the mailbox when a render ends: the situation where deferring pays off.
+    """
+
+    def processor(rgba_u8: np.ndarray) -> np.ndarray:
+        k = frame_index(rgba_u8)
+        log.append(f"call {k}")
+        deadline = time.monotonic() + 10
+        while source.produced <= k + 1 and source.produced < source.limit and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        return rgba_u8
+
+    rt = Runtime(processor, source, [sink])
+    plain = rt._to_host
+
+    def to_host(result):
+        buf, landed = plain(result)
+        assert landed is None  # CPU results hand off at once; pretend this one is on a GPU
+        return buf, FakeLanded(log, frame_index(result))
+
+    rt._to_host = to_host
+    runtimes.append(rt)
+    return rt.start()
+
+
+def test_cuda_frames_hand_off_after_the_next_launch_and_none_is_left_behind(runtimes):
+    log: list[str] = []
+    source, sink = CountingSource(limit=40), CollectingSink()
+    rt = deferred_runtime(runtimes, source, sink, log)
+    wait_until(lambda: source.produced == 40 and sink.indices and sink.indices[-1] == 39,
+               what="the last frame reaches the sink once the source goes quiet")
+    calls = [int(e.split()[1]) for e in log if e.startswith("call")]
+    waits = [int(e.split()[1]) for e in log if e.startswith("wait")]
+    assert waits == calls  # each launched frame is waited for exactly once, in launch order
+    wait_until(lambda: rt.frames_rendered == len(calls), what="every launched frame handed off")
+    assert set(sink.indices) <= set(calls) and sink.indices == sorted(set(sink.indices))  # in order, once
+    for k, nxt in zip(calls, calls[1:]):
+        # frame k's bytes are waited for only after the next frame was launched (the overlap)
+        assert log.index(f"call {nxt}") < log.index(f"wait {k}")
+
+
+def test_stop_hands_off_a_pending_cuda_frame(runtimes):
+    log: list[str] = []
+    source, sink = CountingSource(limit=3), CollectingSink()
+    rt = deferred_runtime(runtimes, source, sink, log)
+    wait_until(lambda: rt.frames_rendered == 3, what="three frames")
+    rt.stop(timeout=10)
+    assert rt._pending is None and [e for e in log if e.startswith("wait")] == ["wait 0", "wait 1", "wait 2"]
