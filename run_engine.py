@@ -273,6 +273,14 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bridges(args: argparse.Namespace) -> int:
+    from bridges.registry import bridge_status
+
+    for role, kind, ok, message in bridge_status():
+        print(f"{role:<7} {kind:<8} {'ok' if ok else 'missing':<8} {'' if ok else message}")
+    return 0
+
+
 def cmd_osc(args: argparse.Namespace) -> int:
     from bridges.osc_docs import osc_markdown
 
@@ -308,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     presets = sub.add_parser("presets", help="list the presets in presets/")
     presets.set_defaults(func=cmd_presets)
+    bridges = sub.add_parser("bridges", help="which frame sources/sinks work on this machine")
+    bridges.set_defaults(func=cmd_bridges)
     osc = sub.add_parser("osc", help="print the OSC address table (markdown)")
     osc.set_defaults(func=cmd_osc)
 

@@ -48,6 +48,15 @@ def test_presets_lists_every_shipped_preset_as_valid():
     assert "INVALID" not in result.stdout
 
 
+def test_bridges_says_what_works_here_and_what_to_install():
+    result = run_cli("bridges")
+    assert result.returncode == 0
+    rows = {tuple(line.split()[:3]) for line in result.stdout.splitlines()}
+    assert ("source", "pattern", "ok") in rows and ("sink", "shm", "ok") in rows
+    if sys.platform != "win32":
+        assert ("source", "spout", "missing") in rows and "streamvj[spout]" in result.stdout
+
+
 def test_osc_prints_the_address_table():
     result = run_cli("osc")
     assert result.returncode == 0 and "/streamvj/guidance_scale" in result.stdout
