@@ -147,23 +147,34 @@ def _resolve_folder(spec: str, fp16: bool = False) -> Path:
     return _download(spec, fp16)
 
 
+def _variant_of(path: str) -> tuple[str, str]:
+    """("unet/diffusion_pytorch_model", "fp16") for unet/diffusion_pytorch_model.fp16.safetensors."""
+    folder, _, name = path.rpartition("/")
+    parts = name[: -len(".safetensors")].split(".")
+    base, variant = (".".join(parts[:-1]), parts[-1]) if len(parts) > 1 else (parts[0], "")
+    return f"{folder}/{base}" if folder else base, variant
+
+
 def pick_hub_files(files: list[str], fp16: bool) -> list[str]:
     """The files a pipeline (or a lone VAE repo) needs: configs, tokenizers, one safetensors per weight.
 
-    Hub repos often carry .bin, .ckpt and whole-pipeline single files beside the per-component
-    safetensors (several GB each); only the latter are fetched, fp16 variants when asked for.
+    Hub repos often carry .bin, .ckpt, EMA variants and whole-pipeline single files beside the
+    per-component safetensors (several GB each); only one copy of each weight is fetched: the
+    fp16 variant when asked for and present, else the plain one.
     """
-    root_files = {"model_index.json", "config.json", "diffusion_pytorch_model.safetensors",
-                  "diffusion_pytorch_model.fp16.safetensors"}
-    needed = [f for f in files if f in root_files or f.split("/", 1)[0] in _HUB_FOLDERS and "/" in f]
+    root_files = {"model_index.json", "config.json"}
+    needed = [f for f in files if f in root_files or "/" in f and f.split("/", 1)[0] in _HUB_FOLDERS
+              or "/" not in f and f.startswith("diffusion_pytorch_model.") and f.endswith(".safetensors")]
     chosen = [f for f in needed if not f.endswith(_WEIGHT_SUFFIXES)]
-    by_plain_name: dict[str, list[str]] = {}
+    versions: dict[str, dict[str, str]] = {}
     for f in needed:
         if f.endswith(".safetensors"):
-            by_plain_name.setdefault(f.replace(".fp16.", "."), []).append(f)
-    for plain, versions in by_plain_name.items():
-        half = [v for v in versions if ".fp16." in v]
-        chosen.append(half[0] if fp16 and half else plain if plain in versions else versions[0])
+            base, variant = _variant_of(f)
+            versions.setdefault(base, {})[variant] = f
+    for by_variant in versions.values():
+        preferred = ("fp16", "") if fp16 else ("", "fp16")
+        pick = next((by_variant[v] for v in preferred if v in by_variant), None)
+        chosen.append(pick or sorted(by_variant.values())[0])
     return sorted(chosen)
 
 

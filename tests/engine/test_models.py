@@ -124,3 +124,12 @@ def test_hub_file_selection_takes_one_safetensors_per_weight():
                                                 "unet/diffusion_pytorch_model.fp16.safetensors"]
     assert "unet/diffusion_pytorch_model.safetensors" in pick_hub_files(files, fp16=False)
     assert "sd_turbo.safetensors" not in pick_hub_files(files, fp16=False)
+    ema = files + ["unet/diffusion_pytorch_model.non_ema.safetensors", "vae/diffusion_pytorch_model.safetensors"]
+    picked = pick_hub_files(ema, fp16=False)
+    assert "unet/diffusion_pytorch_model.non_ema.safetensors" not in picked
+    assert "vae/diffusion_pytorch_model.safetensors" in picked
+
+
+def test_vae_repo_files():
+    files = ["config.json", "diffusion_pytorch_model.safetensors", "taesd_encoder.pth", "README.md"]
+    assert pick_hub_files(files, fp16=True) == ["config.json", "diffusion_pytorch_model.safetensors"]
