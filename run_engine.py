@@ -82,11 +82,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preset_path(value: str) -> Path:
+def _preset_path(value: str, presets_dir: Path) -> Path:
     from engine.preset_schema import resolve_preset
 
     path = Path(value)
-    return path if path.suffix in (".yaml", ".yml") and path.is_file() else resolve_preset(PRESETS_DIR, value)
+    return path if path.suffix in (".yaml", ".yml") and path.is_file() else resolve_preset(presets_dir, value)
 
 
 def _apply_overrides(preset, args: argparse.Namespace):
@@ -175,7 +175,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     runtime = None
     ok = True
     try:
-        path = _preset_path(args.preset)
+        presets_dir = Path(args.presets_dir)
+        path = _preset_path(args.preset, presets_dir)
         preset = _apply_overrides(load_preset(path), args)
         log.info("preset %s: model %s, %dx%d, steps %s, cfg %s", path.stem, preset.load.model, preset.load.width,
                  preset.load.height, list(preset.live.t_index_list), preset.load.cfg_type)
@@ -196,12 +197,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         feedback = OscFeedback.from_settings(preset.osc)
         status = StatusLine(feedback, gpu)
         runtime = Runtime(player, source, sinks, target_fps=preset.load.target_fps, on_stats=status)
-        show = status.show = Show(PRESETS_DIR, preset, path.stem, store, player, runtime, tempo=tempo,
+        show = status.show = Show(presets_dir, preset, path.stem, store, player, runtime, tempo=tempo,
                                   quantum=args.switch_on, transition_s=args.transition)
         show.watch()
         closers.append(show.stop_watching)
         if not args.no_osc:
-            server = OscServer.from_settings(preset.osc, store, show, presets_dir=PRESETS_DIR, tempo=tempo).start()
+            server = OscServer.from_settings(preset.osc, store, show, presets_dir=presets_dir, tempo=tempo).start()
             closers.append(server.stop)
             log.info("OSC on udp://%s:%d%s (see docs/osc.md)", *server.address, preset.osc.prefix)
             if preset.osc.query_port is not None:
@@ -209,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
                 query = OscQueryServer(store, osc_port=server.address[1], osc_host=server.address[0],
                                        prefix=preset.osc.prefix, host=preset.osc.host,
-                                       port=preset.osc.query_port, presets_dir=PRESETS_DIR).start()
+                                       port=preset.osc.query_port, presets_dir=presets_dir).start()
                 closers.append(query.stop)
                 log.info("OSCQuery on http://%s:%d/", *query.address)
         if feedback is not None:
@@ -261,9 +262,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
     from engine.errors import StreamVJError
     from engine.preset_schema import list_presets, load_preset, resolve_preset
 
-    for name in list_presets(PRESETS_DIR):
+    presets_dir = Path(args.presets_dir)
+    for name in list_presets(presets_dir):
         try:
-            preset = load_preset(resolve_preset(PRESETS_DIR, name))
+            preset = load_preset(resolve_preset(presets_dir, name))
         except StreamVJError as exc:
             print(f"{name:<14} INVALID: {exc}")
             continue
@@ -294,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="play a preset live (the default command)")
-    run.add_argument("--preset", default="tiny", help="preset name in presets/ or a .yaml path (default: tiny)")
+    run.add_argument("--preset", default="tiny", help="preset name in the presets folder or a .yaml path (default: tiny)")
+    run.add_argument("--presets-dir", default=str(PRESETS_DIR),
+                     help="folder of presets that /preset/load, next and prev choose from (default: presets/)")
     run.add_argument("--model", help="override the preset's model")
     run.add_argument("--width", type=int, help="override the model width")
     run.add_argument("--height", type=int, help="override the model height")
@@ -315,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     presets = sub.add_parser("presets", help="list the presets in presets/")
+    presets.add_argument("--presets-dir", default=str(PRESETS_DIR))
     presets.set_defaults(func=cmd_presets)
     bridges = sub.add_parser("bridges", help="which frame sources/sinks work on this machine")
     bridges.set_defaults(func=cmd_bridges)
@@ -354,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         verbose = args.verbose
         args = parser.parse_args(["run"])
         args.verbose = verbose
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `run_engine.py presets | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
