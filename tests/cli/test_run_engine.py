@@ -98,3 +98,12 @@ def test_sigterm_stops_cleanly():
             proc.kill()
     assert proc.returncode == 0, "".join(lines) + err
     assert "runtime stopped" in err
+
+
+def test_presets_dir_points_at_the_users_own_folder(tmp_path):
+    (tmp_path / "mine.yaml").write_text((ROOT / "presets" / "tiny.yaml").read_text().replace("name: tiny", "name: mine"))
+    (tmp_path / "bad.yaml").write_text("load: {width: 3}")
+    result = run_cli("presets", "--presets-dir", str(tmp_path))
+    assert result.returncode == 0
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert set(lines) == {"mine", "bad"} and "INVALID" in lines["bad"] and "INVALID" not in lines["mine"]
