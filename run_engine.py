@@ -267,7 +267,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
         try:
             preset = load_preset(resolve_preset(presets_dir, name))
         except StreamVJError as exc:
-            print(f"{name:<14} INVALID: {exc}")
+            problems = str(exc).splitlines()
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            print(f"{name:<14} INVALID: {problems[0]}{more}")
             continue
         summary = " ".join((preset.description or "").split())
         print(f"{name:<14} {preset.load.model:<34} {preset.load.width}x{preset.load.height} "
