@@ -16,6 +16,7 @@ import torch
 from engine.blend import blend
 from engine.errors import ConfigError
 from engine.family import Family
+from engine.fit import fit_into
 from engine.fx import FxUniforms, feedback_mix, post_fx
 from engine.models import ModelParts
 from engine.pixels import as_frame_batch, img_pm1_to_rgb_u8, rgba_u8_to_img_pm1
@@ -47,6 +48,7 @@ class StreamSettings:
     similarity_enabled: bool = False
     similarity_threshold: float = 0.98
     similarity_max_skip: int = 10
+    fit_input: bool = False  # accept frames of any size and cover-fit them on the device
 
     def check(self) -> None:
         for name in ("width", "height"):
@@ -110,6 +112,7 @@ class StreamPipeline:
         self._vae_scale = float(getattr(parts.vae.config, "scaling_factor", 1.0) or 1.0)
         self._vae_shift = float(getattr(parts.vae.config, "shift_factor", 0.0) or 0.0)
         self._has_output = False
+        self._staging: torch.Tensor | None = None  # raw input frames of another size, on the device
         self._trt = None
         if settings.acceleration == "tensorrt":
             from engine.trt_engine import build_trt_components
@@ -232,12 +235,12 @@ class StreamPipeline:
         else:
             if frame is None:
                 raise ConfigError("img2img needs an input frame")
-            frames = as_frame_batch(frame, s.frame_buffer_size, s.height, s.width)
+            frames = as_frame_batch(frame, s.frame_buffer_size, s.height, s.width, any_size=s.fit_input)
             if self.similarity.enabled and self.similarity.should_skip(self._similarity_sample(frames)) \
                     and self._has_output:
                 self.counters.skipped += 1
                 return self._result(frame)
-            self.input_u8.copy_(frames, non_blocking=True)
+            self._upload(frames)
         # FX run only when some uniform is off neutral (decided on the host from Python floats).
         fx = not self.fx.is_identity()
         if fx and not self._fx_on:
@@ -250,6 +253,16 @@ class StreamPipeline:
         self._has_output = True
         self.counters.frames_out += 1
         return self._result(frame)
+
+    def _upload(self, frames: torch.Tensor) -> None:
+        """Host (or device) frames into `input_u8`; other sizes are uploaded raw and fitted on the device."""
+        if frames.shape == self.input_u8.shape:
+            self.input_u8.copy_(frames, non_blocking=True)
+            return
+        if self._staging is None or self._staging.shape != frames.shape:
+            self._staging = torch.empty(frames.shape, dtype=torch.uint8, device=self.device)  # on size change only
+        self._staging.copy_(frames, non_blocking=True)
+        fit_into(self._staging, self.input_u8)
 
     def _result(self, frame: np.ndarray | torch.Tensor | None) -> torch.Tensor:
         single = frame is None and self.settings.frame_buffer_size == 1 or frame is not None and frame.ndim == 3

@@ -17,8 +17,15 @@ def img_pm1_to_rgb_u8(img_pm1: torch.Tensor) -> torch.Tensor:
     return ((img_pm1.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def as_frame_batch(frame: np.ndarray | torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
-    """Validate an input frame (H,W,4) or batch (F,H,W,4) of uint8 and return it as a torch view."""
+MAX_SIDE = 16384
+
+
+def as_frame_batch(frame: np.ndarray | torch.Tensor, frames: int, height: int, width: int,
+                   any_size: bool = False) -> torch.Tensor:
+    """Validate an input frame (H,W,4) or batch (F,H,W,4) of uint8 and return it as a torch view.
+
+    With `any_size`, frames of any height and width (1..16384) pass; they are fitted later.
+    """
     if isinstance(frame, np.ndarray):
         if frame.dtype != np.uint8:
             raise FrameError(f"input frame must be uint8 RGBA, got dtype {frame.dtype}")
@@ -31,6 +38,9 @@ def as_frame_batch(frame: np.ndarray | torch.Tensor, frames: int, height: int, w
         raise FrameError(f"input frame must be a numpy array or torch tensor, got {type(frame).__name__}")
     if tensor.dim() == 3:
         tensor = tensor.unsqueeze(0)
+    if any_size and tensor.dim() == 4 and tensor.shape[0] == frames and tensor.shape[3] == 4 \
+            and 1 <= tensor.shape[1] <= MAX_SIDE and 1 <= tensor.shape[2] <= MAX_SIDE:
+        return tensor
     expected = (frames, height, width, 4)
     if tuple(tensor.shape) != expected:
         hint = " (resize/fit it to the model size first)" if tensor.dim() == 4 and tensor.shape[-1] == 4 else ""

@@ -1,4 +1,4 @@
-"""LivePlayer: the render thread's processor — params applied, frame fitted, pipeline run.
+"""LivePlayer: the render thread's processor — params applied, then the pipeline run.
 
 The runtime calls it once per frame on the render thread, the only thread that touches
 the model. A hot preset switch replaces the pipeline between two frames (`swap`).
@@ -12,7 +12,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from engine.fit import fit_rgba_u8
 from engine.live import LiveApplier
 from engine.params import ParamStore
 from engine.pipeline import StreamPipeline
@@ -49,5 +48,4 @@ class LivePlayer:
         self.applier.apply(self.store.snapshot(self.clock()))
         if self.pipeline.txt2img:
             return self.pipeline()
-        s = self.pipeline.settings
-        return self.pipeline(fit_rgba_u8(rgba_u8, s.height, s.width))
+        return self.pipeline(rgba_u8)  # built with fit_input: any size is fitted on the device

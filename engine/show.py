@@ -81,7 +81,7 @@ def stream_settings(load: LoadSettings, live: LiveParams, device: torch.device) 
         acceleration=resolve_acceleration(load.acceleration, device), prompt=live.prompt,
         negative_prompt=live.negative_prompt, guidance_scale=live.guidance_scale, delta=live.delta, seed=live.seed,
         similarity_enabled=live.similarity_enabled, similarity_threshold=live.similarity_threshold,
-        similarity_max_skip=live.similarity_max_skip)
+        similarity_max_skip=live.similarity_max_skip, fit_input=True)
 
 
 def build_pipeline(preset: Preset) -> StreamPipeline:

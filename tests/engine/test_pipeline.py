@@ -173,3 +173,17 @@ def test_fx_grade_and_feedback_apply_on_the_next_frame(tiny_parts):
     held = pipe(frame(32))
     assert torch.equal(held[..., :3].int(), grey[..., :3])
     assert not torch.equal(before, held)
+
+
+def test_fit_input_takes_any_size_and_fits_it_like_the_host_fit(tiny_parts):
+    from engine.fit import fit_rgba_u8
+
+    fitted, plain = make(tiny_parts, fit_input=True), make(tiny_parts)
+    big = np.random.default_rng(40).integers(0, 256, (120, 200, 4), dtype=np.uint8)
+    out = fitted(big)
+    assert out.shape == (SIZE, SIZE, 4)
+    assert torch.equal(fitted.input_u8[0], torch.from_numpy(fit_rgba_u8(big, SIZE, SIZE)))
+    assert torch.equal(out, plain(fit_rgba_u8(big, SIZE, SIZE)))
+    assert fitted(frame(41)).shape == (SIZE, SIZE, 4)  # and the model's own size still passes straight
+    with pytest.raises(FrameError, match="this pipeline takes"):
+        fitted(np.zeros((SIZE, SIZE, 3), np.uint8))
