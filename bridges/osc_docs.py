@@ -10,6 +10,7 @@ from typing import Any
 
 from bridges.osc import MAX_DATAGRAM, OscAddress, address_table
 from bridges.osc_feedback import STATES
+from bridges.oscquery import MAX_WS_CLIENTS
 
 _ARGS = {
     "f": "float",
@@ -128,6 +129,14 @@ def osc_markdown(prefix: str = "/streamvj") -> str:
         "",
         "With `osc.query_port` set, an OSCQuery HTTP server on that port describes every address",
         "above with its type, range and current value (`GET /`, `GET /?HOST_INFO`).",
+        "",
+        "It also supports the LISTEN extension: open a WebSocket on the same port and send text",
+        f'`{{"COMMAND": "LISTEN", "DATA": "{prefix}/guidance_scale"}}` (`"IGNORE"` to stop). Every',
+        "change of a listened value then arrives as a binary frame holding one OSC message with the",
+        "node's `TYPE` (a seed above 2147483647 goes as int64). Only nodes with a `VALUE` can be",
+        "listened to; a slow client gets the latest value of each path, not a backlog. The WebSocket",
+        f"is read-only (send OSC over UDP to set values); at most {MAX_WS_CLIENTS} clients; browser pages may",
+        "connect only from loopback or from the server's own IP address.",
         "",
     ]
     return "\n".join(lines)

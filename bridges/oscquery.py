@@ -4,7 +4,11 @@ Follows the core of the Vidvox OSCQuery proposal: `GET /` returns the namespace 
 nested nodes (FULL_PATH, CONTENTS, TYPE, RANGE, VALUE, ACCESS, DESCRIPTION),
 `GET /<path>` one node, `GET /<path>?VALUE` one attribute, and `GET /?HOST_INFO`
 where to send OSC. TouchDesigner's OSCQuery client builds its parameter UI from this.
-No LISTEN/websocket streaming (the HOST_INFO EXTENSIONS say so).
+
+LISTEN: a WebSocket upgrade on the same port; a client sends text commands
+{"COMMAND": "LISTEN"|"IGNORE", "DATA": "<path>"} and gets every change of a listened
+value as a binary frame holding one OSC message. The WebSocket is read-only: it never
+sets values, and nothing received names a file or runs anything.
 """
 
 from __future__ import annotations
@@ -12,13 +16,26 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from pythonosc.osc_message_builder import BuildError, OscMessageBuilder
+
+from bridges.log_limit import LogLimiter
 from bridges.osc import OscAddress, address_table
+from bridges.websocket import (
+    CLOSE_GOING_AWAY,
+    CLOSE_WAIT_S,
+    OP_TEXT,
+    Connection,
+    HandshakeError,
+    check_handshake,
+    origin_allowed,
+)
 from engine.errors import ConfigError
 from engine.params import ParamStore
 from engine.preset_schema import LIVE_SPECS, MIDI_MAPPABLE, list_presets
@@ -36,12 +53,14 @@ _EXTENSIONS = {
     "UNIT": False,
     "CRITICAL": False,
     "CLIPMODE": False,
-    "LISTEN": False,
+    "LISTEN": True,
     "PATH_CHANGED": False,
     "PATH_RENAMED": False,
     "PATH_ADDED": False,
     "PATH_REMOVED": False,
 }
+MAX_WS_CLIENTS = 16
+_INT32 = range(-(2**31), 2**31)
 
 
 class OscQueryServer:
@@ -70,6 +89,21 @@ class OscQueryServer:
             ) from None
         self._http.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._limiter = LogLimiter(log)
+        self._lock = threading.Lock()
+        self._clients: dict[Connection, set[str]] = {}  # WebSocket client -> listened paths
+        self._sessions: dict[Connection, threading.Thread] = {}  # daemon threads: server_close skips them
+        self._stopping = False
+        # Readable paths -> (kind, name): what LISTEN accepts. Blends and commands have no VALUE.
+        self._listenable: dict[str, tuple[str, str]] = {}
+        for addr in address_table(self.prefix):
+            if addr.role == "smoothing":
+                self._listenable[addr.path] = ("smoothing", addr.name)
+            elif addr.role == "param" and LIVE_SPECS[addr.name].kind not in ("prompt_blend", "seed_blend"):
+                self._listenable[addr.path] = (LIVE_SPECS[addr.name].kind, addr.name)
+        # The store reports the whole smoothing dict; this tells which entries changed.
+        self._smoothing: dict[str, float] = dict(store.values()["smoothing"])
+        store.add_listener(self._on_change)  # ParamStore has no remove: idle cost is one lock
 
     @property
     def address(self) -> tuple[str, int]:
@@ -85,11 +119,27 @@ class OscQueryServer:
         return self
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopping = True  # a WebSocket upgrade from now on gets 503
+            conns, sessions = list(self._clients), list(self._sessions.values())
         if self._thread is not None:
             self._http.shutdown()
             self._thread.join()
             self._thread = None
+        for conn in conns:
+            conn.close(CLOSE_GOING_AWAY, "server stopping")
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        for conn in conns:  # a client that does not answer the close is cut off
+            if not conn.finished.wait(max(0.0, deadline - time.monotonic())):
+                conn.abort()
         self._http.server_close()
+        for thread in sessions:
+            thread.join()
+
+    def listening(self) -> list[tuple[Connection, set[str]]]:
+        """Connected WebSocket clients and the paths each listens to (copies)."""
+        with self._lock:
+            return [(conn, set(paths)) for conn, paths in self._clients.items()]
 
     def __enter__(self) -> OscQueryServer:
         return self.start()
@@ -163,6 +213,99 @@ class OscQueryServer:
             leaf.update(ACCESS=ACCESS_WRITE, TYPE=tags, RANGE=ranges)
         return leaf
 
+    # ---------------------------------------------------------------- LISTEN
+
+    def _register(self, conn: Connection) -> bool:
+        with self._lock:
+            if self._stopping or len(self._clients) >= MAX_WS_CLIENTS:
+                return False
+            self._clients[conn] = set()
+            self._sessions[conn] = threading.current_thread()
+            return True
+
+    def _unregister(self, conn: Connection) -> None:
+        with self._lock:
+            self._clients.pop(conn, None)
+            self._sessions.pop(conn, None)
+
+    def _on_ws_message(self, conn: Connection, opcode: int, payload: bytes) -> None:
+        if opcode != OP_TEXT:
+            self._limiter.warning(
+                ("ws", "binary"), "OSCQuery WebSocket: binary (OSC) messages are not accepted; ignored"
+            )
+            return
+        try:
+            doc = json.loads(payload)
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+            self._limiter.warning(("ws", "json"), f"OSCQuery WebSocket: not JSON, ignored: {str(exc)[:80]}")
+            return
+        command = doc.get("COMMAND") if isinstance(doc, dict) else None
+        path = doc.get("DATA") if isinstance(doc, dict) else None
+        if command not in ("LISTEN", "IGNORE") or not isinstance(path, str):
+            self._limiter.warning(
+                ("ws", "command"),
+                f"OSCQuery WebSocket: expected {{'COMMAND': 'LISTEN'|'IGNORE', 'DATA': path}}, "
+                f"ignored {payload[:80]!r}",
+            )
+            return
+        if path not in self._listenable:
+            log.debug(
+                "OSCQuery WebSocket %s: %s %.80r: not a readable path; ignored", conn.name, command, path
+            )
+            return
+        with self._lock:
+            paths = self._clients.get(conn)
+            if paths is not None and command == "LISTEN":
+                paths.add(path)
+            elif paths is not None:
+                paths.discard(path)
+
+    def _on_change(self, name: str, value: Any, source: str) -> None:
+        # Runs on whichever thread set the value (OSC, MIDI, engine): only enqueues.
+        with self._lock:
+            if name == "smoothing":
+                old, self._smoothing = self._smoothing, dict(value)
+                changed = [
+                    (f"{self.prefix}/smoothing/{p}", [float(value.get(p, 0.0))])
+                    for p in sorted(set(old) | set(value))
+                    if value.get(p, 0.0) != old.get(p, 0.0)
+                ]
+            elif f"{self.prefix}/{name}" in self._listenable:
+                changed = [(f"{self.prefix}/{name}", value if isinstance(value, list) else [value])]
+            else:
+                return
+            targets = [
+                (path, args, [c for c, paths in self._clients.items() if path in paths])
+                for path, args in changed
+            ]
+        for path, args, conns in targets:
+            if not conns:
+                continue
+            try:
+                packet = osc_message(path, self._listenable[path][0], args)
+            except (BuildError, TypeError, ValueError) as exc:
+                self._limiter.warning(("ws", "build", path), f"OSCQuery LISTEN: cannot encode {path}: {exc}")
+                continue
+            for conn in conns:
+                conn.offer(path, packet)
+
+
+def osc_message(path: str, kind: str, args: list[Any]) -> bytes:
+    """One OSC message with the namespace's TYPE tags for a parameter of this kind."""
+    msg = OscMessageBuilder(path)
+    for v in args:
+        if kind in ("float", "smoothing"):
+            msg.add_arg(float(v), OscMessageBuilder.ARG_TYPE_FLOAT)
+        elif kind in ("int", "int_list"):
+            # Seeds reach 2**32-1: past int32 a correct int64 beats the advertised "i".
+            tag = OscMessageBuilder.ARG_TYPE_INT if v in _INT32 else OscMessageBuilder.ARG_TYPE_INT64
+            msg.add_arg(int(v), tag)
+        elif kind == "bool":
+            msg.add_arg(bool(v), OscMessageBuilder.ARG_TYPE_TRUE if v else OscMessageBuilder.ARG_TYPE_FALSE)
+        else:
+            msg.add_arg(str(v), OscMessageBuilder.ARG_TYPE_STRING)
+    return msg.build().dgram
+
 
 def _range(addr: OscAddress) -> dict[str, Any]:
     if addr.choices:
@@ -180,6 +323,8 @@ def _make_handler(owner: OscQueryServer) -> type[BaseHTTPRequestHandler]:
         server_version = "streamvj-oscquery"
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if "websocket" in (self.headers.get("Upgrade") or "").lower():  # others (h2c) get plain HTTP
+                return self._websocket()
             url = urlsplit(self.path)
             attr = unquote(url.query)
             if attr == "HOST_INFO":
@@ -194,6 +339,36 @@ def _make_handler(owner: OscQueryServer) -> type[BaseHTTPRequestHandler]:
             if attr not in node:
                 return self._error(HTTPStatus.NO_CONTENT, "")
             return self._json({attr: node[attr]})
+
+        def _websocket(self) -> None:
+            self.close_connection = True  # after a session (or a refusal) no HTTP follows
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            try:
+                accept = check_handshake(headers)
+            except HandshakeError as exc:
+                return self._error(HTTPStatus.BAD_REQUEST, f"WebSocket handshake: {exc}")
+            if not origin_allowed(headers.get("origin"), headers.get("host")):
+                return self._error(HTTPStatus.FORBIDDEN, "WebSocket: pages from this origin may not connect")
+            peer = "{}:{}".format(*self.client_address[:2])
+            conn = Connection(
+                self.connection, self.rfile, owner._on_ws_message, name=f"streamvj-oscquery-ws-{peer}"
+            )
+            if not owner._register(conn):
+                return self._error(
+                    HTTPStatus.SERVICE_UNAVAILABLE, f"at most {MAX_WS_CLIENTS} WebSocket clients"
+                )
+            try:
+                self.protocol_version = "HTTP/1.1"  # browsers refuse an "HTTP/1.0 101"
+                self.send_response(HTTPStatus.SWITCHING_PROTOCOLS)
+                self.send_header("Upgrade", "websocket")
+                self.send_header("Connection", "Upgrade")
+                self.send_header("Sec-WebSocket-Accept", accept)
+                self.end_headers()
+                log.debug("OSCQuery WebSocket %s connected", peer)
+                conn.serve()
+            finally:
+                owner._unregister(conn)
+            log.debug("OSCQuery WebSocket %s closed", peer)
 
         def _json(self, doc: dict[str, Any]) -> None:
             body = json.dumps(doc, allow_nan=False).encode()
