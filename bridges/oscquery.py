@@ -103,7 +103,7 @@ class OscQueryServer:
                 self._listenable[addr.path] = (LIVE_SPECS[addr.name].kind, addr.name)
         # The store reports the whole smoothing dict; this tells which entries changed.
         self._smoothing: dict[str, float] = dict(store.values()["smoothing"])
-        store.add_listener(self._on_change)  # ParamStore has no remove: idle cost is one lock
+        store.add_listener(self._on_change)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -119,6 +119,7 @@ class OscQueryServer:
         return self
 
     def stop(self) -> None:
+        self.store.remove_listener(self._on_change)
         with self._lock:
             self._stopping = True  # a WebSocket upgrade from now on gets 503
             conns, sessions = list(self._clients), list(self._sessions.values())

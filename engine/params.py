@@ -99,6 +99,11 @@ class ParamStore:
         """fn(name, value, source) after every accepted change (called outside the lock)."""
         self._listeners.append(fn)
 
+    def remove_listener(self, fn: Listener) -> None:
+        """Stop calling `fn` (a server that stopped); unknown listeners are ignored."""
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
     # ------------------------------------------------------------------ writing
 
     def validate(self, name: str, value: Any, source: str = "api") -> Any:

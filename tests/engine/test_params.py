@@ -311,3 +311,18 @@ def test_midi_clock(clock: FakeClock) -> None:
     tempo.midi_tick(60.0)  # stopped: BPM may follow, phase is not re-anchored
     tempo.midi_continue()
     assert tempo.running and tempo.source == "midi"
+
+
+def test_removed_listener_is_not_called_again():
+    store = ParamStore()
+    seen = []
+
+    def listener(name, value, source):
+        seen.append(name)
+
+    store.add_listener(listener)
+    store.set("guidance_scale", 2.0)
+    store.remove_listener(listener)
+    store.remove_listener(listener)  # twice is harmless
+    store.set("guidance_scale", 3.0)
+    assert seen == ["guidance_scale"]
