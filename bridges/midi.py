@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bridges.log_limit import LogLimiter
 from engine.errors import BridgeUnavailable, ConfigError
+from engine.log_limit import LogLimiter
 from engine.params import ParamStore
 from engine.preset_schema import LIVE_SPECS, MIDI_MAPPABLE, MidiMapping, MidiSettings
 from engine.tempo import Tempo

@@ -28,9 +28,9 @@ from pythonosc import osc_packet
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import BlockingOSCUDPServer
 
-from bridges.log_limit import LogLimiter
 from bridges.osc_feedback import OscFeedback
 from engine.errors import ConfigError
+from engine.log_limit import LogLimiter
 from engine.params import ParamStore
 from engine.preset_schema import LIVE_SPECS, MIDI_MAPPABLE, SMOOTHABLE, OscSettings, resolve_preset
 from engine.tempo import BPM_MAX, BPM_MIN, Tempo

@@ -15,8 +15,8 @@ from typing import Any
 
 from pythonosc.udp_client import SimpleUDPClient
 
-from bridges.log_limit import LogLimiter
 from engine.errors import ConfigError
+from engine.log_limit import LogLimiter
 from engine.preset_schema import OscSettings
 
 log = logging.getLogger("streamvj.osc")

@@ -25,7 +25,6 @@ from urllib.parse import unquote, urlsplit
 
 from pythonosc.osc_message_builder import BuildError, OscMessageBuilder
 
-from bridges.log_limit import LogLimiter
 from bridges.osc import OscAddress, address_table
 from bridges.websocket import (
     CLOSE_GOING_AWAY,
@@ -37,6 +36,7 @@ from bridges.websocket import (
     origin_allowed,
 )
 from engine.errors import ConfigError
+from engine.log_limit import LogLimiter
 from engine.params import ParamStore
 from engine.preset_schema import LIVE_SPECS, MIDI_MAPPABLE, list_presets
 

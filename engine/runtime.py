@@ -36,8 +36,8 @@ from engine.device_io import DeviceDownload
 from engine.errors import ConfigError, FrameError
 from engine.framepool import FrameBuffer, FramePool
 from engine.frames import Frame, FrameSink, FrameSource, check_rgba_u8
+from engine.log_limit import LogLimiter
 from engine.mailbox import Mailbox
-from engine.ratelimit import RateLimitedLog
 from engine.sinkgroup import SinkGroup, close_quietly
 from engine.timings import Timings
 
@@ -101,7 +101,7 @@ class Runtime:
             if names.count(g.name) > 1:
                 g.name = f"{g.name}#{g.index}"
         self._actions: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future]] = queue.SimpleQueue()
-        self._errlog = RateLimitedLog(log, ERROR_REPEAT_S)
+        self._errlog = LogLimiter(log, repeat_s=ERROR_REPEAT_S)
         self._stopping = threading.Event()
         self._stop_lock = threading.Lock()
         self._stop_done = threading.Event()
@@ -341,8 +341,8 @@ class Runtime:
                 rgba = src.read_latest()
             except Exception as e:  # a vanished driver/peer: log, back off, retry
                 timings.count("source_errors")
-                self._errlog(logging.WARNING, f"source {name} failed: {type(e).__name__}: {e}; "
-                                              f"retrying every {SOURCE_RETRY_S:g} s")
+                self._errlog.log(logging.WARNING, f"source {name} failed: {type(e).__name__}: {e}; "
+                                                  f"retrying every {SOURCE_RETRY_S:g} s")
                 self._stopping.wait(SOURCE_RETRY_S)
                 continue
             if rgba is None:
@@ -356,7 +356,7 @@ class Runtime:
                 check_rgba_u8(rgba, f"source {name}")
             except FrameError as e:
                 timings.count("source_errors")
-                self._errlog(logging.WARNING, str(e))
+                self._errlog.log(logging.WARNING, str(e))
                 continue
             buf = None
             if not owned:
@@ -419,8 +419,8 @@ class Runtime:
             try:
                 fut.set_result(fn())
             except Exception as e:  # a bad control change must not end the show
-                self._errlog(logging.WARNING, f"control action {getattr(fn, '__name__', fn)!r} failed: "
-                                              f"{type(e).__name__}: {e}")
+                self._errlog.log(logging.WARNING, f"control action {getattr(fn, '__name__', fn)!r} failed: "
+                                                  f"{type(e).__name__}: {e}")
                 fut.set_exception(e)
 
     def _render(self, item: tuple[Frame, FrameBuffer | None] | None, t_take: float) -> None:
@@ -432,7 +432,7 @@ class Runtime:
                 try:
                     self._control()
                 except Exception as e:  # keep rendering with the previous parameters
-                    self._errlog(logging.WARNING, f"control hook failed: {type(e).__name__}: {e}")
+                    self._errlog.log(logging.WARNING, f"control hook failed: {type(e).__name__}: {e}")
             counters = getattr(p, "counters", None)
             skipped_before = getattr(counters, "skipped", 0)
             t0 = clock()
@@ -448,9 +448,9 @@ class Runtime:
             self.render_errors += 1
             self.last_error = f"{type(e).__name__}: {e}"
             timings.count("render_errors")
-            self._errlog(logging.ERROR, f"processor failed on frame "
-                                        f"{frame.index if frame is not None else self.frames_rendered}: "
-                                        f"{self.last_error}", exc_info=e, key=self.last_error)
+            self._errlog.log(logging.ERROR, f"processor failed on frame "
+                                            f"{frame.index if frame is not None else self.frames_rendered}: "
+                                            f"{self.last_error}", exc_info=True, key=self.last_error)
             self._out_pool.release(out_buf)
             self._in_pool.release(in_buf)
             return
@@ -581,4 +581,4 @@ class Runtime:
             try:
                 self._on_stats(self.stats())
             except Exception as e:  # a broken status consumer must not take the engine down
-                self._errlog(logging.WARNING, f"on_stats failed: {type(e).__name__}: {e}")
+                self._errlog.log(logging.WARNING, f"on_stats failed: {type(e).__name__}: {e}")

@@ -1,4 +1,4 @@
-"""Rate-limited logging for control inputs, so a flood of bad messages can't flood the log.
+"""Rate-limited logging, so a flood of bad messages or a per-frame error can't flood the log.
 
 Each distinct key (e.g. (address, reason)) is logged once, then again at most every
 `repeat_s` with a count of what was suppressed; on top of that a global budget caps
@@ -43,6 +43,10 @@ class LogLimiter:
 
     def info(self, key: Hashable, msg: str) -> bool:
         return self._emit(logging.INFO, key, msg, False)
+
+    def log(self, level: int, msg: str, *, key: Hashable | None = None, exc_info: bool = False) -> bool:
+        """Any level; `key` defaults to the message itself."""
+        return self._emit(level, msg if key is None else key, msg, exc_info)
 
     def _emit(self, level: int, key: Hashable, msg: str, exc_info: bool) -> bool:
         with self._lock:
