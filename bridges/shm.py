@@ -17,6 +17,7 @@ import logging
 import mmap
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -370,6 +371,17 @@ class ShmSource:
         self._detach()
 
     def read_latest(self) -> np.ndarray | None:
+        return self._read(self._out)
+
+    def read_latest_into(self, acquire: Callable[[tuple[int, int, int]], np.ndarray]) -> np.ndarray | None:
+        """Like read_latest, but copies the new frame into `acquire(shape)` (the caller's buffer).
+
+        Saves the runtime a second copy per frame. `acquire` is only called when a new frame
+        is there; a torn read leaves that buffer unfilled and returns None.
+        """
+        return self._read(lambda view: acquire((view.layout.height, view.layout.width, 4)))
+
+    def _read(self, out_for: Callable[[ShmView], np.ndarray]) -> np.ndarray | None:
         now = time.monotonic()
         view = self._view
         if view is None:
@@ -385,7 +397,7 @@ class ShmSource:
             if view is None:
                 return None
         if view.frame_counter > self.last_index:
-            out = self._out(view)
+            out = out_for(view)
             try:
                 got = view.read_frame(out, self.last_index)
             except ShmHeaderError as e:

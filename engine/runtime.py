@@ -39,7 +39,7 @@ from engine.frames import Frame, FrameSink, FrameSource, check_rgba_u8
 from engine.log_limit import LogLimiter
 from engine.mailbox import Mailbox
 from engine.sinkgroup import SinkGroup, close_quietly
-from engine.timings import Timings
+from engine.timings import Timings, processor_counters
 
 log = logging.getLogger("streamvj.runtime")
 
@@ -288,26 +288,13 @@ class Runtime:
             dropped_input=self._in_box.dropped,
             dropped_output=sum(g.box.dropped for g in self._groups),
         )
-        out.update(self._processor_counters())
+        out.update(processor_counters(self._processor))
         out["stages"] = snap["stages"]
         out["sinks"] = {
             g.name: {"sent": g.sent, "repeated": g.repeated, "dropped": g.box.dropped, "errors": sum(g.errors)}
             for g in self._groups
         }
         out["counts"] = snap["counts"]
-        return out
-
-    def _processor_counters(self) -> dict[str, int]:
-        p = self._processor
-        out: dict[str, int] = {}
-        counters = getattr(p, "counters", None)
-        for name in ("frames_in", "frames_out", "skipped"):
-            value = getattr(counters, name, None)
-            if isinstance(value, int):
-                out[name] = value
-        unet_calls = getattr(getattr(p, "stream", None), "unet_calls", None)
-        if isinstance(unet_calls, int):
-            out["unet_calls"] = unet_calls
         return out
 
     # ---- threads ------------------------------------------------------------------------------------
@@ -331,20 +318,37 @@ class Runtime:
     def _source_loop(self) -> None:
         src, clock, timings = self._source, self._clock, self.timings
         assert src is not None
-        # A source that hands over a fresh array per frame (never touched again) needs no copy.
+        # A source that hands over a fresh array per frame (never touched again) needs no copy;
+        # one with `read_latest_into` copies straight into a pooled buffer (one copy, not two).
         owned = bool(getattr(src, "frames_owned", False))
+        read_into = getattr(src, "read_latest_into", None)
+        lent: list[FrameBuffer] = []
+
+        def acquire(shape: tuple[int, ...]) -> np.ndarray:
+            buf = self._in_pool.acquire(tuple(shape))
+            lent.append(buf)
+            return buf.array
+
         name = self._source_name()
         idle = IDLE_MIN_S
         while not self._stopping.is_set():
             t0 = clock()
             try:
-                rgba = src.read_latest()
+                rgba = read_into(acquire) if read_into is not None else src.read_latest()
             except Exception as e:  # a vanished driver/peer: log, back off, retry
+                for buf in lent:
+                    self._in_pool.release(buf)
+                lent.clear()
                 timings.count("source_errors")
                 self._errlog.log(logging.WARNING, f"source {name} failed: {type(e).__name__}: {e}; "
                                                   f"retrying every {SOURCE_RETRY_S:g} s")
                 self._stopping.wait(SOURCE_RETRY_S)
                 continue
+            filled = next((b for b in lent if b.array is rgba), None)
+            for buf in lent:  # buffers the source asked for but did not fill (a torn read)
+                if buf is not filled:
+                    self._in_pool.release(buf)
+            lent.clear()
             if rgba is None:
                 # Frames come every 16-33 ms; polling back-off keeps a core free without adding
                 # more than ~1 ms to latency.
@@ -357,9 +361,10 @@ class Runtime:
             except FrameError as e:
                 timings.count("source_errors")
                 self._errlog.log(logging.WARNING, str(e))
+                self._in_pool.release(filled)
                 continue
-            buf = None
-            if not owned:
+            buf = filled
+            if buf is None and not owned:
                 buf = self._in_pool.acquire(rgba.shape)
                 np.copyto(buf.array, rgba)
             t1 = clock()

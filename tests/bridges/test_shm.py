@@ -449,3 +449,29 @@ def test_block_still_held_by_old_readers_is_retried(new_name, caplog, monkeypatc
     sink.send(np.zeros((8, 8, 4), np.uint8))
     assert sink.generation != 0
     sink.close()
+
+
+def test_read_latest_into_fills_the_callers_buffer(new_name) -> None:
+    name = new_name()
+    sink, src = ShmSink(name), ShmSource(name)
+    sink.open()
+    src.open()
+    try:
+        frame = np.full((6, 10, 4), 77, np.uint8)
+        sink.send(frame)
+        shapes: list[tuple[int, int, int]] = []
+        mine = np.zeros((6, 10, 4), np.uint8)
+
+        def acquire(shape):
+            shapes.append(shape)
+            return mine
+
+        deadline = time.monotonic() + 10
+        got = None
+        while got is None and time.monotonic() < deadline:
+            got = src.read_latest_into(acquire)
+        assert got is mine and shapes == [(6, 10, 4)] and (mine == 77).all()
+        assert src.read_latest_into(acquire) is None and shapes == [(6, 10, 4)]  # nothing new: not asked
+    finally:
+        src.close()
+        sink.close()

@@ -544,3 +544,35 @@ def test_stop_hands_off_a_pending_cuda_frame(runtimes):
     wait_until(lambda: rt.frames_rendered == 3, what="three frames")
     rt.stop(timeout=10)
     assert rt._pending is None and [e for e in log if e.startswith("wait")] == ["wait 0", "wait 1", "wait 2"]
+
+
+class IntoSource(CountingSource):
+    """A source that fills the runtime's buffer itself, and sometimes loses the race (torn read)."""
+
+    name = "into"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit=limit)
+        self.asked = 0
+
+    def read_latest_into(self, acquire):
+        if self.produced >= self.limit:
+            return None
+        out = acquire((H, W, 4))
+        self.asked += 1
+        if self.asked % 3 == 0:  # every third read is torn: the buffer is left unfilled
+            return None
+        time.sleep(0.0005)
+        out[:] = make_frame(self.produced)
+        self.produced += 1
+        return out
+
+
+def test_sources_that_read_into_the_pool_skip_the_copy_and_return_unfilled_buffers(runtimes):
+    source, sink = IntoSource(limit=30), CollectingSink()
+    rt = start(runtimes, lambda f: f, source, [sink])
+    wait_until(lambda: source.produced == 30 and sink.indices and sink.indices[-1] == 29, what="all frames")
+    assert sink.indices == sorted(set(sink.indices))
+    pool = rt._in_pool
+    wait_until(lambda: len(pool._free) == pool.size, what="every input buffer back in the pool")
+    assert pool.allocated == pool.size  # torn reads returned their buffers: the pool never grew
