@@ -91,7 +91,10 @@ def _preset_path(value: str, presets_dir: Path) -> Path:
 
 def _apply_overrides(preset, args: argparse.Namespace):
     """CLI flags win over the preset's load section (validated through the same schema)."""
-    from engine.preset_schema import Preset
+    from pydantic import ValidationError
+
+    from engine.errors import ConfigError
+    from engine.preset_schema import Preset, format_validation_error
 
     data = preset.model_dump()
     for flag, key in (("model", "model"), ("width", "width"), ("height", "height"), ("device", "device"),
@@ -107,7 +110,15 @@ def _apply_overrides(preset, args: argparse.Namespace):
         data["osc"]["port"] = args.osc_port
     if args.oscquery_port is not None:
         data["osc"]["query_port"] = args.oscquery_port
-    return Preset.model_validate(data)
+    if args.osc_feedback:
+        host, _, port = args.osc_feedback.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--osc-feedback must be HOST:PORT, e.g. 127.0.0.1:9002, got {args.osc_feedback!r}")
+        data["osc"]["feedback"] = {"host": host, "port": int(port)}
+    try:
+        return Preset.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "command line")) from None
 
 
 class StatusLine:
@@ -305,12 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--width", type=int, help="override the model width")
     run.add_argument("--height", type=int, help="override the model height")
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    run.add_argument("--acceleration", choices=["auto", "none", "compile", "tensorrt"])
+    run.add_argument("--acceleration", choices=["auto", "none", "compile", "tensorrt"],
+                     help="per-frame backend (docs/acceleration.md); default from the preset")
     run.add_argument("--source", help="frame source, e.g. pattern, shm:streamvj_in, spout:TDOut, ndi:NAME, image:x.png")
     run.add_argument("--sink", action="append", help="frame sink (repeatable), e.g. shm:streamvj_out, spout:streamvj")
     run.add_argument("--target-fps", type=float, help="pace the output at this rate (repeat frames when skipping)")
     run.add_argument("--osc-host", help="OSC listen address (default 127.0.0.1: this machine only)")
     run.add_argument("--osc-port", type=int, help="OSC listen port (default from the preset, 9000)")
+    run.add_argument("--osc-feedback", metavar="HOST:PORT",
+                     help="send status (state, fps, latency, errors, heartbeat) to this OSC address")
     run.add_argument("--oscquery-port", type=int, help="serve OSCQuery (HTTP) on this port (0 = any free port)")
     run.add_argument("--no-osc", action="store_true", help="do not open the OSC port")
     run.add_argument("--switch-on", choices=["beat", "bar"], help="quantise preset switches to the next beat/bar")

@@ -79,3 +79,37 @@ def test_osc_message_changes_the_output_and_oscquery_reports_it():
             if engine.poll() is None:
                 engine.kill()
     assert engine.returncode == 0
+
+
+def test_status_feedback_reaches_the_configured_address():
+    import threading
+
+    from pythonosc.dispatcher import Dispatcher
+    from pythonosc.osc_server import BlockingOSCUDPServer
+
+    received: dict[str, list] = {}
+    dispatcher = Dispatcher()
+    dispatcher.set_default_handler(lambda address, *args: received.setdefault(address, []).append(args))
+    server = BlockingOSCUDPServer(("127.0.0.1", 0), dispatcher)
+    threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()
+    engine = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_engine.py"), "run", "--sink", "null", "--width", "64", "--height", "64",
+         "--no-osc", "--osc-feedback", f"127.0.0.1:{server.server_address[1]}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (received.get("/streamvj/status/state") and any(
+                v and v[0] > 0 for v in received.get("/streamvj/status/fps", []))):
+            time.sleep(0.05)
+        assert ("running",) in received.get("/streamvj/status/state", [])
+        assert any(v[0] > 0 for v in received["/streamvj/status/fps"])
+        assert received.get("/streamvj/status/preset", [])[-1] == ("tiny",)
+    finally:
+        engine.send_signal(signal.SIGTERM)
+        try:
+            engine.communicate(timeout=60)
+        finally:
+            if engine.poll() is None:
+                engine.kill()
+            server.shutdown()
+    assert engine.returncode == 0

@@ -34,6 +34,16 @@ def test_bad_preset_is_one_clear_line():
     assert "preset 'no-such-preset'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--width", "100"], "command line: load.width: Input should be a multiple of 8"),
+    (["--osc-feedback", "nowhere"], "--osc-feedback must be HOST:PORT"),
+    (["--osc-port", "70000"], "command line: osc.port"),
+])
+def test_bad_command_line_values_are_clear(args, message):
+    result = run_cli("run", "--no-osc", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_missing_model_is_one_clear_line():
     result = run_cli("run", "--model", "./no/such/folder", *SMALL)
     assert result.returncode == 2
