@@ -184,6 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_libraries()
     closers: list = []
     runtime = None
+    feedback = None
     ok = True
     try:
         presets_dir = Path(args.presets_dir)
@@ -191,6 +192,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         preset = _apply_overrides(load_preset(path), args)
         log.info("preset %s: model %s, %dx%d, steps %s, cfg %s", path.stem, preset.load.model, preset.load.width,
                  preset.load.height, list(preset.live.t_index_list), preset.load.cfg_type)
+        # Feedback first: peers see "loading" while weights load (minutes on a first run).
+        feedback = OscFeedback.from_settings(preset.osc)
+        if feedback is not None:
+            feedback.start()
+            closers.append(feedback.stop)
+            feedback.publish({"state": "loading", "preset": path.stem})
         pipeline = build_pipeline(preset)
         gpu = GpuStats.for_device(pipeline.device)
         if gpu is not None:
@@ -205,7 +212,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             spec = f"pattern:{preset.load.width}x{preset.load.height}"
         source = None if preset.load.mode == "txt2img" else make_source(spec)
         sinks = [make_sink(s) for s in preset.load.sinks]
-        feedback = OscFeedback.from_settings(preset.osc)
         status = StatusLine(feedback, gpu)
         runtime = Runtime(player, source, sinks, target_fps=preset.load.target_fps, on_stats=status)
         show = status.show = Show(presets_dir, preset, path.stem, store, player, runtime, tempo=tempo,
@@ -224,9 +230,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        port=preset.osc.query_port, presets_dir=presets_dir).start()
                 closers.append(query.stop)
                 log.info("OSCQuery on http://%s:%d/", *query.address)
-        if feedback is not None:
-            feedback.start()
-            closers.append(feedback.stop)
         if preset.midi.port:
             from bridges.midi import MidiInput
 
@@ -250,6 +253,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             ok = runtime.run_until_signal()
     except StreamVJError as exc:
         print(f"streamvj: {exc}", file=sys.stderr)
+        if feedback is not None:
+            feedback.publish({"state": "error", "error": str(exc)})
         ok = None
     except KeyboardInterrupt:
         log.info("interrupted: stopping")

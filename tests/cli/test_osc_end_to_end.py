@@ -81,7 +81,7 @@ def test_osc_message_changes_the_output_and_oscquery_reports_it():
     assert engine.returncode == 0
 
 
-def test_status_feedback_reaches_the_configured_address():
+def feedback_receiver():
     import threading
 
     from pythonosc.dispatcher import Dispatcher
@@ -92,6 +92,28 @@ def test_status_feedback_reaches_the_configured_address():
     dispatcher.set_default_handler(lambda address, *args: received.setdefault(address, []).append(args))
     server = BlockingOSCUDPServer(("127.0.0.1", 0), dispatcher)
     threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()
+    return server, received
+
+
+def test_a_failed_start_is_reported_over_feedback():
+    server, received = feedback_receiver()
+    try:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "run_engine.py"), "run", "--model", "./no/such/model", "--no-osc",
+             "--osc-feedback", f"127.0.0.1:{server.server_address[1]}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and ("error",) not in received.get("/streamvj/status/state", []):
+            time.sleep(0.02)
+    finally:
+        server.shutdown()
+    assert result.returncode == 2
+    assert received["/streamvj/status/state"][:1] == [("loading",)] and ("error",) in received["/streamvj/status/state"]
+    assert "does not exist" in received["/streamvj/status/error"][-1][0]
+
+
+def test_status_feedback_reaches_the_configured_address():
+    server, received = feedback_receiver()
     engine = subprocess.Popen(
         [sys.executable, str(ROOT / "run_engine.py"), "run", "--sink", "null", "--width", "64", "--height", "64",
          "--no-osc", "--osc-feedback", f"127.0.0.1:{server.server_address[1]}"],
