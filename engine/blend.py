@@ -24,14 +24,17 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 
     Keeps the norm of Gaussian noise (a lerp of two noises is too quiet in the middle, which
     shows as a washed-out frame) and moves prompt embeddings along the arc between them.
+    Branch-free on the device: a prompt crossfade calls this every frame, and a Python
+    `if` on the angle would be a host sync each time.
     """
     a64, b64 = a.double().flatten(), b.double().flatten()
     cos = torch.dot(a64, b64) / (a64.norm() * b64.norm()).clamp_min(1e-12)
     theta = torch.arccos(cos.clamp(-1.0, 1.0))
-    if float(theta) < 1e-4:
-        return torch.lerp(a, b, t)
     sin = torch.sin(theta)
-    wa, wb = torch.sin((1 - t) * theta) / sin, torch.sin(t * theta) / sin
+    arc = sin > 1e-4
+    safe_sin = torch.where(arc, sin, torch.ones_like(sin))
+    wa = torch.where(arc, torch.sin((1 - t) * theta) / safe_sin, torch.full_like(sin, 1 - t))
+    wb = torch.where(arc, torch.sin(t * theta) / safe_sin, torch.full_like(sin, t))
     return (wa * a.double() + wb * b.double()).to(a.dtype)
 
 

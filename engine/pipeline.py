@@ -8,6 +8,7 @@ eagerly or under `torch.compile` with the same result.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,14 +73,14 @@ class PipelineCounters:
         return self.skipped / self.frames_in if self.frames_in else 0.0
 
 
-def seeded_noise(seeds: list[tuple[int, float]], shape: tuple[int, ...]) -> torch.Tensor:
-    """Noise from one seed or a slerp blend of several; CPU generators so every device agrees."""
-    noises = []
-    for seed, _ in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-        noises.append(torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32))
-    return noises[0] if len(noises) == 1 else blend(noises, [w for _, w in seeds], "slerp")
+def seed_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The noise of one seed, from a CPU generator so every device draws the same numbers."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+
+
+SEED_CACHE = 16  # seeds kept on the device: a seed crossfade reuses them every frame
 
 
 class StreamPipeline:
@@ -112,6 +113,7 @@ class StreamPipeline:
         self._vae_scale = float(getattr(parts.vae.config, "scaling_factor", 1.0) or 1.0)
         self._vae_shift = float(getattr(parts.vae.config, "shift_factor", 0.0) or 0.0)
         self._has_output = False
+        self._seed_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._staging: torch.Tensor | None = None  # raw input frames of another size, on the device
         self._trt = None
         if settings.acceleration == "tensorrt":
@@ -188,7 +190,19 @@ class StreamPipeline:
         self.set_seed_blend([(seed, 1.0)])
 
     def set_seed_blend(self, seeds: list[tuple[int, float]]) -> None:
-        self.stream.set_noise(seeded_noise(seeds, tuple(self.stream.noise.shape)))
+        """Noise from one seed or a slerp of several; each seed is drawn once and kept on the device,
+        so a crossfade that changes the weights every frame costs no draw and no host copy."""
+        noises = []
+        for seed, _ in seeds:
+            noise = self._seed_cache.pop(seed, None)
+            if noise is None:
+                noise = seed_noise(seed, tuple(self.stream.noise.shape)).to(self.device, self.dtype)
+            self._seed_cache[seed] = noise  # most recent last
+            noises.append(noise)
+        while len(self._seed_cache) > SEED_CACHE:
+            self._seed_cache.popitem(last=False)
+        mixed = noises[0] if len(noises) == 1 else blend(noises, [w for _, w in seeds], "slerp")
+        self.stream.set_noise(mixed)
         self._txt_generator.manual_seed(seeds[0][0])
 
     def set_guidance(self, guidance_scale: float, delta: float | None = None) -> None:

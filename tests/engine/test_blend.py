@@ -35,3 +35,9 @@ def test_bad_weights(weights):
 def test_unknown_method():
     with pytest.raises(ConfigError, match="unknown blend method"):
         blend([torch.zeros(1), torch.ones(1)], [1, 1], "cubic")
+
+
+def test_slerp_of_parallel_inputs_is_a_lerp():
+    a = torch.ones(8)
+    torch.testing.assert_close(slerp(a, 3 * a, 0.5), 2 * a)
+    torch.testing.assert_close(slerp(a, a, 0.3), a)

@@ -187,3 +187,15 @@ def test_fit_input_takes_any_size_and_fits_it_like_the_host_fit(tiny_parts):
     assert fitted(frame(41)).shape == (SIZE, SIZE, 4)  # and the model's own size still passes straight
     with pytest.raises(FrameError, match="this pipeline takes"):
         fitted(np.zeros((SIZE, SIZE, 3), np.uint8))
+
+
+def test_seed_blend_reuses_each_seeds_noise_and_hits_its_endpoints(tiny_parts):
+    pipe = make(tiny_parts)
+    pipe.set_seed(11)
+    only_11 = pipe.stream.noise.clone()
+    for w in (0.0, 0.3, 0.7, 1.0):
+        pipe.set_seed_blend([(11, 1.0 - w), (12, w)])
+    cached = dict(pipe._seed_cache)
+    pipe.set_seed_blend([(11, 1.0), (12, 0.0)])
+    torch.testing.assert_close(pipe.stream.noise, only_11)
+    assert all(pipe._seed_cache[k] is v for k, v in cached.items())  # drawn once, reused
