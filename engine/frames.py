@@ -31,7 +31,13 @@ class Frame:
 
 @runtime_checkable
 class FrameSource(Protocol):
-    """Somewhere frames come from (Spout receiver, NDI receiver, shared memory, file, pattern)."""
+    """Somewhere frames come from (Spout receiver, NDI receiver, shared memory, file, pattern).
+
+    Optional, for speed: `frames_owned = True` when every returned array is fresh and never
+    touched again (the runtime then skips its copy), or `read_latest_into(acquire)`, which
+    asks `acquire(shape)` for the runtime's pooled buffer and copies the new frame straight
+    into it (one copy instead of two; see bridges/shm.py).
+    """
 
     name: str
 

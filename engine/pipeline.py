@@ -73,10 +73,15 @@ class PipelineCounters:
         return self.skipped / self.frames_in if self.frames_in else 0.0
 
 
-def seed_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The noise of one seed, from a CPU generator so every device draws the same numbers."""
+def check_seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    return seed
+
+
+def seed_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The noise of one seed, from a CPU generator so every device draws the same numbers."""
+    check_seed(seed)
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
 
 
@@ -194,6 +199,7 @@ class StreamPipeline:
         so a crossfade that changes the weights every frame costs no draw and no host copy."""
         noises = []
         for seed, _ in seeds:
+            check_seed(seed)  # before the cache: True == 1 as a dict key would slip through
             noise = self._seed_cache.pop(seed, None)
             if noise is None:
                 noise = seed_noise(seed, tuple(self.stream.noise.shape)).to(self.device, self.dtype)

@@ -199,3 +199,9 @@ def test_seed_blend_reuses_each_seeds_noise_and_hits_its_endpoints(tiny_parts):
     pipe.set_seed_blend([(11, 1.0), (12, 0.0)])
     torch.testing.assert_close(pipe.stream.noise, only_11)
     assert all(pipe._seed_cache[k] is v for k, v in cached.items())  # drawn once, reused
+
+
+def test_bool_seed_is_rejected_even_when_its_int_is_cached(tiny_parts):
+    pipe = make(tiny_parts, seed=1)
+    with pytest.raises(ConfigError, match="seed"):
+        pipe.set_seed(True)
