@@ -54,6 +54,7 @@ ERROR_REPEAT_S = 5.0  # a repeated processor error is logged at most this often
 IDLE_MIN_S, IDLE_MAX_S = 0.0002, 0.001  # source polling back-off: <= 1 ms added latency
 WAIT_S = 0.05  # idle waits: how soon stop/pause is seen when nothing wakes the thread
 STATS_PERIOD_S = 1.0
+SIGNAL_POLL_S = 0.1  # how often the main thread looks at the signal flag
 POOL_SPARE = 2
 
 
@@ -191,22 +192,27 @@ class Runtime:
         """
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("run_until_signal() must be called from the main thread")
-        requested = threading.Event()
+        # A plain list, not an Event: a handler runs on the main thread between bytecodes,
+        # possibly while that thread is inside Event.wait() holding the Event's lock, and
+        # Event.set() would then deadlock (the engine kept rendering after SIGTERM). Nor does
+        # the handler log (logging takes locks too); the loop reports the signal.
+        received: list[int] = []
 
         def handler(signum: int, _frame: Any) -> None:
-            log.info("received %s: stopping", signal.Signals(signum).name)
-            requested.set()
+            received.append(signum)
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             if not self._started:
                 self.start()
-            # Short waits: the main thread must get back to bytecode to run the handler.
-            while not requested.is_set() and not self._stopping.is_set():
-                requested.wait(0.2)
+            # Short sleeps: the main thread must get back to bytecode to run the handler.
+            while not received and not self._stopping.is_set():
+                time.sleep(SIGNAL_POLL_S)
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+        if received:
+            log.info("received %s: stopping", signal.Signals(received[0]).name)
         return self.stop(timeout)
 
     def __enter__(self) -> Runtime:
