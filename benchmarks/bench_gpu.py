@@ -156,11 +156,8 @@ def make_pipeline(parts: ModelParts, size: int, steps: int, cfg: str, accelerati
 
 
 def use_graph(pipe: StreamPipeline) -> GraphedStep:
-    """Wrap the pipeline's (eager or compiled) frame step in a CUDA graph, as pipeline.py will."""
-    s = pipe.stream
-    step = GraphedStep(pipe._step, [pipe.input_u8, pipe.txt_noise],
-                       watch=lambda: (s.cond, s.uncond, s.cond_pooled, s.uncond_pooled))
-    pipe._step = step
+    """Wrap the pipeline's (eager or compiled) frame step in a CUDA graph, as acceleration != none does."""
+    step = pipe.use_graphs()
     pipe.reset()
     return step
 

@@ -41,8 +41,40 @@ def _storage_ids(tensors: Iterable[torch.Tensor | None]) -> tuple[Any, ...]:
 class _Captured:
     __slots__ = ("graph", "output", "watched")
 
-    def __init__(self, graph: torch.cuda.CUDAGraph, output: torch.Tensor, watched: tuple[Any, ...]):
+    def __init__(self, graph: Any, output: torch.Tensor, watched: tuple[Any, ...]):
         self.graph, self.output, self.watched = graph, output, watched
+
+
+class CudaGraphs:
+    """The torch.cuda calls that capture and replay take, in one place.
+
+    GraphedStep only talks to this object, so a test can hand it an emulator of the same
+    semantics (tests/engine/graph_emulator.py runs capture/replay on the CPU) and exercise
+    the capture logic, and the pipeline's capturability, on machines without a GPU.
+    """
+
+    def supports(self, device: torch.device) -> bool:
+        return device.type == "cuda"
+
+    def side_stream(self, device: torch.device) -> Any:
+        return torch.cuda.Stream(device=device)
+
+    def current_stream(self, device: torch.device) -> Any:
+        return torch.cuda.current_stream(device)
+
+    def on_stream(self, stream: Any) -> Any:
+        return torch.cuda.stream(stream)
+
+    def new_graph(self) -> Any:
+        return torch.cuda.CUDAGraph()
+
+    def recording(self, graph: Any, pool: Any, stream: Any) -> Any:
+        # thread_local: the runtime's source/sink threads keep using CUDA (uploads, pinned
+        # buffers) while the render thread captures; "global" would fail them.
+        return torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local")
+
+
+CUDA_GRAPHS = CudaGraphs()
 
 
 class GraphedStep:
@@ -70,7 +102,7 @@ class GraphedStep:
 
     def __init__(self, fn: Callable[..., torch.Tensor], static_inputs: Sequence[torch.Tensor], warmup: int = 3,
                  watch: Watch | None = None, pool: Any = None, enabled: bool | None = None,
-                 preserve: Watch | None = None):
+                 preserve: Watch | None = None, backend: CudaGraphs = CUDA_GRAPHS):
         if not static_inputs:
             raise ValueError("GraphedStep needs at least one static input tensor")
         devices = {t.device for t in static_inputs}
@@ -81,7 +113,8 @@ class GraphedStep:
         self.fn, self.static_inputs = fn, tuple(static_inputs)
         self.device = next(iter(devices))
         self.warmup, self.watch, self.pool, self.preserve = warmup, watch, pool, preserve
-        on_cuda = self.device.type == "cuda"
+        self.backend = backend
+        on_cuda = backend.supports(self.device)
         self.enabled = on_cuda if enabled is None else bool(enabled) and on_cuda
         self.fallback_reason: str | None = None if self.enabled else f"device is {self.device.type}"
         self.captures = 0
@@ -98,22 +131,21 @@ class GraphedStep:
         self._release(mode)
         if not self.enabled:
             return
-        side = torch.cuda.Stream(device=self.device)
-        current = torch.cuda.current_stream(self.device)
+        graphs = self.backend
+        side = graphs.side_stream(self.device)
+        current = graphs.current_stream(self.device)
         kept = [t for t in (self.preserve() if self.preserve else ()) if t is not None]
         saved = [t.clone() for t in kept]
         side.wait_stream(current)
-        graph = torch.cuda.CUDAGraph()
+        graph = graphs.new_graph()
         try:
             with torch.no_grad():
-                with torch.cuda.stream(side):
+                with graphs.on_stream(side):
                     for _ in range(self.warmup):
                         self.fn(*self.static_inputs, *mode)
                 # Inputs/buffers written on `current` after this point would race the warm-up otherwise.
                 current.wait_stream(side)
-                # thread_local: the runtime's source/sink threads keep using CUDA (uploads,
-                # pinned buffers) while the render thread captures; "global" would fail them.
-                with torch.cuda.graph(graph, pool=self.pool, stream=side, capture_error_mode="thread_local"):
+                with graphs.recording(graph, self.pool, side):
                     output = self.fn(*self.static_inputs, *mode)
         except RuntimeError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -133,7 +165,7 @@ class GraphedStep:
         """For load-time changes: every mode captures anew on its next call (live settings never need this)."""
         self.release()
         if self.fallback_reason and self.fallback_reason.startswith("capture failed"):
-            self.enabled, self.fallback_reason = self.device.type == "cuda", None
+            self.enabled, self.fallback_reason = self.backend.supports(self.device), None
 
     def release(self) -> None:
         """Free every graph (and with it their memory pools' hold on the static outputs)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from engine.pixels import as_frame_batch, img_pm1_to_rgb_u8, rgba_u8_to_img_pm1
 from engine.prompts import PromptEncoder
 from engine.similarity import SimilarityFilter
 from engine.stream import StreamBatch
+
+if TYPE_CHECKING:
+    from engine.cuda_graphs import CudaGraphs, GraphedStep
 
 ACCELERATIONS = ("none", "compile", "tensorrt")
 MODES = ("img2img", "txt2img")
@@ -132,17 +136,26 @@ class StreamPipeline:
         if settings.acceleration == "compile":
             self._step = torch.compile(self._frame_step, dynamic=False, fullgraph=False)
         if self.device.type == "cuda" and settings.acceleration != "none":
-            from engine.cuda_graphs import GraphedStep
-
-            # One graph replay per frame; live settings are copied into the captured buffers.
-            stream = self.stream
-            self._step = GraphedStep(self._step, [self.input_u8, self.txt_noise],
-                                     watch=lambda: (stream.cond, stream.uncond, stream.cond_pooled,
-                                                    stream.uncond_pooled),
-                                     preserve=lambda: (stream.x_buf, stream.anchor_buf, self.fx_last))
+            self.use_graphs()
         self.set_prompt(settings.prompt, settings.negative_prompt)
         self.set_guidance(settings.guidance_scale, settings.delta)
         self.set_seed(settings.seed)
+
+    def use_graphs(self, backend: CudaGraphs | None = None) -> GraphedStep:
+        """Replay the frame step from CUDA graphs (captured on the next frame): one launch per frame.
+
+        Live settings reach the graph because they are copied into the captured buffers;
+        the prompt buffers are watched because a new token width replaces them, and the
+        frames in flight are preserved across the capture's warm-up runs.
+        """
+        from engine.cuda_graphs import CUDA_GRAPHS, GraphedStep
+
+        stream = self.stream
+        self._step = GraphedStep(self._step, [self.input_u8, self.txt_noise],
+                                 watch=lambda: (stream.cond, stream.uncond, stream.cond_pooled, stream.uncond_pooled),
+                                 preserve=lambda: (stream.x_buf, stream.anchor_buf, self.fx_last),
+                                 backend=backend or CUDA_GRAPHS)
+        return self._step
 
     # ---- model calls ------------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.cuda_graphs import GraphedStep
+from engine.cuda_graphs import CUDA_GRAPHS, GraphedStep
 from engine.pipeline import StreamPipeline, StreamSettings
+from tests.engine.graph_emulator import EmulatedGraphs
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 SIZE = 64
@@ -111,37 +112,40 @@ def run_pipeline(pipe: StreamPipeline, inputs: list[np.ndarray]) -> list[torch.T
     return outs
 
 
-def graph_pipeline(pipe: StreamPipeline) -> GraphedStep:
-    """What pipeline.py does for acceleration with graphs: wrap the frame step, watch the prompt buffers."""
-    s = pipe.stream
-    step = GraphedStep(pipe._frame_step, [pipe.input_u8, pipe.txt_noise],
-                       watch=lambda: (s.cond, s.uncond, s.cond_pooled, s.uncond_pooled))
-    pipe._step = step
-    return step
+def graph_pipeline(pipe: StreamPipeline, backend=None) -> GraphedStep:
+    """What acceleration != none does on CUDA (here on any device, given a backend)."""
+    return pipe.use_graphs(backend)
 
 
 def test_graphed_pipeline_on_cpu_equals_eager(tiny_parts):
     inputs = frames(6)
     want = run_pipeline(make(tiny_parts), inputs)
     pipe = make(tiny_parts)
-    graph_pipeline(pipe)
+    step = graph_pipeline(pipe)
     got = run_pipeline(pipe, inputs)
+    assert not step.captured and step.fallback_reason == "device is cpu"
     for a, b in zip(want, got):
         assert torch.equal(a, b)
 
 
-# ---- CUDA only --------------------------------------------------------------------------------------
+# ---- capture and replay: emulated on the CPU (tests/engine/graph_emulator.py), real on CUDA -----------
+
+GRAPHS = [pytest.param("cpu", id="emulated"),
+          pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, cuda])]
 
 
-@pytest.mark.cuda
-@cuda
-def test_capture_replays_with_live_updates_like_eager():
-    eager_model, graphed_model = Affine("cuda"), Affine("cuda")
-    graphed = GraphedStep(graphed_model, [torch.zeros(4, device="cuda")], warmup=2)
+def backend_for(device: str):
+    return EmulatedGraphs() if device == "cpu" else CUDA_GRAPHS
+
+
+@pytest.mark.parametrize("device", GRAPHS)
+def test_capture_replays_with_live_updates_like_eager(device):
+    eager_model, graphed_model = Affine(device), Affine(device)
+    graphed = GraphedStep(graphed_model, [torch.zeros(4, device=device)], warmup=2, backend=backend_for(device))
     graphed.capture()
     assert graphed.captured and graphed_model.calls == 3  # 2 warm-ups + the (recording) capture call
     graphed_model.state.zero_()  # warm-up advanced the state: reset it like the pipeline does
-    x = torch.ones(4, device="cuda")
+    x = torch.ones(4, device=device)
     want = drive(eager_model, eager_model, x)
     got = drive(graphed, graphed_model, x)
     assert graphed_model.calls == 3  # replays do not call Python
@@ -149,75 +153,194 @@ def test_capture_replays_with_live_updates_like_eager():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.cuda
-@cuda
-def test_replaced_watched_buffer_triggers_recapture():
+@pytest.mark.parametrize("device", GRAPHS)
+def test_replaced_watched_buffer_triggers_recapture(device):
     class Holder:
-        bias = torch.zeros(4, device="cuda")
+        bias = torch.zeros(4, device=device)
 
-    step = GraphedStep(lambda x: x + Holder.bias, [torch.ones(4, device="cuda")], warmup=1,
-                       watch=lambda: (Holder.bias,))
-    torch.testing.assert_close(step(), torch.ones(4, device="cuda"))
+    step = GraphedStep(lambda x: x + Holder.bias, [torch.ones(4, device=device)], warmup=1,
+                       watch=lambda: (Holder.bias,), backend=backend_for(device))
+    torch.testing.assert_close(step(), torch.ones(4, device=device))
     Holder.bias.fill_(1.0)  # written into: the same graph sees it
-    torch.testing.assert_close(step(), torch.full((4,), 2.0, device="cuda"))
+    torch.testing.assert_close(step(), torch.full((4,), 2.0, device=device))
     assert step.captures == 1
-    Holder.bias = torch.full((4,), 5.0, device="cuda")  # replaced: the old graph would read stale memory
-    torch.testing.assert_close(step(), torch.full((4,), 6.0, device="cuda"))
+    Holder.bias = torch.full((4,), 5.0, device=device)  # replaced: the old graph would read stale memory
+    torch.testing.assert_close(step(), torch.full((4,), 6.0, device=device))
     assert step.captures == 2
 
 
-@pytest.mark.cuda
-@cuda
-def test_one_graph_per_mode():
-    x = torch.ones(3, device="cuda")
-    scale = torch.full((), 3.0, device="cuda")
-    step = GraphedStep(lambda t, double: t * scale * (2 if double else 1), [x], warmup=1)
-    torch.testing.assert_close(step(x, True), torch.full((3,), 6.0, device="cuda"))
-    torch.testing.assert_close(step(x, False), torch.full((3,), 3.0, device="cuda"))
+@pytest.mark.parametrize("device", GRAPHS)
+def test_one_graph_per_mode(device):
+    x = torch.ones(3, device=device)
+    scale = torch.full((), 3.0, device=device)
+    step = GraphedStep(lambda t, double: t * scale * (2 if double else 1), [x], warmup=1, backend=backend_for(device))
+    torch.testing.assert_close(step(x, True), torch.full((3,), 6.0, device=device))
+    torch.testing.assert_close(step(x, False), torch.full((3,), 3.0, device=device))
     scale.fill_(5.0)
-    torch.testing.assert_close(step(x, True), torch.full((3,), 10.0, device="cuda"))
-    torch.testing.assert_close(step(x, False), torch.full((3,), 5.0, device="cuda"))
+    torch.testing.assert_close(step(x, True), torch.full((3,), 10.0, device=device))
+    torch.testing.assert_close(step(x, False), torch.full((3,), 5.0, device=device))
     assert step.captures == 2
 
 
-@pytest.mark.cuda
-@cuda
-def test_capture_failure_falls_back_to_eager(caplog):
+@pytest.mark.parametrize("device", GRAPHS)
+def test_capture_failure_falls_back_to_eager(device, caplog):
     def syncs(x):
         return x * float(x.sum().item())  # a host sync: not capturable
 
-    step = GraphedStep(syncs, [torch.ones(2, device="cuda")], warmup=1)
+    step = GraphedStep(syncs, [torch.ones(2, device=device)], warmup=1, backend=backend_for(device))
     with caplog.at_level("WARNING", logger="streamvj.cuda_graphs"):
         out = step()
     assert not step.captured and "capture failed" in (step.fallback_reason or "")
-    torch.testing.assert_close(out, torch.full((2,), 2.0, device="cuda"))
+    assert "capture failed" in caplog.text
+    torch.testing.assert_close(out, torch.full((2,), 2.0, device=device))
+    step.recapture()  # a load-time change gives capture another chance
+    assert step.enabled and step.fallback_reason is None
 
 
-@pytest.mark.cuda
-@cuda
-def test_graphed_pipeline_on_cuda_equals_eager():
-    from engine.models import load_model
-
-    parts = load_model("tiny", device="cuda", dtype=torch.float32)
-    inputs = frames(6)
-    want = run_pipeline(make(parts, "cuda"), inputs)
-    pipe = make(parts, "cuda")
-    step = graph_pipeline(pipe)
-    got = run_pipeline(pipe, inputs)
-    assert step.captured
-    for a, b in zip(want, got):
-        assert (a.int() - b.int()).abs().max() <= 1  # kernel choice may differ by one rounding step
-
-
-@pytest.mark.cuda
-@cuda
-def test_preserved_state_advances_once_per_call_despite_the_warm_up():
-    model = Affine("cuda")
-    x = torch.ones(4, device="cuda")
-    eager = Affine("cuda")
+@pytest.mark.parametrize("device", GRAPHS)
+def test_preserved_state_advances_once_per_call_despite_the_warm_up(device):
+    model = Affine(device)
+    x = torch.ones(4, device=device)
+    eager = Affine(device)
     want = [eager(x).clone() for _ in range(3)]
-    step = GraphedStep(model, [x], warmup=3, preserve=lambda: (model.state,))
+    step = GraphedStep(model, [x], warmup=3, preserve=lambda: (model.state,), backend=backend_for(device))
     got = [step(x).clone() for _ in range(3)]
     assert step.captured
     for a, b in zip(want, got):
         torch.testing.assert_close(a, b)
+
+
+def pipeline_parts(device: str, model: str, tiny_parts):
+    if device == "cpu" and model == "tiny":
+        return tiny_parts
+    from engine.models import load_model
+
+    return load_model(model, device=device, dtype=torch.float32)
+
+
+def run_show(pipe: StreamPipeline, inputs: list[np.ndarray]) -> list[torch.Tensor]:
+    """Every live control a VJ has, between frames: each must reach a captured step as in eager."""
+    outs = []
+    for i, f in enumerate(inputs):
+        if i == 2:
+            pipe.set_guidance(2.5, 0.7)
+        if i == 3:
+            pipe.set_prompt("a different prompt")
+        if i == 4:
+            pipe.set_t_index_list([10, 35] if pipe.stream.n == 2 else [25])
+            pipe.set_seed(9)
+        if i == 5:
+            pipe.fx.update({"fx_feedback": 0.4, "fx_blend": 0.3, "fx_brightness": 0.1, "fx_contrast": 1.2,
+                            "fx_saturation": 0.5, "fx_hue": 30.0})  # FX on: the second graph (mode)
+        if i == 6:
+            pipe.fx.update({"fx_feedback": 0.1, "fx_blend": 0.0, "fx_brightness": 0.0, "fx_contrast": 1.0,
+                            "fx_saturation": 1.5, "fx_hue": -90.0})
+        if i == 7:
+            pipe.set_seed_blend([(9, 0.5), (3, 0.5)])
+            pipe.set_prompt_blend([("a different prompt", 0.3), ("neon", 0.7)], method="slerp")
+        if i == 8:
+            pipe.fx.update({"fx_feedback": 0.0, "fx_blend": 0.0, "fx_brightness": 0.0, "fx_contrast": 1.0,
+                            "fx_saturation": 1.0, "fx_hue": 0.0})  # FX off: back to the first graph
+        if i == 9:
+            pipe.reset()  # re-primes from this frame: the captured graphs replay N times
+        outs.append(pipe(f).clone().cpu())
+    return outs
+
+
+SHOWS = [
+    pytest.param("tiny", "img2img", "self", [20, 40], id="self-2"),
+    pytest.param("tiny", "img2img", "full", [20, 40], id="full-2"),
+    pytest.param("tiny", "img2img", "initialize", [30], id="initialize-1"),
+    pytest.param("tiny", "img2img", "none", [20, 40], id="none-2"),
+    pytest.param("tiny", "txt2img", "full", [20, 40], id="txt2img-full"),
+    pytest.param("tiny-sdxl", "img2img", "self", [20, 40], id="sdxl-self"),
+]
+
+
+@pytest.mark.parametrize("model,mode,cfg,t_index", SHOWS)
+@pytest.mark.parametrize("device", GRAPHS)
+def test_graphed_pipeline_equals_eager_through_a_show(device, model, mode, cfg, t_index, tiny_parts):
+    """The whole frame step (u8 -> encode -> stream batch -> decode -> FX -> u8) captures with no host
+    sync, and every live control reaches the replayed graph exactly as it reaches the eager step."""
+    parts = pipeline_parts(device, model, tiny_parts)
+    inputs = frames(10)
+    kwargs = dict(t_index_list=t_index, cfg_type=cfg, mode=mode, negative_prompt="blurry")
+    eager = make(parts, device, **kwargs)
+    want = run_show(eager, inputs)
+    pipe = make(parts, device, **kwargs)
+    step = graph_pipeline(pipe, backend_for(device))
+    got = run_show(pipe, inputs)
+    assert step.fallback_reason is None, step.fallback_reason
+    assert step.captures == 2  # FX off and FX on; live changes never recapture
+    for i, (a, b) in enumerate(zip(want, got)):
+        tolerance = 0 if device == "cpu" else 1  # CUDA kernel choice may differ by one rounding step
+        assert (a.int() - b.int()).abs().max() <= tolerance, f"frame {i} differs"
+
+
+@pytest.mark.parametrize("device", GRAPHS)
+def test_prompt_of_another_width_recaptures(device, tiny_parts):
+    parts = pipeline_parts(device, "tiny", tiny_parts)
+    inputs = frames(3)
+    pipe = make(parts, device)
+    step = graph_pipeline(pipe, backend_for(device))
+    eager = make(parts, device)
+    for p in (pipe, eager):
+        p(inputs[0])
+    assert step.captures == 1
+    hidden = pipe.stream.cond
+    wider = torch.cat([hidden, hidden], dim=1)[:1]  # a text encoder with more tokens replaces the buffer
+    for p in (pipe, eager):
+        p.stream.set_conditioning(wider, None)
+    assert pipe.stream.cond is not hidden
+    a, b = pipe(inputs[1]).clone(), eager(inputs[1]).clone()
+    assert step.captures == 2
+    assert (a.int() - b.int()).abs().max() <= (0 if device == "cpu" else 1)
+
+
+# ---- the emulator itself: it must show the failures a real graph would have --------------------------
+
+
+def test_emulator_bakes_python_numbers_like_a_real_graph():
+    holder = {"scale": 2.0}
+    x = torch.ones(3)
+    step = GraphedStep(lambda t: t * holder["scale"], [x], warmup=1, backend=EmulatedGraphs())
+    torch.testing.assert_close(step(), torch.full((3,), 2.0))
+    holder["scale"] = 5.0  # a Python float is a kernel argument: the graph keeps 2.0
+    torch.testing.assert_close(step(), torch.full((3,), 2.0))
+
+
+def test_emulator_capture_runs_nothing():
+    graphs = EmulatedGraphs()
+    state = torch.zeros(2)
+
+    def fn(x):
+        state.add_(x)
+        return state * 1.0
+
+    step = GraphedStep(fn, [torch.ones(2)], warmup=1, backend=graphs, preserve=lambda: (state,))
+    step.capture()
+    torch.testing.assert_close(state, torch.zeros(2))  # neither the warm-up nor the capture left a trace
+    out = step._graphs[()].output
+    assert out.abs().min() > 1e15  # the capture's own output is garbage until a replay
+    torch.testing.assert_close(step(), torch.ones(2))
+    torch.testing.assert_close(step(), torch.full((2,), 2.0))
+    assert graphs.graphs[0].replays == 2
+
+
+def test_emulator_rejects_a_branch_on_a_tensor():
+    def branches(x):
+        return x * 2 if x.sum() > 0 else x  # bool(tensor): a host sync
+
+    step = GraphedStep(branches, [torch.ones(2)], warmup=1, backend=EmulatedGraphs())
+    step()
+    assert "capture failed" in (step.fallback_reason or "")
+
+
+def test_emulator_keeps_reading_a_replaced_buffer_without_watch():
+    class Holder:
+        bias = torch.zeros(2)
+
+    step = GraphedStep(lambda x: x + Holder.bias, [torch.ones(2)], warmup=1, backend=EmulatedGraphs())
+    step()
+    Holder.bias = torch.full((2,), 7.0)
+    torch.testing.assert_close(step(), torch.ones(2))  # the stale buffer: why the pipeline watches its own
