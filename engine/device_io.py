@@ -1,18 +1,31 @@
-"""Device -> host frame downloads on their own CUDA stream, finished by events, never by syncs.
+"""Host <-> device frame transfers on their own CUDA streams, ordered by events, never by syncs.
 
-The render thread starts frame k's download, then goes on to launch frame k+1 and only
-then waits for frame k's event (engine/runtime.py keeps it "pending"): the host-side work
-of the next frame (parameters, similarity check, upload, graph launch) overlaps the GPU
-finishing the previous one, instead of the GPU idling while the host catches up.
+Upload: frame k+1 is copied from pinned host memory into a device staging slot on the
+upload stream while the compute stream is still busy with frame k; the compute stream
+only waits for that copy's event, then moves the bytes into the captured input buffer
+with a device-to-device copy (microseconds).
+
+Download: the copy of frame k to pinned host memory runs on the download stream after
+frame k's compute, while the GPU goes on with frame k+1 — provided the producer does not
+overwrite the downloaded buffer in frame k+1. A producer that alternates output buffers
+(StreamPipeline on CUDA) takes the "landed" event through `output_read` and makes its
+compute stream wait for it just before it writes that buffer again; any other producer
+gets the safe default, its compute stream waiting for the download right away.
+
+The render thread waits on a frame's landed event one frame late (engine/runtime.py
+keeps it "pending"), after it launched the next frame, so the host-side work of the next
+frame overlaps the GPU finishing the previous one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-EVENTS = 4  # more than the frames ever pending at once (one), so a ring never reuses a live event
+EVENTS = 4  # more than the frames ever in flight at once (two), so a ring never reuses a live event
+SLOTS = 2  # staging slots: one being filled by the upload stream, one being read by compute
 
 
 class DeviceDownload:
@@ -24,12 +37,13 @@ class DeviceDownload:
         self._events = [torch.cuda.Event() for _ in range(EVENTS)]
         self._next = 0
 
-    def start(self, result: torch.Tensor, host: torch.Tensor) -> Any:
+    def start(self, result: torch.Tensor, host: torch.Tensor, hold: bool = True) -> Any:
         """Queue `host <- result`; returns the event that marks the bytes as landed.
 
-        The copy waits for the frame's compute (stream order), and the compute stream waits
-        for the copy before its next kernels, so the next frame cannot overwrite `result`
-        (the pipeline's reused output buffer) while it is still being read.
+        The copy waits for the frame's compute (stream order). With `hold` the compute
+        stream also waits for the copy before its next kernels, so the next frame cannot
+        overwrite `result` while it is read; without, the caller must order that itself
+        (wait on the returned event before rewriting `result`).
         """
         compute = torch.cuda.current_stream(result.device)
         event = self._events[self._next]
@@ -38,5 +52,48 @@ class DeviceDownload:
         with torch.cuda.stream(self.stream):
             host.copy_(result, non_blocking=True)
             event.record(self.stream)
-        compute.wait_event(event)
+        # If `result` is freed (a preset switch drops the old pipeline), the allocator must
+        # not hand its memory to new work before this copy has read it.
+        result.record_stream(self.stream)
+        if hold:
+            compute.wait_event(event)
         return event
+
+
+class DeviceUpload:
+    """Host frames -> device, on a dedicated stream, through a ring of device staging slots."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device=device)
+        self._slots: list[torch.Tensor] = []
+        self._ready = [torch.cuda.Event() for _ in range(SLOTS)]
+        self._free: list[Any] = [None] * SLOTS  # recorded on compute once a slot's bytes were consumed
+        self._next = 0
+
+    def upload(self, frames: torch.Tensor, consume: Callable[[torch.Tensor], Any]) -> None:
+        """Copy `frames` (pinned host memory for a truly asynchronous copy) to the device, then
+        run `consume(staged)` on the current (compute) stream once the bytes are there.
+
+        `consume` copies the staged frames into the buffer the frame step reads (or fits
+        them into it); the slot is refilled only after that, two uploads later.
+        """
+        compute = torch.cuda.current_stream(self.device)
+        if not self._slots or self._slots[0].shape != frames.shape:
+            for old in self._slots:  # size change only: the upload stream may still be writing them
+                old.record_stream(self.stream)
+            self._slots = [torch.empty(frames.shape, dtype=torch.uint8, device=self.device) for _ in range(SLOTS)]
+            self._free = [None] * SLOTS
+        i = self._next
+        self._next = (i + 1) % SLOTS
+        slot, ready = self._slots[i], self._ready[i]
+        if self._free[i] is not None:
+            self.stream.wait_event(self._free[i])  # compute has read what this slot held before
+        with torch.cuda.stream(self.stream):
+            slot.copy_(frames, non_blocking=True)
+            ready.record(self.stream)
+        compute.wait_event(ready)
+        consume(slot)
+        if self._free[i] is None:
+            self._free[i] = torch.cuda.Event()
+        self._free[i].record(compute)

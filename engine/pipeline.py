@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -113,7 +113,12 @@ class StreamPipeline:
                                            enabled=settings.similarity_enabled)
         self.counters = PipelineCounters()
         self.input_u8 = torch.zeros(f, h, w, 4, dtype=torch.uint8, device=self.device)
-        self.output_u8 = torch.full((f, h, w, 4), 255, dtype=torch.uint8, device=self.device)
+        # Two output buffers, written in turn: the download of frame k (its own stream) reads
+        # one while frame k+1 is written into the other (see engine/device_io.py).
+        self._outputs = [torch.full((f, h, w, 4), 255, dtype=torch.uint8, device=self.device) for _ in range(2)]
+        self._output_read: list[Any] = [None, None]  # per buffer: the event its last reader recorded
+        self._out_index = 0
+        self.output_u8 = self._outputs[0]
         self.txt_noise = torch.zeros(f, *latent_shape, device=self.device, dtype=dtype)
         self.fx = FxUniforms(self.device)
         self.fx_last = torch.zeros(f, 3, h, w, device=self.device, dtype=dtype)  # last shown frame, post-FX
@@ -124,6 +129,11 @@ class StreamPipeline:
         self._has_output = False
         self._seed_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._staging: torch.Tensor | None = None  # raw input frames of another size, on the device
+        self._uploader = None
+        if self.device.type == "cuda":
+            from engine.device_io import DeviceUpload
+
+            self._uploader = DeviceUpload(self.device)
         self._trt = None
         if settings.acceleration == "tensorrt":
             from engine.trt_engine import build_trt_components
@@ -258,8 +268,8 @@ class StreamPipeline:
     def __call__(self, frame: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
         """One frame (H,W,4) or F frames (F,H,W,4) of rgba_u8 -> the output rgba_u8, same layout.
 
-        The returned tensor is this pipeline's output buffer: it is overwritten by the next
-        call, so copy (or send) it before calling again. txt2img takes no input.
+        The returned tensor is one of this pipeline's two output buffers, used in turn: copy
+        (or send) it before the next call but one. txt2img takes no input.
         """
         s = self.settings
         self.counters.frames_in += 1
@@ -282,13 +292,37 @@ class StreamPipeline:
             self.fx_last.copy_(rgba_u8_to_img_pm1(seed, self.dtype))
         self._fx_on = fx
         rgb = self.stream.advance(self._step, self.input_u8, self.txt_noise, fx)
-        self.output_u8[..., :3].copy_(rgb)
+        i = 1 - self._out_index
+        read = self._output_read[i]
+        if read is not None:  # the download of frame k-1 must have read this buffer before it is rewritten
+            torch.cuda.current_stream(self.device).wait_event(read)
+            self._output_read[i] = None
+        self._outputs[i][..., :3].copy_(rgb)
+        self._out_index, self.output_u8 = i, self._outputs[i]
         self._has_output = True
         self.counters.frames_out += 1
         return self._result(frame)
 
+    def output_read(self, output: torch.Tensor, event: Any) -> bool:
+        """A reader on another CUDA stream (the runtime's download) is reading `output`, one of
+        this pipeline's results, until `event`: the buffer is not rewritten before it.
+        False if `output` is not this pipeline's (the caller must then order the reuse itself)."""
+        ptr = output.untyped_storage().data_ptr()
+        for i, buffer in enumerate(self._outputs):
+            if buffer.untyped_storage().data_ptr() == ptr:
+                self._output_read[i] = event
+                return True
+        return False
+
     def _upload(self, frames: torch.Tensor) -> None:
         """Host (or device) frames into `input_u8`; other sizes are uploaded raw and fitted on the device."""
+        if self._uploader is not None and frames.device.type == "cpu":
+            # CUDA: the copy runs on the upload stream, overlapping the previous frame's compute.
+            if frames.shape == self.input_u8.shape:
+                self._uploader.upload(frames, self.input_u8.copy_)
+            else:
+                self._uploader.upload(frames, lambda staged: fit_into(staged, self.input_u8))
+            return
         if frames.shape == self.input_u8.shape:
             self.input_u8.copy_(frames, non_blocking=True)
             return

@@ -39,6 +39,10 @@ class LivePlayer:
     def txt2img(self) -> bool:
         return self.pipeline.txt2img
 
+    def output_read(self, output: torch.Tensor, event: object) -> bool:
+        """See StreamPipeline.output_read (the runtime's download tells the producer)."""
+        return self.pipeline.output_read(output, event)
+
     def swap(self, pipeline: StreamPipeline) -> None:
         """Put a freshly built pipeline on air (call on the render thread, between frames)."""
         self.pipeline = pipeline

@@ -530,7 +530,13 @@ class Runtime:
         assert buf.tensor is not None
         if self._download is None:
             self._download = DeviceDownload(result.device)
-        return buf, self._download.start(result, buf.tensor)
+        # A producer that alternates output buffers lets the GPU go on with the next frame while
+        # this one downloads; any other producer's compute waits for the download (hold).
+        read = getattr(self._processor, "output_read", None)
+        landed = self._download.start(result, buf.tensor, hold=read is None)
+        if read is not None and not read(result, landed):
+            torch.cuda.current_stream(result.device).wait_event(landed)
+        return buf, landed
 
     def _sink_loop(self, g: SinkGroup) -> None:
         period = 1.0 / self.target_fps if self.target_fps else None

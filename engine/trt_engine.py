@@ -4,9 +4,11 @@ The runtime side is built for a frame loop: every engine input/output is a torch
 tensor allocated once and bound once (`set_tensor_address`); a call copies inputs into
 those buffers only when they are not already those buffers, and enqueues on the current
 torch stream (`execute_async_v3`), with no host sync. (The reference StreamDiffusion
-reallocates its TensorRT buffers on every call and synchronizes every frame.) Because
-nothing is allocated and nothing syncs, an engine call can sit inside a captured CUDA
-graph (`engine.cuda_graphs.GraphedStep`).
+reallocates its TensorRT buffers on every call and synchronizes every frame.) On the legacy
+default stream TensorRT would add `cudaStreamSynchronize` calls around each enqueue, so
+there the engine runs on its own side stream, ordered by events. Because nothing is
+allocated and nothing syncs, an engine call can sit inside a captured CUDA graph
+(`engine.cuda_graphs.GraphedStep`).
 
 `tensorrt` is imported lazily: without it, `select_backend` falls back to the
 torch.compile / CUDA-graph path and says why, naming `pip install 'streamvj[tensorrt]'`.
@@ -115,26 +117,33 @@ def select_backend(requested: str, device: torch.device | str,
 # ---- build ------------------------------------------------------------------------------------------
 
 _TRT_LOGGER: Any = None
+_TRT_LOGGER_LOCK = threading.Lock()  # pipelines are built on background threads
 
 
 def _trt_logger(trt: Any) -> Any:
-    """One process-wide logger (TensorRT requires it to outlive every builder/runtime)."""
+    """One process-wide logger (TensorRT requires it to outlive every builder/runtime, and warns
+    when a second one is passed)."""
     global _TRT_LOGGER
-    if _TRT_LOGGER is None:
-        levels = {trt.ILogger.Severity.INTERNAL_ERROR: logging.ERROR, trt.ILogger.Severity.ERROR: logging.ERROR,
-                  trt.ILogger.Severity.WARNING: logging.WARNING, trt.ILogger.Severity.INFO: logging.DEBUG}
-
-        class _Logger(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-
-            def log(self, severity: Any, msg: str) -> None:
-                level = levels.get(severity)
-                if level is not None:
-                    logging.getLogger("streamvj.tensorrt").log(level, "%s", msg)
-
-        _TRT_LOGGER = _Logger()
+    with _TRT_LOGGER_LOCK:
+        if _TRT_LOGGER is None:
+            _TRT_LOGGER = _make_trt_logger(trt)
     return _TRT_LOGGER
+
+
+def _make_trt_logger(trt: Any) -> Any:
+    levels = {trt.ILogger.Severity.INTERNAL_ERROR: logging.ERROR, trt.ILogger.Severity.ERROR: logging.ERROR,
+              trt.ILogger.Severity.WARNING: logging.WARNING, trt.ILogger.Severity.INFO: logging.DEBUG}
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)  # pybind trampolines need the base __init__
+
+        def log(self, severity: Any, msg: str) -> None:
+            level = levels.get(severity)
+            if level is not None:
+                logging.getLogger("streamvj.tensorrt").log(level, "%s", msg)
+
+    return _Logger()
 
 
 class BuildProgress:
@@ -295,6 +304,10 @@ class TrtEngine:
             if self.engine is None:
                 raise TrtBuildError(f"TensorRT could not load the {name} engine (built by another version or GPU?)")
             self.context = self.engine.create_execution_context()
+            if self.context is None:  # its activation memory could not be allocated
+                raise TrtBuildError(f"TensorRT could not create an execution context for the {name} engine "
+                                    f"(out of GPU memory?)")
+        self._side_stream: torch.cuda.Stream | None = None
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.buffers: dict[str, torch.Tensor] = {}
@@ -313,7 +326,8 @@ class TrtEngine:
                 raise ConfigError(f"buffer for {name}.{tensor_name} must be a contiguous {dtype} {shape} tensor "
                                   f"on {self.device}, got {buffer.dtype} {tuple(buffer.shape)} on {buffer.device}")
             if self.engine.get_tensor_mode(tensor_name) == trt.TensorIOMode.INPUT:
-                self.context.set_input_shape(tensor_name, shape)
+                if not self.context.set_input_shape(tensor_name, shape):
+                    raise TrtBuildError(f"TensorRT refused the shape {shape} for {name}.{tensor_name}")
                 self.inputs.append(tensor_name)
             else:
                 self.outputs.append(tensor_name)
@@ -341,29 +355,43 @@ class TrtEngine:
         for name, value in zip(self.inputs, inputs):
             self._stage(name, value)
         stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT could not enqueue the {self.name} engine")
+        if stream.cuda_stream != 0:
+            ok = self.context.execute_async_v3(stream.cuda_stream)
+        else:
+            # TensorRT brackets enqueues on the legacy default stream with cudaStreamSynchronize
+            # (it warns so): run on a side stream instead, ordered after and before the caller's work.
+            if self._side_stream is None:
+                self._side_stream = torch.cuda.Stream(self.device)
+            side = self._side_stream
+            side.wait_stream(stream)
+            ok = self.context.execute_async_v3(side.cuda_stream)
+            stream.wait_stream(side)
+        if not ok:
+            raise RuntimeError(f"TensorRT could not enqueue the {self.name} engine (see the TensorRT errors above)")
         outs = tuple(self.buffers[n] for n in self.outputs)
         return outs[0] if len(outs) == 1 else outs
 
 
 class TrtUnet:
-    """Drop-in for the stream batch's unet_fn: (x, timesteps, hidden, pooled, time_ids) -> noise."""
+    """Drop-in for the stream batch's unet_fn: (x, timesteps, hidden, pooled, time_ids) -> noise.
+
+    Inputs are matched by name: TensorRT does not document that its I/O order is the ONNX order.
+    """
 
     def __init__(self, engine: TrtEngine):
         expected = list(UNET_INPUTS) + (list(SDXL_INPUTS) if "text_embeds" in engine.inputs else [])
-        if engine.inputs != expected:
+        if sorted(engine.inputs) != sorted(expected):
             raise ConfigError(f"not a streamvj UNet engine: inputs {engine.inputs}, expected {expected}")
         self.engine = engine
         self.sdxl = len(expected) == 5
+        self._order = [expected.index(n) for n in engine.inputs]  # engine position -> argument position
 
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor,
                  pooled: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
-        if self.sdxl:
-            if pooled is None or time_ids is None:
-                raise ValueError("this SDXL UNet engine needs pooled text embeddings and time ids")
-            return self.engine(x, timesteps, hidden, pooled, time_ids)
-        return self.engine(x, timesteps, hidden)
+        args = (x, timesteps, hidden, pooled, time_ids)
+        if self.sdxl and (pooled is None or time_ids is None):
+            raise ValueError("this SDXL UNet engine needs pooled text embeddings and time ids")
+        return self.engine(*(args[i] for i in self._order))
 
 
 # ---- components: cache or build ---------------------------------------------------------------------
@@ -404,7 +432,11 @@ def cached_engine(cache: TrtCache, module: torch.nn.Module, component: str, expo
         except OnnxExportError as exc:
             raise TrtBuildError(str(exc)) from exc
         serialized = build_engine(graph.path, fp16=dtype == torch.float16, cancel=cancel)
-    cache.store(key, parts, serialized)
+    try:
+        cache.store(key, parts, serialized)
+    except OSError as exc:  # a full disk: run the engine just built anyway, rebuild it next time
+        log.warning("TensorRT %s engine %s could not be cached (%s): it will be rebuilt next time",
+                    component, key, exc)
     return serialized
 
 

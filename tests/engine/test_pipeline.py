@@ -205,3 +205,20 @@ def test_bool_seed_is_rejected_even_when_its_int_is_cached(tiny_parts):
     pipe = make(tiny_parts, seed=1)
     with pytest.raises(ConfigError, match="seed"):
         pipe.set_seed(True)
+
+
+def test_outputs_alternate_between_two_buffers_so_a_download_can_overlap_the_next_frame(tiny_parts):
+    pipe = make(tiny_parts, similarity_enabled=True, similarity_threshold=0.5, similarity_max_skip=100)
+    first = pipe(frame(1))
+    kept = first.clone()
+    second = pipe(frame(2))
+    assert second.data_ptr() != first.data_ptr()
+    assert torch.equal(first, kept)  # the next frame did not touch the buffer a reader may still hold
+    assert bool((second[..., 3] == 255).all())
+    third = pipe(frame(3))
+    assert third.data_ptr() == first.data_ptr()  # the ring comes round
+    skipped = pipe(frame(3))  # the similarity filter repeats the last result: the same buffer
+    assert pipe.counters.skipped == 1 and skipped.data_ptr() == third.data_ptr()
+    # A reader on another stream registers its event per buffer; foreign tensors are refused.
+    assert pipe.output_read(third, "event") and pipe._output_read[pipe._out_index] == "event"
+    assert pipe.output_read(pipe.output_u8, "whole") and not pipe.output_read(third.clone(), "other")
