@@ -7,8 +7,10 @@ eagerly or under `torch.compile` with the same result.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,8 @@ from engine.stream import StreamBatch
 
 if TYPE_CHECKING:
     from engine.cuda_graphs import CudaGraphs, GraphedStep
+
+log = logging.getLogger("streamvj.pipeline")
 
 ACCELERATIONS = ("none", "compile", "tensorrt")
 MODES = ("img2img", "txt2img")
@@ -143,13 +147,38 @@ class StreamPipeline:
                                              txt2img=self.txt2img)
             self.stream.unet_fn = self._trt.unet
         self._step = self._frame_step
+        self.compile_error: str | None = None
         if settings.acceleration == "compile":
-            self._step = torch.compile(self._frame_step, dynamic=False, fullgraph=False)
+            self._step = self._compiled_or_eager(torch.compile(self._frame_step, dynamic=False, fullgraph=False))
         if self.device.type == "cuda" and settings.acceleration != "none":
             self.use_graphs()
         self.set_prompt(settings.prompt, settings.negative_prompt)
         self.set_guidance(settings.guidance_scale, settings.delta)
         self.set_seed(settings.seed)
+
+    def _compiled_or_eager(self, compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """The compiled step, or the eager one for good once compiling fails.
+
+        torch.compile compiles lazily, on the first frame: a machine without a working
+        Triton (common on Windows) or C++ compiler fails there, not at build time. The show
+        must go on, so the failure is logged once and the same step runs eagerly (the
+        failure happens before any of the step's state is written).
+        """
+        from torch._dynamo.exc import TorchDynamoException
+
+        def step(*args: Any) -> torch.Tensor:
+            if self.compile_error is None:
+                try:
+                    return compiled(*args)
+                except TorchDynamoException as exc:
+                    first = str(exc).strip().splitlines()
+                    self.compile_error = first[0] if first else type(exc).__name__
+                    log.warning("torch.compile failed (%s); running this pipeline eagerly (slower). On Windows, "
+                                "install Triton (pip install triton-windows) for compile on a GPU",
+                                self.compile_error)
+            return self._frame_step(*args)
+
+        return step
 
     def use_graphs(self, backend: CudaGraphs | None = None) -> GraphedStep:
         """Replay the frame step from CUDA graphs (captured on the next frame): one launch per frame.

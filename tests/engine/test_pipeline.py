@@ -222,3 +222,26 @@ def test_outputs_alternate_between_two_buffers_so_a_download_can_overlap_the_nex
     # A reader on another stream registers its event per buffer; foreign tensors are refused.
     assert pipe.output_read(third, "event") and pipe._output_read[pipe._out_index] == "event"
     assert pipe.output_read(pipe.output_u8, "whole") and not pipe.output_read(third.clone(), "other")
+
+
+def test_a_compile_failure_on_the_first_frame_falls_back_to_eager_for_good(tiny_parts, monkeypatch, caplog,
+                                                                           tmp_path):
+    """No working compiler (Triton on Windows, a C++ compiler on CPU) shows up only when the
+    first frame compiles: the show goes on eagerly, with the same pictures, after one warning."""
+    import torch._inductor.config as inductor_config
+
+    # No compiler, and no cached kernels from earlier tests that would make one unnecessary.
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch._dynamo.reset()
+    eager, compiled = make(tiny_parts), make(tiny_parts, acceleration="compile")
+    try:
+        with caplog.at_level("WARNING", logger="streamvj.pipeline"):
+            got = [compiled(frame(i)).clone() for i in range(3)]
+    finally:
+        torch._dynamo.reset()
+    assert compiled.compile_error and "compiler" in compiled.compile_error.lower()
+    assert caplog.text.count("torch.compile failed") == 1
+    for i, g in enumerate(got):
+        assert torch.equal(g, eager(frame(i)))

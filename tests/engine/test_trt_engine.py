@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import sys
 import threading
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+import engine.trt_engine as trt_engine
 from engine.errors import ConfigError
+from engine.onnx_export import OnnxExportError, OnnxGraph, TensorSpec, unet_input_specs
+from engine.trt_cache import TrtCache
 from engine.trt_engine import (
     INSTALL_HINT,
     BuildProgress,
@@ -19,6 +25,7 @@ from engine.trt_engine import (
     TrtBuildError,
     TrtEngine,
     TrtUnet,
+    build_engine,
     build_trt_components,
     import_tensorrt,
     network_flags,
@@ -202,6 +209,569 @@ def test_components_need_cuda(tiny_parts, fake_tensorrt):
     with pytest.raises(ConfigError, match="CUDA"):
         build_trt_components(tiny_parts, width=64, height=64, unet_batch=2, frame_buffer_size=1, device="cpu",
                              dtype=torch.float32)
+
+
+# ---- a fake `tensorrt` that records every call: build, load, bind and run on CPU -------------------------
+#
+# It mirrors the Python API of TensorRT 8.6 / 10.x / 11.x as far as streamvj uses it (checked against
+# NVIDIA/TensorRT python/src/infer/pyCore.cpp): pybind base classes that refuse subclasses whose
+# __init__ skipped the base one, `parse_from_file` -> bool with `num_errors`/`get_error`,
+# `build_serialized_network` -> IHostMemory (a buffer with `nbytes`) or None, `deserialize_cuda_engine`
+# -> engine or None, the name-based I/O API, and `execute_async_v3(stream_handle) -> bool`. The
+# "ONNX file" is JSON naming the graph's inputs/outputs; the "engine" is that JSON again.
+
+_TRT_DTYPES = ("float32", "float16", "bfloat16", "int32", "int64", "int8", "uint8", "bool")
+
+
+def make_fake_trt(version: str = "10.9.0.34") -> types.ModuleType:
+    major = int(version.split(".")[0])
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.calls = []         # (api, args...) in call order
+    trt.events = []        # stream order: waits and enqueues
+    trt.loggers = []       # the logger every Builder/Runtime got
+    trt.build_count = 0
+    trt.fail_build = trt.context_none = False
+    trt.execute_ok = trt.address_ok = trt.shape_ok = True
+    trt.on_execute = None  # what the "kernels" do: a test callback
+    trt.monitor_steps = 3
+    for name in _TRT_DTYPES:
+        if major >= 10 or name not in ("bfloat16", "int64"):  # TensorRT 8.6 has neither
+            setattr(trt, name, f"DataType.{name}")
+    trt.TensorIOMode = SimpleNamespace(INPUT="TensorIOMode.INPUT", OUTPUT="TensorIOMode.OUTPUT")
+    trt.MemoryPoolType = SimpleNamespace(WORKSPACE="MemoryPoolType.WORKSPACE")
+    flags = SimpleNamespace()
+    if major < 11:
+        flags.EXPLICIT_BATCH = 0
+    if major >= 9:
+        flags.STRONGLY_TYPED = 1
+    trt.NetworkDefinitionCreationFlag = flags
+    trt.BuilderFlag = SimpleNamespace(FP16="BuilderFlag.FP16") if major < 11 else SimpleNamespace(REFIT="REFIT")
+
+    def needs_base_init(obj, base):
+        if not getattr(obj, "_base_init", False):  # what pybind11 raises for such a subclass
+            raise TypeError(f"{base}.__init__() must be called when overriding __init__")
+
+    class ILogger:
+        Severity = SimpleNamespace(INTERNAL_ERROR="INTERNAL_ERROR", ERROR="ERROR", WARNING="WARNING",
+                                   INFO="INFO", VERBOSE="VERBOSE")
+
+        def __init__(self):
+            self._base_init = True
+
+    trt.ILogger = ILogger
+    if major >= 10:
+        class IProgressMonitor:
+            def __init__(self):
+                self._base_init = True
+
+        trt.IProgressMonitor = IProgressMonitor
+
+    class Tensor:
+        def __init__(self, name, shape, dtype):
+            self.name, self.shape, self.dtype = name, tuple(shape), dtype
+
+    class Network:
+        def __init__(self, flags_value):
+            self.flags, self.inputs, self.outputs = flags_value, [], []
+
+        @property
+        def num_inputs(self):
+            return len(self.inputs)
+
+        def get_input(self, i):
+            return self.inputs[i]
+
+    class Parser:
+        def __init__(self, network, logger):
+            self.network, self.errors = network, []
+
+        def parse_from_file(self, path):
+            trt.calls.append(("parse_from_file", path))
+            assert isinstance(path, str)
+            spec = json.loads(Path(path).read_text())
+            if "error" in spec:
+                self.errors = [spec["error"], "In node 2: a second problem"]
+                return False
+            self.network.inputs = [Tensor(n, s, getattr(trt, d)) for n, s, d in spec["inputs"]]
+            self.network.outputs = [Tensor(n, s, getattr(trt, d)) for n, s, d in spec["outputs"]]
+            return True
+
+        @property
+        def num_errors(self):
+            return len(self.errors)
+
+        def get_error(self, i):
+            return self.errors[i]
+
+    trt.OnnxParser = Parser
+
+    class Config:
+        def __init__(self):
+            self.flags, self.pools = [], {}
+            self.builder_optimization_level = self.progress_monitor = None
+
+        def set_flag(self, flag):
+            trt.calls.append(("set_flag", flag))
+            self.flags.append(flag)
+
+        def set_memory_pool_limit(self, pool, size):
+            self.pools[pool] = size
+
+    class Builder:
+        def __init__(self, logger):
+            needs_base_init(logger, "ILogger")
+            trt.loggers.append(logger)
+            self.logger = logger
+
+        def create_network(self, flags_value=0):
+            trt.calls.append(("create_network", flags_value))
+            return Network(flags_value)
+
+        def create_builder_config(self):
+            return Config()
+
+        def build_serialized_network(self, network, config):
+            trt.calls.append(("build_serialized_network",))
+            trt.build_count += 1
+            monitor, cancelled = config.progress_monitor, []
+            if monitor is not None:
+                needs_base_init(monitor, "IProgressMonitor")
+
+                def report():  # TensorRT calls the monitor from its own threads
+                    monitor.phase_start("Building engine", None, trt.monitor_steps)
+                    for step in range(trt.monitor_steps):
+                        if not monitor.step_complete("Building engine", step):
+                            cancelled.append(step)
+                            break
+                    monitor.phase_finish("Building engine")
+
+                worker = threading.Thread(target=report)
+                worker.start()
+                worker.join()
+            if trt.fail_build or cancelled:
+                self.logger.log(ILogger.Severity.ERROR, "[network.cpp] Error Code 4: Internal Error (fake)")
+                return None
+            self.logger.log(ILogger.Severity.VERBOSE, "a verbose line nobody needs")
+
+            def io(tensors):
+                return [[t.name, list(t.shape), t.dtype.removeprefix("DataType.")] for t in tensors]
+
+            engine = {"inputs": io(network.inputs), "outputs": io(network.outputs),
+                      "fp16": "BuilderFlag.FP16" in config.flags}
+            return memoryview(json.dumps(engine).encode())  # like IHostMemory: a buffer with nbytes
+
+    trt.Builder = Builder
+
+    class Context:
+        def set_input_shape(self, name, shape):
+            assert isinstance(shape, (tuple, list))
+            trt.calls.append(("set_input_shape", name, tuple(shape)))
+            return trt.shape_ok
+
+        def set_tensor_address(self, name, address):
+            assert isinstance(address, int)
+            trt.calls.append(("set_tensor_address", name, address))
+            return trt.address_ok
+
+        def execute_async_v3(self, stream_handle):
+            assert isinstance(stream_handle, int)
+            trt.events.append(("execute_async_v3", stream_handle))
+            if trt.on_execute is not None:
+                trt.on_execute()
+            return trt.execute_ok
+
+    class Engine:
+        def __init__(self, spec):
+            self.io = [(n, tuple(s), getattr(trt, d), trt.TensorIOMode.INPUT) for n, s, d in spec["inputs"]]
+            self.io += [(n, tuple(s), getattr(trt, d), trt.TensorIOMode.OUTPUT) for n, s, d in spec["outputs"]]
+
+        @property
+        def num_io_tensors(self):
+            return len(self.io)
+
+        def _find(self, name):
+            return next(t for t in self.io if t[0] == name)
+
+        def get_tensor_name(self, i):
+            return self.io[i][0]
+
+        def get_tensor_shape(self, name):
+            return self._find(name)[1]
+
+        def get_tensor_dtype(self, name):
+            return self._find(name)[2]
+
+        def get_tensor_mode(self, name):
+            return self._find(name)[3]
+
+        def create_execution_context(self):
+            return None if trt.context_none else Context()
+
+    class Runtime:
+        def __init__(self, logger):
+            needs_base_init(logger, "ILogger")
+            trt.loggers.append(logger)
+
+        def deserialize_cuda_engine(self, data):
+            trt.calls.append(("deserialize_cuda_engine",))
+            try:
+                return Engine(json.loads(bytes(memoryview(data))))
+            except ValueError:
+                return None  # what TensorRT does with a foreign or corrupt plan (and logs an error)
+
+    trt.Runtime = Runtime
+    return trt
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    trt = make_fake_trt()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_engine, "_TRT_LOGGER", None)  # one logger per fake module
+    return trt
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch, fake_trt):
+    """Just enough torch.cuda for TrtEngine on a CPU: 'CUDA' tensors are CPU tensors, streams are records."""
+    real_empty = torch.empty
+
+    def empty(*size, device=None, **kwargs):
+        if device is not None and torch.device(device).type == "cuda":
+            device = "cpu"
+        return real_empty(*size, device=device, **kwargs)
+
+    class FakeStream:
+        created = []
+
+        def __init__(self, device=None, handle=None):
+            self.cuda_stream = handle if handle is not None else 7000 + len(FakeStream.created)
+            if handle is None:
+                FakeStream.created.append(self)
+
+        def wait_stream(self, other):
+            fake_trt.events.append(("wait", self.cuda_stream, other.cuda_stream))
+
+    state = SimpleNamespace(current=FakeStream(handle=0), Stream=FakeStream)
+    monkeypatch.setattr(torch, "empty", empty)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: state.current)
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(trt_engine, "_gpu_parts", lambda device: ("Fake GPU", {"compute_capability": "9.0"}))
+    return state
+
+
+def write_graph(path: Path, inputs, outputs, **extra) -> Path:
+    """A fake ONNX file: [name, shape, TensorRT dtype name] per input/output."""
+    path.write_text(json.dumps({"inputs": inputs, "outputs": outputs, **extra}))
+    return path
+
+
+UNET_IO = ([["sample", [2, 4, 8, 8], "float16"], ["timestep", [2], "float32"],
+            ["encoder_hidden_states", [2, 77, 32], "float16"]], [["noise_pred", [2, 4, 8, 8], "float16"]])
+
+
+def serialized_unet(trt, tmp_path) -> memoryview:
+    return build_engine(write_graph(tmp_path / "unet.onnx", *UNET_IO), fp16=True)
+
+
+def test_build_configures_tensorrt_10_and_reports_progress(fake_trt, tmp_path, caplog):
+    onnx = write_graph(tmp_path / "unet.onnx", *UNET_IO)
+    with caplog.at_level(logging.INFO, logger="streamvj.trt_engine"):
+        serialized = build_engine(onnx, fp16=True, workspace_bytes=1 << 30, optimization_level=2)
+    assert ("parse_from_file", str(onnx)) in fake_trt.calls  # a path, so external weights are found
+    assert ("create_network", 0) in fake_trt.calls           # EXPLICIT_BATCH is deprecated (ignored) in 10
+    assert ("set_flag", "BuilderFlag.FP16") in fake_trt.calls
+    assert json.loads(bytes(serialized))["fp16"] is True
+    assert serialized.nbytes > 0
+    text = caplog.text
+    assert "TensorRT build: Building engine (3 steps)" in text and "Building engine done in" in text
+    assert "built unet.onnx" in text
+
+
+def test_build_sets_workspace_level_and_monitor_on_the_config(fake_trt, tmp_path, monkeypatch):
+    configs = []
+    real = fake_trt.Builder.create_builder_config
+    monkeypatch.setattr(fake_trt.Builder, "create_builder_config", lambda self: configs.append(real(self)) or configs[-1])
+    build_engine(write_graph(tmp_path / "vae.onnx", [["latents", [1, 4, 8, 8], "float32"]],
+                             [["images", [1, 3, 64, 64], "float32"]]),
+                 fp16=False, workspace_bytes=2 << 30, optimization_level=5)
+    (config,) = configs
+    assert config.flags == []  # fp32: no FP16 flag
+    assert config.pools == {fake_trt.MemoryPoolType.WORKSPACE: 2 << 30}
+    assert config.builder_optimization_level == 5
+    assert isinstance(config.progress_monitor, fake_trt.IProgressMonitor)
+
+
+def test_build_on_tensorrt_8_6_sets_explicit_batch_and_builds_without_a_monitor(monkeypatch, tmp_path, caplog):
+    trt = make_fake_trt("8.6.1.6")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_engine, "_TRT_LOGGER", None)
+    with caplog.at_level(logging.INFO, logger="streamvj.trt_engine"):
+        build_engine(write_graph(tmp_path / "unet.onnx", *UNET_IO), fp16=True)
+    assert ("create_network", 1) in trt.calls and ("set_flag", "BuilderFlag.FP16") in trt.calls
+    assert "has no progress monitor" in caplog.text
+
+
+def test_build_on_tensorrt_11_is_strongly_typed(monkeypatch, tmp_path, caplog):
+    trt = make_fake_trt("11.4.0.1")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_engine, "_TRT_LOGGER", None)
+    inputs = [["sample", [2, 4, 8, 8], "float32"], ["timestep", [2], "float32"]]
+    with caplog.at_level(logging.WARNING, logger="streamvj.trt_engine"):
+        build_engine(write_graph(tmp_path / "unet.onnx", inputs, UNET_IO[1]), fp16=True)
+    assert ("create_network", 2) in trt.calls            # STRONGLY_TYPED
+    assert not any(c[0] == "set_flag" for c in trt.calls)  # there is no FP16 flag to set
+    assert "sample is float32" in caplog.text and "timestep" not in caplog.text
+
+
+def test_parse_failure_is_one_clear_build_error(fake_trt, tmp_path):
+    onnx = write_graph(tmp_path / "unet.onnx", [], [], error="In node 7 (importConv): UNSUPPORTED_NODE")
+    with pytest.raises(TrtBuildError, match=r"could not parse unet.onnx: In node 7 .*UNSUPPORTED_NODE; In node 2"):
+        build_engine(onnx)
+    assert fake_trt.build_count == 0
+
+
+def test_dynamic_input_is_rejected_before_building(fake_trt, tmp_path):
+    onnx = write_graph(tmp_path / "unet.onnx", [["sample", [-1, 4, 8, 8], "float16"]], UNET_IO[1])
+    with pytest.raises(TrtBuildError, match=r"sample has a dynamic shape \(-1, 4, 8, 8\)"):
+        build_engine(onnx)
+    assert fake_trt.build_count == 0
+
+
+def test_builder_returning_none_is_a_build_error_and_tensorrt_errors_are_logged(fake_trt, tmp_path, caplog):
+    fake_trt.fail_build = True
+    with caplog.at_level(logging.DEBUG, logger="streamvj.tensorrt"), \
+            pytest.raises(TrtBuildError, match="could not build unet.onnx"):
+        serialized_unet(fake_trt, tmp_path)
+    errors = [r for r in caplog.records if r.name == "streamvj.tensorrt"]
+    assert [r.levelno for r in errors] == [logging.ERROR] and "Error Code 4" in errors[0].getMessage()
+
+
+def test_cancel_stops_the_build(fake_trt, tmp_path):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(TrtBuildError, match="cancelled"):
+        build_engine(write_graph(tmp_path / "unet.onnx", *UNET_IO), cancel=cancel)
+
+
+def test_one_logger_for_every_builder_and_runtime(fake_trt, tmp_path, fake_cuda):
+    data = serialized_unet(fake_trt, tmp_path)
+    serialized_unet(fake_trt, tmp_path)
+    TrtEngine(data, "cuda", name="unet")
+    assert len(fake_trt.loggers) == 3 and len({id(x) for x in fake_trt.loggers}) == 1
+
+
+def test_engine_binds_every_tensor_once_with_engine_dtypes(fake_trt, fake_cuda, tmp_path):
+    engine = TrtEngine(serialized_unet(fake_trt, tmp_path), "cuda", name="unet")
+    assert engine.device == torch.device("cuda", 0)
+    assert engine.inputs == ["sample", "timestep", "encoder_hidden_states"] and engine.outputs == ["noise_pred"]
+    assert {n: b.dtype for n, b in engine.buffers.items()} == {
+        "sample": torch.float16, "timestep": torch.float32, "encoder_hidden_states": torch.float16,
+        "noise_pred": torch.float16}
+    shapes = [c[1:] for c in fake_trt.calls if c[0] == "set_input_shape"]
+    assert shapes == [("sample", (2, 4, 8, 8)), ("timestep", (2,)), ("encoder_hidden_states", (2, 77, 32))]
+    addresses = {c[1]: c[2] for c in fake_trt.calls if c[0] == "set_tensor_address"}
+    assert addresses == {n: b.data_ptr() for n, b in engine.buffers.items()}
+
+
+def test_call_copies_only_foreign_inputs_enqueues_on_the_current_stream_and_returns_the_bound_output(
+        fake_trt, fake_cuda, tmp_path, monkeypatch):
+    engine = TrtEngine(serialized_unet(fake_trt, tmp_path), "cuda", name="unet")
+    bound = len(fake_trt.calls)
+    fake_trt.on_execute = lambda: engine.buffers["noise_pred"].copy_(engine.buffers["sample"] * 2)
+    fake_cuda.current = fake_cuda.Stream(handle=4242)  # e.g. GraphedStep's capture stream
+    copies = []
+    real_copy = torch.Tensor.copy_
+
+    def counting_copy(self, src, non_blocking=False):
+        copies.append(self.data_ptr())
+        return real_copy(self, src, non_blocking)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", counting_copy)
+    sample = engine.buffers["sample"]
+    sample.fill_(1.5)  # the caller wrote straight into the engine's input
+    hidden = torch.randn(2, 77, 32, dtype=torch.float16)
+    out = engine(sample, torch.tensor([999, 500]), hidden)
+    assert out is engine.buffers["noise_pred"]
+    assert torch.equal(out, torch.full((2, 4, 8, 8), 3.0, dtype=torch.float16))
+    assert engine.buffers["timestep"].tolist() == [999.0, 500.0]   # int64 timesteps into the float32 input
+    assert torch.equal(engine.buffers["encoder_hidden_states"], hidden)
+    staged = {engine.buffers["timestep"].data_ptr(), engine.buffers["encoder_hidden_states"].data_ptr()}
+    assert set(copies[:2]) == staged and sample.data_ptr() not in copies  # no copy of its own buffer
+    assert fake_trt.events == [("execute_async_v3", 4242)]
+    assert len(fake_trt.calls) == bound  # nothing re-bound per call
+    assert engine(sample, torch.tensor([999, 500]), hidden) is out
+
+
+def test_call_on_the_default_stream_runs_on_a_side_stream_ordered_by_events(fake_trt, fake_cuda, tmp_path):
+    engine = TrtEngine(serialized_unet(fake_trt, tmp_path), "cuda", name="unet")
+    args = [engine.buffers[n] for n in engine.inputs]
+    engine(*args)
+    engine(*args)
+    (side,) = fake_cuda.Stream.created  # one side stream, made on first use
+    once = [("wait", side.cuda_stream, 0), ("execute_async_v3", side.cuda_stream), ("wait", 0, side.cuda_stream)]
+    assert fake_trt.events == once * 2
+
+
+def test_enqueue_failure_is_a_clear_error(fake_trt, fake_cuda, tmp_path):
+    engine = TrtEngine(serialized_unet(fake_trt, tmp_path), "cuda", name="unet")
+    fake_trt.execute_ok = False
+    with pytest.raises(RuntimeError, match="could not enqueue the unet engine"):
+        engine(*[engine.buffers[n] for n in engine.inputs])
+    with pytest.raises(TypeError, match=r"takes 3 inputs \(sample, timestep, encoder_hidden_states\), got 1"):
+        engine(engine.buffers["sample"])
+
+
+@pytest.mark.parametrize(("setup", "match"), [
+    (lambda trt: setattr(trt, "context_none", True), "could not create an execution context for the unet"),
+    (lambda trt: setattr(trt, "address_ok", False), "refused the buffer for unet.sample"),
+    (lambda trt: setattr(trt, "shape_ok", False), r"refused the shape \(2, 4, 8, 8\) for unet.sample"),
+])
+def test_load_failures_are_build_errors(fake_trt, fake_cuda, tmp_path, setup, match):
+    data = serialized_unet(fake_trt, tmp_path)
+    setup(fake_trt)
+    with pytest.raises(TrtBuildError, match=match):
+        TrtEngine(data, "cuda", name="unet")
+
+
+def test_foreign_plan_is_a_build_error(fake_trt, fake_cuda):
+    with pytest.raises(TrtBuildError, match="could not load the vae_decoder engine"):
+        TrtEngine(b"\x00plan from another TensorRT", "cuda", name="vae_decoder")
+
+
+def test_engine_rejects_what_it_cannot_bind(fake_trt, fake_cuda):
+    def plan(inputs, outputs):
+        return json.dumps({"inputs": inputs, "outputs": outputs}).encode()
+
+    with pytest.raises(TrtBuildError, match="dynamic shape"):
+        TrtEngine(plan([["x", [-1, 4], "float32"]], [["y", [1], "float32"]]), "cuda")
+    fake_trt.fp8 = "DataType.fp8"
+    with pytest.raises(TrtBuildError, match="DataType.fp8, which streamvj does not bind"):
+        TrtEngine(plan([["x", [1, 4], "fp8"]], [["y", [1], "float32"]]), "cuda")
+    with pytest.raises(ConfigError, match="no tensors named latent"):
+        TrtEngine(plan([["x", [1, 4], "float32"]], [["y", [1], "float32"]]), "cuda",
+                  buffers={"latent": torch.zeros(1, 4)})
+    with pytest.raises(ConfigError, match=r"buffer for engine.x must be a contiguous torch.float32 \(1, 4\)"):
+        TrtEngine(plan([["x", [1, 4], "float32"]], [["y", [1], "float32"]]), "cuda", buffers={"x": torch.zeros(2, 4)})
+    with pytest.raises(ConfigError, match="CUDA devices"):
+        TrtEngine(plan([], []), "cpu")
+
+
+def test_trt_unet_matches_engine_inputs_by_name(fake_trt, fake_cuda):
+    outputs = [["noise_pred", [2, 4, 8, 8], "float32"]]
+    names = [["encoder_hidden_states", [2, 77, 32], "float32"], ["sample", [2, 4, 8, 8], "float32"],
+             ["timestep", [2], "float32"]]  # not the ONNX order
+    engine = TrtEngine(json.dumps({"inputs": names, "outputs": outputs}).encode(), "cuda", name="unet")
+    x, t, h = torch.randn(2, 4, 8, 8), torch.tensor([999, 500]), torch.randn(2, 77, 32)
+    fake_trt.on_execute = lambda: engine.buffers["noise_pred"].copy_(engine.buffers["sample"])
+    torch.testing.assert_close(TrtUnet(engine)(x, t, h), x)
+    torch.testing.assert_close(engine.buffers["encoder_hidden_states"], h)
+
+
+# ---- components: export -> build -> cache -> load, with the fake TensorRT -----------------------------
+
+
+@pytest.fixture
+def fake_exports(monkeypatch):
+    """Export stand-ins writing fake ONNX files with the real input specs; records what was exported."""
+    exported = []
+
+    def dump(specs: dict[str, TensorSpec]):
+        return [[n, list(s.shape), str(s.dtype).removeprefix("torch.")] for n, s in specs.items()]
+
+    def export_unet(unet, path, batch, height, width, tokens):
+        specs = unet_input_specs(unet, batch, height, width, tokens)
+        exported.append("unet")
+        out = {"noise_pred": specs["sample"]}
+        write_graph(Path(path), dump(specs), dump(out))
+        return OnnxGraph(Path(path), "unet", specs, out)
+
+    def export_vae(component, in_name, out_name, in_shape, out_shape):
+        def export(vae, path, batch, height, width):
+            exported.append(component)
+            specs = {in_name: TensorSpec((batch, *in_shape(height, width)), torch.float32)}
+            out = {out_name: TensorSpec((batch, *out_shape(height, width)), torch.float32)}
+            write_graph(Path(path), dump(specs), dump(out))
+            return OnnxGraph(Path(path), component, specs, out)
+        return export
+
+    def latent(h, w):
+        return (4, h // 8, w // 8)
+
+    def image(h, w):
+        return (3, h, w)
+
+    monkeypatch.setattr(trt_engine, "export_unet", export_unet)
+    monkeypatch.setattr(trt_engine, "export_vae_decoder",
+                        export_vae("vae_decoder", "latents", "images", latent, image))
+    monkeypatch.setattr(trt_engine, "export_vae_encoder",
+                        export_vae("vae_encoder", "images", "latents", image, latent))
+    return exported
+
+
+def components(parts, cache, **kwargs):
+    return build_trt_components(parts, width=64, height=64, unet_batch=2, frame_buffer_size=1, device="cuda",
+                                dtype=torch.float32, cache=cache, **kwargs)
+
+
+def test_components_build_once_then_load_from_the_cache(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path,
+                                                       caplog):
+    cache = TrtCache(tmp_path / "trt")
+    built = components(tiny_parts, cache)
+    assert fake_exports == ["unet", "vae_decoder", "vae_encoder"] and fake_trt.build_count == 3
+    assert len(cache.entries()) == 3
+    assert not any(p.name.startswith(".onnx-") for p in cache.root.iterdir())  # the ONNX temp dirs are gone
+    assert built.unet.engine.inputs == ["sample", "timestep", "encoder_hidden_states"]
+    assert built.vae_decoder.buffers["images"].shape == (1, 3, 64, 64)
+    assert built.vae_encoder.buffers["latents"].shape == (1, 4, 8, 8)
+    fake_trt.on_execute = lambda: built.unet.engine.buffers["noise_pred"].copy_(built.unet.engine.buffers["sample"])
+    x = torch.randn(built.unet.engine.buffers["sample"].shape)
+    torch.testing.assert_close(built.unet(x, torch.tensor([999, 400]), torch.randn(
+        built.unet.engine.buffers["encoder_hidden_states"].shape)), x)
+
+    with caplog.at_level(logging.INFO, logger="streamvj.trt_engine"):
+        again = components(tiny_parts, cache)
+    assert fake_exports == ["unet", "vae_decoder", "vae_encoder"] and fake_trt.build_count == 3  # nothing rebuilt
+    assert caplog.text.count("loaded from") == 3 and "not cached" not in caplog.text
+    assert again.vae_decoder.outputs == ["images"]
+
+
+def test_txt2img_components_have_no_encoder(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path):
+    built = components(tiny_parts, TrtCache(tmp_path), txt2img=True)
+    assert built.vae_encoder is None and fake_exports == ["unet", "vae_decoder"]
+
+
+def test_engine_that_cannot_be_cached_still_runs(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path,
+                                                 monkeypatch, caplog):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TrtCache, "store", disk_full)
+    with caplog.at_level(logging.WARNING, logger="streamvj.trt_engine"):
+        built = components(tiny_parts, TrtCache(tmp_path), txt2img=True)
+    assert built.unet.engine.outputs == ["noise_pred"]
+    assert caplog.text.count("could not be cached") == 2 and "No space left" in caplog.text
+
+
+def test_export_failure_is_a_build_error(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path, monkeypatch):
+    def broken_export(*args, **kwargs):
+        raise OnnxExportError("ONNX export of unet failed: unsupported op")
+
+    monkeypatch.setattr(trt_engine, "export_unet", broken_export)
+    with pytest.raises(TrtBuildError, match="unsupported op"):
+        components(tiny_parts, TrtCache(tmp_path))
+    assert fake_trt.build_count == 0
+
+
+def test_failed_build_falls_back_with_the_reason(tiny_parts, fake_trt, fake_cuda, fake_exports, cuda_visible,
+                                                 tmp_path):
+    fake_trt.fail_build = True
+    backend, reason = select_backend("tensorrt", "cuda", build=lambda: components(tiny_parts, TrtCache(tmp_path)))
+    assert backend == "compile" and "could not build unet.onnx" in reason
+    assert TrtCache(tmp_path).entries() == []  # nothing half-built is cached
 
 
 # ---- GPU + TensorRT only ------------------------------------------------------------------------------
