@@ -147,6 +147,7 @@ def test_compiled_step_matches_eager_including_live_updates(tiny_parts):
     expected = drive(eager)
     graphs_before = counters["stats"]["unique_graphs"]
     got = drive(compiled)
+    assert compiled.compile_error is None
     assert counters["stats"]["unique_graphs"] - graphs_before == 1  # live updates never recompile
     for e, g in zip(expected, got, strict=True):
         assert (e.int() - g.int()).abs().max() <= 1  # inductor may reorder float sums: at most 1 LSB
@@ -231,13 +232,12 @@ def test_a_compile_failure_on_the_first_frame_falls_back_to_eager_for_good(tiny_
     import torch._inductor.config as inductor_config
 
     # No compiler, and no cached kernels from earlier tests that would make one unnecessary.
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     torch._dynamo.reset()
     eager, compiled = make(tiny_parts), make(tiny_parts, acceleration="compile")
     try:
-        with caplog.at_level("WARNING", logger="streamvj.pipeline"):
+        with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}), \
+                caplog.at_level("WARNING", logger="streamvj.pipeline"):
             got = [compiled(frame(i)).clone() for i in range(3)]
     finally:
         torch._dynamo.reset()

@@ -473,7 +473,7 @@ UNET_IO = ([["sample", [2, 4, 8, 8], "float16"], ["timestep", [2], "float32"],
             ["encoder_hidden_states", [2, 77, 32], "float16"]], [["noise_pred", [2, 4, 8, 8], "float16"]])
 
 
-def serialized_unet(trt, tmp_path) -> memoryview:
+def serialized_unet(tmp_path) -> memoryview:
     return build_engine(write_graph(tmp_path / "unet.onnx", *UNET_IO), fp16=True)
 
 
@@ -494,7 +494,12 @@ def test_build_configures_tensorrt_10_and_reports_progress(fake_trt, tmp_path, c
 def test_build_sets_workspace_level_and_monitor_on_the_config(fake_trt, tmp_path, monkeypatch):
     configs = []
     real = fake_trt.Builder.create_builder_config
-    monkeypatch.setattr(fake_trt.Builder, "create_builder_config", lambda self: configs.append(real(self)) or configs[-1])
+
+    def keep_config(builder):
+        configs.append(real(builder))
+        return configs[-1]
+
+    monkeypatch.setattr(fake_trt.Builder, "create_builder_config", keep_config)
     build_engine(write_graph(tmp_path / "vae.onnx", [["latents", [1, 4, 8, 8], "float32"]],
                              [["images", [1, 3, 64, 64], "float32"]]),
                  fp16=False, workspace_bytes=2 << 30, optimization_level=5)
@@ -545,7 +550,7 @@ def test_builder_returning_none_is_a_build_error_and_tensorrt_errors_are_logged(
     fake_trt.fail_build = True
     with caplog.at_level(logging.DEBUG, logger="streamvj.tensorrt"), \
             pytest.raises(TrtBuildError, match="could not build unet.onnx"):
-        serialized_unet(fake_trt, tmp_path)
+        serialized_unet(tmp_path)
     errors = [r for r in caplog.records if r.name == "streamvj.tensorrt"]
     assert [r.levelno for r in errors] == [logging.ERROR] and "Error Code 4" in errors[0].getMessage()
 
@@ -558,14 +563,14 @@ def test_cancel_stops_the_build(fake_trt, tmp_path):
 
 
 def test_one_logger_for_every_builder_and_runtime(fake_trt, tmp_path, fake_cuda):
-    data = serialized_unet(fake_trt, tmp_path)
-    serialized_unet(fake_trt, tmp_path)
+    data = serialized_unet(tmp_path)
+    serialized_unet(tmp_path)
     TrtEngine(data, "cuda", name="unet")
     assert len(fake_trt.loggers) == 3 and len({id(x) for x in fake_trt.loggers}) == 1
 
 
 def test_engine_binds_every_tensor_once_with_engine_dtypes(fake_trt, fake_cuda, tmp_path):
-    engine = TrtEngine(serialized_unet(fake_trt, tmp_path), "cuda", name="unet")
+    engine = TrtEngine(serialized_unet(tmp_path), "cuda", name="unet")
     assert engine.device == torch.device("cuda", 0)
     assert engine.inputs == ["sample", "timestep", "encoder_hidden_states"] and engine.outputs == ["noise_pred"]
     assert {n: b.dtype for n, b in engine.buffers.items()} == {
@@ -579,7 +584,7 @@ def test_engine_binds_every_tensor_once_with_engine_dtypes(fake_trt, fake_cuda, 
 
 def test_call_copies_only_foreign_inputs_enqueues_on_the_current_stream_and_returns_the_bound_output(
         fake_trt, fake_cuda, tmp_path, monkeypatch):
-    engine = TrtEngine(serialized_unet(fake_trt, tmp_path), "cuda", name="unet")
+    engine = TrtEngine(serialized_unet(tmp_path), "cuda", name="unet")
     bound = len(fake_trt.calls)
     fake_trt.on_execute = lambda: engine.buffers["noise_pred"].copy_(engine.buffers["sample"] * 2)
     fake_cuda.current = fake_cuda.Stream(handle=4242)  # e.g. GraphedStep's capture stream
@@ -607,7 +612,7 @@ def test_call_copies_only_foreign_inputs_enqueues_on_the_current_stream_and_retu
 
 
 def test_call_on_the_default_stream_runs_on_a_side_stream_ordered_by_events(fake_trt, fake_cuda, tmp_path):
-    engine = TrtEngine(serialized_unet(fake_trt, tmp_path), "cuda", name="unet")
+    engine = TrtEngine(serialized_unet(tmp_path), "cuda", name="unet")
     args = [engine.buffers[n] for n in engine.inputs]
     engine(*args)
     engine(*args)
@@ -617,7 +622,7 @@ def test_call_on_the_default_stream_runs_on_a_side_stream_ordered_by_events(fake
 
 
 def test_enqueue_failure_is_a_clear_error(fake_trt, fake_cuda, tmp_path):
-    engine = TrtEngine(serialized_unet(fake_trt, tmp_path), "cuda", name="unet")
+    engine = TrtEngine(serialized_unet(tmp_path), "cuda", name="unet")
     fake_trt.execute_ok = False
     with pytest.raises(RuntimeError, match="could not enqueue the unet engine"):
         engine(*[engine.buffers[n] for n in engine.inputs])
@@ -631,7 +636,7 @@ def test_enqueue_failure_is_a_clear_error(fake_trt, fake_cuda, tmp_path):
     (lambda trt: setattr(trt, "shape_ok", False), r"refused the shape \(2, 4, 8, 8\) for unet.sample"),
 ])
 def test_load_failures_are_build_errors(fake_trt, fake_cuda, tmp_path, setup, match):
-    data = serialized_unet(fake_trt, tmp_path)
+    data = serialized_unet(tmp_path)
     setup(fake_trt)
     with pytest.raises(TrtBuildError, match=match):
         TrtEngine(data, "cuda", name="unet")
