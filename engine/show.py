@@ -34,7 +34,6 @@ from engine.preset_schema import (
     resolve_preset,
 )
 from engine.tempo import Tempo
-from engine.trt_engine import TensorRTUnavailable, TrtBuildError
 
 log = logging.getLogger("streamvj.show")
 
@@ -94,10 +93,11 @@ def build_pipeline(preset: Preset) -> StreamPipeline:
     settings = stream_settings(load, preset.live, device)
     try:
         return StreamPipeline(parts, settings, device=device, dtype=dtype)
-    except (TrtBuildError, TensorRTUnavailable, RuntimeError) as exc:
-        if settings.acceleration != "tensorrt":
+    except Exception as exc:  # noqa: BLE001 - whatever a TensorRT version raises, the show falls back
+        if settings.acceleration != "tensorrt" or isinstance(exc, ConfigError):
             raise
-        log.warning("TensorRT build failed (%s); using torch.compile with CUDA graphs", str(exc).splitlines()[0])
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("TensorRT build failed (%s: %s); using torch.compile with CUDA graphs", type(exc).__name__, reason)
         settings.acceleration = "compile"
         return StreamPipeline(parts, settings, device=device, dtype=dtype)
 
