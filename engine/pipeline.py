@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -281,6 +282,33 @@ class StreamPipeline:
         if enabled and not self.similarity.enabled:
             self.similarity.reset()  # its reference frame is stale after a pause
         self.similarity.enabled = bool(enabled)
+
+    def warm_up(self) -> float:
+        """Run the frame step now, with and without FX, on a black frame; returns the seconds taken.
+
+        torch.compile compiles, CUDA graphs capture and libraries do their lazy setup
+        (cuDNN algorithm search, TensorRT contexts) on a step's first run. Done here, on the
+        thread that builds the pipeline, the render thread never freezes for them: not on
+        the first frame after a preset switch, nor when a VJ first turns an FX knob. The
+        pipeline then forgets these frames: frames in flight, FX history, counters.
+        Runs in the same grad mode as `__call__`: torch.compile guards on it, and a
+        mismatch would recompile on air.
+        """
+        started = time.monotonic()
+        if self.settings.acceleration == "compile":
+            log.info("warming up: torch.compile compiles the frame step now (minutes on a first run)")
+        if not self.txt2img:
+            self._upload(torch.zeros(self.input_u8.shape, dtype=torch.uint8))  # through the upload path
+        for fx in (False, True):
+            self.stream.advance(self._step, self.input_u8, self.txt_noise, fx)
+        self.stream.reset()
+        self.stream.unet_calls = 0
+        self.fx_last.zero_()
+        self.similarity.reset()
+        self._fx_on = self._has_output = False
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # build thread only: ready means ready
+        return time.monotonic() - started
 
     def reset(self) -> None:
         """Drop frames in flight and the filter's reference; the next frame re-primes the batch."""

@@ -84,7 +84,7 @@ def stream_settings(load: LoadSettings, live: LiveParams, device: torch.device) 
 
 
 def build_pipeline(preset: Preset) -> StreamPipeline:
-    """Load the preset's model and build its pipeline (slow: run it off the render thread)."""
+    """Load the preset's model, build its pipeline and warm it up (slow: run it off the render thread)."""
     load = preset.load
     device = resolve_device(load.device)
     dtype = resolve_dtype(load.dtype, device)
@@ -92,14 +92,18 @@ def build_pipeline(preset: Preset) -> StreamPipeline:
     fuse_loras(parts, [(lora.path, lora.scale, lora.weight_name) for lora in load.lora])
     settings = stream_settings(load, preset.live, device)
     try:
-        return StreamPipeline(parts, settings, device=device, dtype=dtype)
+        pipeline = StreamPipeline(parts, settings, device=device, dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - whatever a TensorRT version raises, the show falls back
         if settings.acceleration != "tensorrt" or isinstance(exc, ConfigError):
             raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log.warning("TensorRT build failed (%s: %s); using torch.compile with CUDA graphs", type(exc).__name__, reason)
         settings.acceleration = "compile"
-        return StreamPipeline(parts, settings, device=device, dtype=dtype)
+        pipeline = StreamPipeline(parts, settings, device=device, dtype=dtype)
+    # Compiling and capturing happen here, on the building thread, not on the first live frame.
+    seconds = pipeline.warm_up()
+    log.info("pipeline warmed up in %.1f s", seconds)
+    return pipeline
 
 
 class Controls(Protocol):

@@ -245,3 +245,56 @@ def test_a_compile_failure_on_the_first_frame_falls_back_to_eager_for_good(tiny_
     assert caplog.text.count("torch.compile failed") == 1
     for i, g in enumerate(got):
         assert torch.equal(g, eager(frame(i)))
+
+
+FX_ON = {"fx_feedback": 0.3, "fx_blend": 0.2, "fx_brightness": 0.1, "fx_contrast": 1.1, "fx_saturation": 0.8,
+         "fx_hue": 20.0}
+FX_OFF = {"fx_feedback": 0.0, "fx_blend": 0.0, "fx_brightness": 0.0, "fx_contrast": 1.0, "fx_saturation": 1.0,
+          "fx_hue": 0.0}
+
+
+def play(pipe: StreamPipeline) -> list[torch.Tensor]:
+    outs = []
+    for i in range(5):
+        if i == 2:
+            pipe.fx.update(FX_ON)
+        if i == 4:
+            pipe.fx.update(FX_OFF)
+        outs.append(pipe(frame(20 + i)).clone())
+    return outs
+
+
+def test_warm_up_leaves_no_trace(tiny_parts):
+    warmed = make(tiny_parts, similarity_enabled=True, similarity_threshold=0.99)
+    seconds = warmed.warm_up()
+    assert seconds >= 0
+    assert warmed.stream.unet_calls == 0 and not warmed.stream.primed
+    assert warmed.counters.frames_in == warmed.counters.frames_out == 0
+    fresh = make(tiny_parts, similarity_enabled=True, similarity_threshold=0.99)
+    for a, b in zip(play(fresh), play(warmed), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_warm_up_compiles_both_fx_variants_before_the_show(tiny_parts):
+    from torch._dynamo.utils import counters
+
+    pipe = make(tiny_parts, acceleration="compile")
+    before = counters["stats"]["unique_graphs"]
+    pipe.warm_up()
+    compiled = counters["stats"]["unique_graphs"] - before
+    assert pipe.compile_error is None and compiled >= 2  # at least FX off and FX on
+    play(pipe)
+    assert counters["stats"]["unique_graphs"] - before == compiled  # nothing compiles on air
+
+
+def test_warm_up_captures_both_fx_graphs_before_the_show(tiny_parts):
+    from tests.engine.graph_emulator import EmulatedGraphs
+
+    warmed = make(tiny_parts)
+    step = warmed.use_graphs(EmulatedGraphs())
+    warmed.warm_up()
+    assert step.captures == 2
+    fresh = make(tiny_parts)
+    for a, b in zip(play(fresh), play(warmed), strict=True):
+        assert torch.equal(a, b)
+    assert step.captures == 2  # no capture on the render thread
