@@ -98,20 +98,6 @@ def frames(n: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8) for _ in range(n)]
 
 
-def run_pipeline(pipe: StreamPipeline, inputs: list[np.ndarray]) -> list[torch.Tensor]:
-    outs = []
-    for i, f in enumerate(inputs):
-        if i == 2:
-            pipe.set_guidance(2.5, 0.7)
-        if i == 3:
-            pipe.set_prompt("a different prompt")
-        if i == 4:
-            pipe.set_t_index_list([10, 35])
-            pipe.set_seed(9)
-        outs.append(pipe(f).clone().cpu())
-    return outs
-
-
 def graph_pipeline(pipe: StreamPipeline, backend=None) -> GraphedStep:
     """What acceleration != none does on CUDA (here on any device, given a backend)."""
     return pipe.use_graphs(backend)
@@ -119,10 +105,10 @@ def graph_pipeline(pipe: StreamPipeline, backend=None) -> GraphedStep:
 
 def test_graphed_pipeline_on_cpu_equals_eager(tiny_parts):
     inputs = frames(6)
-    want = run_pipeline(make(tiny_parts), inputs)
+    want = run_show(make(tiny_parts), inputs)
     pipe = make(tiny_parts)
     step = graph_pipeline(pipe)
-    got = run_pipeline(pipe, inputs)
+    got = run_show(pipe, inputs)
     assert not step.captured and step.fallback_reason == "device is cpu"
     for a, b in zip(want, got):
         assert torch.equal(a, b)
