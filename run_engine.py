@@ -48,6 +48,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"streamvj: {exc}", file=sys.stderr)
         return 2
     dtype = resolve_dtype(args.dtype, device)
+    if args.model == "auto":
+        # On a GPU the real sd-turbo architecture (random weights: the speed is the same, no download).
+        args.model = "sd-turbo-random" if device.type == "cuda" else "tiny"
     opts = BenchOptions(width=args.width, height=args.height, t_index_list=tuple(args.t_index), cfg_type=args.cfg,
                         frame_buffer_size=args.frame_buffer_size, frames=args.frames, warmup=args.warmup,
                         acceleration=args.acceleration or ("compile" if args.compile else "none"), mode=args.mode)
@@ -348,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     osc.set_defaults(func=cmd_osc)
 
     bench = sub.add_parser("bench", help="measure frame rate and latency of the stream pipeline")
-    bench.add_argument("--model", default="tiny", help="tiny | tiny-sdxl | a Hugging Face id | a folder | a .safetensors")
+    bench.add_argument("--model", default="auto",
+                       help="auto (tiny on a CPU, sd-turbo-random on a GPU) | tiny | tiny-sdxl | sd-turbo-random | "
+                            "a Hugging Face id | a folder | a .safetensors")
     bench.add_argument("--family", choices=["sd15", "sd21", "sdxl"], help="override the family read from the model")
     bench.add_argument("--vae", help="VAE id or folder (e.g. madebyollin/taesd)")
     bench.add_argument("--width", type=int, default=512)

@@ -17,6 +17,7 @@ import torch
 
 from engine.errors import ModelLoadError
 from engine.family import Family, detect_family, parse_family
+from engine.random_models import RANDOM_MODELS
 from engine.tiny_model import build_tiny_components
 
 log = logging.getLogger("streamvj.models")
@@ -143,7 +144,7 @@ def _resolve_folder(spec: str, fp16: bool = False) -> Path:
         return path
     if path.exists() or spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec):
         raise ModelLoadError(f"model path {spec!r} does not exist (give a diffusers folder, a .safetensors file, "
-                             f"a Hugging Face id like stabilityai/sd-turbo, or 'tiny')")
+                             f"a Hugging Face id like stabilityai/sd-turbo, 'tiny' or 'sd-turbo-random')")
     return _download(spec, fp16)
 
 
@@ -202,7 +203,8 @@ def _download(repo_id: str, fp16: bool) -> Path:
 
 def load_model(spec: str, family: str | Family | None = None, vae: str | None = None,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> ModelParts:
-    """Load `spec` ("tiny", "tiny-sdxl", a folder, a .safetensors file or a hub id) onto `device`."""
+    """Load `spec` onto `device`: "tiny", "tiny-sdxl", "sd-turbo-random" (built in code, offline),
+    a diffusers folder, a .safetensors file or a Hugging Face id."""
     wanted = parse_family(family)
     if spec in TINY_NAMES:
         built_family = TINY_NAMES[spec]
@@ -210,6 +212,11 @@ def load_model(spec: str, family: str | Family | None = None, vae: str | None = 
             raise ModelLoadError(f"model {spec!r} is {built_family.value}-shaped; family {wanted.value} was asked for")
         components = build_tiny_components(built_family)
         parts = ModelParts(family=built_family, source=spec, **components)
+    elif spec in RANDOM_MODELS:
+        built_family, build = RANDOM_MODELS[spec]
+        if wanted is not None and wanted is not built_family:
+            raise ModelLoadError(f"model {spec!r} is {built_family.value}-shaped; family {wanted.value} was asked for")
+        parts = ModelParts(family=built_family, source=spec, **build(device))
     elif spec.endswith(".safetensors"):
         from engine.single_file import load_single_file
 

@@ -146,7 +146,7 @@ class LoadSettings(_Strict):
     """Fields that need a pipeline rebuild when they change."""
 
     model: Annotated[str, Strict(), Field(min_length=1, max_length=1000)] = Field(
-        description='"tiny", "tiny-sdxl", a Hugging Face id, a local diffusers folder or a .safetensors file'
+        description='"tiny", "tiny-sdxl", "sd-turbo-random", a Hugging Face id, a local diffusers folder or a .safetensors file'
     )
     family: Literal["sd15", "sd21", "sdxl"] | None = Field(
         None, description="Model family; absent = from the model's config"
