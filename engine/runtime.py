@@ -137,7 +137,8 @@ class Runtime:
             self._spawn("source", self._source_loop)
         self._spawn("render", self._render_loop)
         for g in self._groups:
-            g.thread = self._spawn(f"sink-{g.index}", self._sink_loop, g)
+            g.thread = self._spawn(f"sink-{g.index}", g.serve, self._stopping, self.target_fps, self.timings,
+                                   self._clock)
         if self._on_stats is not None:
             self._spawn("stats", self._stats_loop)
         log.info("runtime started: source %s, %d sink group(s), %s", self._source_name(), len(self._groups),
@@ -537,60 +538,6 @@ class Runtime:
         if read is not None and not read(result, landed):
             torch.cuda.current_stream(result.device).wait_event(landed)
         return buf, landed
-
-    def _sink_loop(self, g: SinkGroup) -> None:
-        period = 1.0 / self.target_fps if self.target_fps else None
-        current: FrameBuffer | None = None
-        next_t = time.monotonic()
-        try:
-            while not self._stopping.is_set():
-                if period is None:
-                    new = g.box.get(WAIT_S)
-                    if new is not None:
-                        self._send(g, new, repeat=False)
-                        self._out_pool.release(new)
-                    continue
-                delay = next_t - time.monotonic()
-                if delay > 0:
-                    self._stopping.wait(delay)
-                    continue
-                new = g.box.get_nowait()
-                if new is not None:
-                    self._out_pool.release(current)
-                    current = new
-                if current is not None:
-                    self._send(g, current, repeat=new is None)
-                now = time.monotonic()
-                # A sink slower than the target skips ticks instead of bursting to catch up.
-                next_t = now + period if now - next_t > period else next_t + period
-        finally:
-            self._out_pool.release(current)
-            self._out_pool.release(g.box.clear())
-
-    def _send(self, g: SinkGroup, buf: FrameBuffer, repeat: bool) -> None:
-        clock = self._clock
-        for i, sink in enumerate(g.sinks):
-            t0 = clock()
-            try:
-                sink.send(buf.view)
-            except Exception as e:  # a sink's peer vanished or its driver hiccuped: retry next frame
-                g.errors[i] += 1
-                self.timings.count("sink_errors")
-                msg = f"sink {getattr(sink, 'name', sink)} failed: {type(e).__name__}: {e}"
-                if g.failing[i] != msg:
-                    g.failing[i] = msg
-                    log.warning("%s; retrying every frame", msg)
-                continue
-            if g.failing[i] is not None:
-                g.failing[i] = None
-                log.info("sink %s recovered", getattr(sink, "name", sink))
-            self.timings.record("send", clock() - t0)
-        if repeat:
-            g.repeated += 1
-        else:
-            g.sent += 1
-        if g.index == 0:
-            self.timings.tick("sent")
 
     def _stats_loop(self) -> None:
         assert self._on_stats is not None
