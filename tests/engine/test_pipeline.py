@@ -298,3 +298,19 @@ def test_warm_up_captures_both_fx_graphs_before_the_show(tiny_parts):
     for a, b in zip(play(fresh), play(warmed), strict=True):
         assert torch.equal(a, b)
     assert step.captures == 2  # no capture on the render thread
+
+
+def test_fp16_pipeline_stays_finite_and_close_to_fp32():
+    """CUDA runs fp16 by default: the whole frame step (RCFG division by beta included) must
+    neither overflow nor drift. Checked here on the CPU's fp16 kernels at a tiny size."""
+    from engine.models import load_model
+
+    half = load_model("tiny", dtype=torch.float16)
+    full = load_model("tiny", dtype=torch.float32)
+    settings = StreamSettings(width=SIZE, height=SIZE, t_index_list=[20, 40], cfg_type="self")
+    p16 = StreamPipeline(half, settings, dtype=torch.float16, rng=random.Random(0))
+    p32 = StreamPipeline(full, StreamSettings(**vars(settings)), rng=random.Random(0))
+    for i in range(3):
+        a, b = p16(frame(30 + i)), p32(frame(30 + i))
+        assert bool(torch.isfinite(p16.stream.x_buf).all())
+        assert (a.int() - b.int()).abs().max() <= 4
