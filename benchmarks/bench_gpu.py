@@ -187,7 +187,11 @@ def run_variants(parts: ModelParts, args: argparse.Namespace, steps: int, device
 
 
 def measure_power(parts: ModelParts, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
-    """Watts on a static scene (one frame repeated), similarity filter off vs on, 1 step."""
+    """Watts on a static scene (one frame repeated), similarity filter off vs on, 1 step.
+
+    Frames arrive at `--power-fps` (a live source's rate), not as fast as the loop can go:
+    unpaced, "off" would run the GPU flat out and "on" would spin on skipped frames, which
+    overstates what the filter saves in a show."""
     from engine.gpu_stats import GpuStats
 
     stats = GpuStats.for_device(device)
@@ -203,9 +207,11 @@ def measure_power(parts: ModelParts, args: argparse.Namespace, device: torch.dev
                 pipe(frame)
             _sync(device)
             watts, frames_done, start, next_read = [], 0, time.perf_counter(), 0.0
+            period = 1.0 / args.power_fps
             while (now := time.perf_counter()) - start < args.power_seconds:
                 pipe(frame).cpu()
                 frames_done += 1
+                time.sleep(max(0.0, start + frames_done * period - time.perf_counter()))
                 if now >= next_read:  # NVML averages power over ~1 s; sample a few times a second
                     reading = stats.read()["gpu_power_w"]
                     if reading is not None:
@@ -273,6 +279,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tensorrt", action="store_true", help="also TensorRT engines (needs streamvj[tensorrt])")
     p.add_argument("--power", action="store_true", help="GPU watts on a static scene, similarity filter off/on")
     p.add_argument("--power-seconds", type=float, default=10.0)
+    p.add_argument("--power-fps", type=float, default=60.0, help="source frame rate for --power (default 60)")
     p.add_argument("--json-out", type=Path, help="also write the JSON object to this file")
     args = p.parse_args(argv)
     args.size = args.size or (64 if args.tiny else 512)
@@ -282,6 +289,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--steps takes comma-separated integers, got {args.steps!r}")
     if not args.steps or any(s not in T_INDEX for s in args.steps):
         p.error(f"--steps must be among {sorted(T_INDEX)}")
+    if args.power_fps <= 0:
+        p.error("--power-fps must be > 0")
     if args.frames < 1 or args.warmup < 0:
         p.error("--frames must be >= 1 and --warmup >= 0")
     return args
