@@ -169,6 +169,13 @@ def run_variants(parts: ModelParts, args: argparse.Namespace, steps: int, device
         if cuda:
             graphed("compile + cuda graph", pipe)
         del pipe
+    if args.autotune and not args.no_compile:
+        # compile_mode: max-autotune in a preset; worth it only if it measures faster here.
+        pipe = make_pipeline(parts, args.size, steps, args.cfg, "compile", device, dtype, compile_mode="max-autotune")
+        record("compile max-autotune", pipe)
+        if cuda:
+            graphed("compile max-autotune + cuda graph", pipe)
+        del pipe
     if args.tensorrt and cuda:
         pipe = make_pipeline(parts, args.size, steps, args.cfg, "none", device, dtype)
         use_tensorrt(pipe, parts, args.size)
@@ -277,6 +284,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--no-baseline", action="store_true", help="skip diffusers' AutoPipelineForImage2Image")
     p.add_argument("--tensorrt", action="store_true", help="also TensorRT engines (needs streamvj[tensorrt])")
+    p.add_argument("--autotune", action="store_true",
+                   help="also torch.compile max-autotune (minutes of autotuning; preset compile_mode: max-autotune)")
     p.add_argument("--power", action="store_true", help="GPU watts on a static scene, similarity filter off/on")
     p.add_argument("--power-seconds", type=float, default=10.0)
     p.add_argument("--power-fps", type=float, default=60.0, help="source frame rate for --power (default 60)")

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamvj.pipeline")
 
 ACCELERATIONS = ("none", "compile", "tensorrt")
+# preset name -> torch.compile mode. Never inductor's own CUDA graphs ("reduce-overhead"):
+# GraphedStep captures the whole frame step, FX modes included, itself.
+COMPILE_MODES = {"default": None, "max-autotune": "max-autotune-no-cudagraphs"}
 MODES = ("img2img", "txt2img")
 VAE_FACTOR = 8
 
@@ -50,6 +53,7 @@ class StreamSettings:
     cfg_type: str = "self"
     mode: str = "img2img"
     acceleration: str = "none"
+    compile_mode: str = "default"  # torch.compile: default, or max-autotune (slower compile, maybe faster frames)
     prompt: str = "a psychedelic neon landscape, highly detailed"
     negative_prompt: str = ""
     guidance_scale: float = 1.2
@@ -69,6 +73,8 @@ class StreamSettings:
             raise ConfigError(f"unknown mode {self.mode!r}: allowed {', '.join(MODES)}")
         if self.acceleration not in ACCELERATIONS:
             raise ConfigError(f"unknown acceleration {self.acceleration!r}: allowed {', '.join(ACCELERATIONS)}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"unknown compile_mode {self.compile_mode!r}: allowed {', '.join(COMPILE_MODES)}")
 
 
 @dataclass
@@ -150,7 +156,8 @@ class StreamPipeline:
         self._step = self._frame_step
         self.compile_error: str | None = None
         if settings.acceleration == "compile":
-            self._step = self._compiled_or_eager(torch.compile(self._frame_step, dynamic=False, fullgraph=False))
+            self._step = self._compiled_or_eager(torch.compile(self._frame_step, dynamic=False, fullgraph=False,
+                                                               mode=COMPILE_MODES[settings.compile_mode]))
         if self.device.type == "cuda" and settings.acceleration != "none":
             self.use_graphs()
         self.set_prompt(settings.prompt, settings.negative_prompt)

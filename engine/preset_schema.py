@@ -161,6 +161,7 @@ class LoadSettings(_Strict):
     cfg_type: Literal["none", "full", "self", "initialize"] = "self"
     mode: Literal["img2img", "txt2img"] = "img2img"
     acceleration: Literal["auto", "none", "compile", "tensorrt"] = "auto"
+    compile_mode: Literal["default", "max-autotune"] = "default"
     device: Annotated[str, Strict(), Field(pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")] = "auto"
     dtype: Literal["auto", "float16", "float32", "bfloat16"] = "auto"
     source: SourceSpec = Field(

@@ -77,7 +77,8 @@ def stream_settings(load: LoadSettings, live: LiveParams, device: torch.device) 
     return StreamSettings(
         width=load.width, height=load.height, t_index_list=list(live.t_index_list),
         frame_buffer_size=load.frame_buffer_size, cfg_type=load.cfg_type, mode=load.mode,
-        acceleration=resolve_acceleration(load.acceleration, device), prompt=live.prompt,
+        acceleration=resolve_acceleration(load.acceleration, device), compile_mode=load.compile_mode,
+        prompt=live.prompt,
         negative_prompt=live.negative_prompt, guidance_scale=live.guidance_scale, delta=live.delta, seed=live.seed,
         similarity_enabled=live.similarity_enabled, similarity_threshold=live.similarity_threshold,
         similarity_max_skip=live.similarity_max_skip, fit_input=True)

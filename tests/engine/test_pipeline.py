@@ -314,3 +314,21 @@ def test_fp16_pipeline_stays_finite_and_close_to_fp32():
         a, b = p16(frame(30 + i)), p32(frame(30 + i))
         assert bool(torch.isfinite(p16.stream.x_buf).all())
         assert (a.int() - b.int()).abs().max() <= 4
+
+
+@pytest.mark.parametrize("name,mode", [("default", None), ("max-autotune", "max-autotune-no-cudagraphs")])
+def test_compile_mode_reaches_torch_compile_and_never_asks_for_inductor_graphs(tiny_parts, monkeypatch, name, mode):
+    seen = {}
+
+    def fake_compile(fn, **kwargs):
+        seen.update(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    make(tiny_parts, acceleration="compile", compile_mode=name)
+    assert seen["mode"] == mode and seen["dynamic"] is False
+
+
+def test_unknown_compile_mode_is_a_config_error(tiny_parts):
+    with pytest.raises(ConfigError, match="compile_mode"):
+        make(tiny_parts, compile_mode="reduce-overhead")
