@@ -143,6 +143,8 @@ class StatusLine:
                 f"latency {stats.get('latency_ms', 0.0):6.1f} ms  skip {100 * stats.get('skip_ratio', 0.0):4.0f}%  "
                 f"in {stats.get('frames_received', 0)}  out {stats.get('frames_rendered', 0)}")
         error = self.show.last_error or stats.get("error", "")
+        backend = self.show.player.pipeline.backend
+        line += f"  {backend}"
         gpu = {k: v for k, v in self.gpu.read().items() if v is not None} if self.gpu is not None else {}
         if "vram_mb" in gpu:
             line += f"  {gpu['vram_mb']:.0f} MB"
@@ -157,7 +159,7 @@ class StatusLine:
             self.feedback.publish({"state": state, "fps": float(stats.get("fps", 0.0)),
                                    "latency_ms": float(stats.get("latency_ms", 0.0)),
                                    "skip_ratio": float(stats.get("skip_ratio", 0.0)),
-                                   "preset": self.show.preset_name, "error": error,
+                                   "preset": self.show.preset_name, "error": error, "backend": backend,
                                    **{k: float(gpu[k]) for k in ("vram_mb", "gpu_power_w") if k in gpu}})
 
 

@@ -122,6 +122,7 @@ def osc_markdown(prefix: str = "/streamvj") -> str:
         f"| `{prefix}/status/skip_ratio` | float | Share of frames skipped by the similarity filter |",
         f"| `{prefix}/status/preset` | string | Preset on air |",
         f"| `{prefix}/status/error` | string | Last error (empty when cleared) |",
+        f"| `{prefix}/status/backend` | string | What renders each frame after fallbacks, e.g. compile + cuda graphs |",
         f"| `{prefix}/status/vram_mb` | float | GPU memory in use, when known |",
         f"| `{prefix}/status/gpu_power_w` | float | GPU power draw, when known |",
         "",

@@ -23,7 +23,7 @@ log = logging.getLogger("streamvj.osc")
 
 STATES = ("loading", "building", "ready", "running", "paused", "error")
 NUMBERS = ("fps", "latency_ms", "skip_ratio", "vram_mb", "gpu_power_w")
-TEXTS = ("state", "preset", "error")
+TEXTS = ("state", "preset", "error", "backend")
 FIELDS = TEXTS + NUMBERS
 MAX_TEXT = 1000
 

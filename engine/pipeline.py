@@ -188,6 +188,26 @@ class StreamPipeline:
 
         return step
 
+    @property
+    def backend(self) -> str:
+        """What actually runs each frame, e.g. "compile + cuda graphs", "eager (compile failed)".
+
+        The preset asks for a backend; this says what it got after fallbacks, for the status
+        line and OSC feedback (a compile that failed on a Windows box shows here, not only
+        in a log line scrolled away)."""
+        if self._trt is not None:
+            name = "tensorrt"
+        elif self.settings.acceleration == "compile":
+            name = "eager (compile failed)" if self.compile_error else "compile"
+        else:
+            name = "eager"
+        graph_failure = getattr(self._step, "fallback_reason", None) or ""
+        if getattr(self._step, "captured", False):
+            name += " + cuda graphs"
+        elif graph_failure.startswith("capture failed"):
+            name += " (cuda graph capture failed)"
+        return name
+
     def use_graphs(self, backend: CudaGraphs | None = None) -> GraphedStep:
         """Replay the frame step from CUDA graphs (captured on the next frame): one launch per frame.
 

@@ -126,6 +126,7 @@ def test_status_feedback_reaches_the_configured_address():
         assert ("running",) in received.get("/streamvj/status/state", [])
         assert any(v[0] > 0 for v in received["/streamvj/status/fps"])
         assert received.get("/streamvj/status/preset", [])[-1] == ("tiny",)
+        assert received.get("/streamvj/status/backend", [])[-1] == ("eager",)  # the tiny preset on a CPU
     finally:
         engine.send_signal(signal.SIGTERM)
         try:

@@ -332,3 +332,23 @@ def test_compile_mode_reaches_torch_compile_and_never_asks_for_inductor_graphs(t
 def test_unknown_compile_mode_is_a_config_error(tiny_parts):
     with pytest.raises(ConfigError, match="compile_mode"):
         make(tiny_parts, compile_mode="reduce-overhead")
+
+
+def test_backend_says_what_runs_after_fallbacks(tiny_parts, monkeypatch):
+    from tests.engine.graph_emulator import EmulatedGraphs
+
+    assert make(tiny_parts).backend == "eager"
+    graphed = make(tiny_parts)
+    graphed.use_graphs(EmulatedGraphs())
+    graphed.warm_up()
+    assert graphed.backend == "eager + cuda graphs"
+    compiled = make(tiny_parts, acceleration="compile")
+    assert compiled.backend == "compile"
+    compiled.compile_error = "InvalidCxxCompiler: no compiler"
+    assert compiled.backend == "eager (compile failed)"
+    failing = make(tiny_parts)
+    step = failing.use_graphs(EmulatedGraphs())
+    failing._frame_step = lambda *args: torch.zeros(1).item() and None  # a host sync: capture fails
+    step.fn = failing._frame_step
+    step.capture()
+    assert failing.backend == "eager (cuda graph capture failed)"
