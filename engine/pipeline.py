@@ -100,6 +100,18 @@ def seed_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
 
 
+# Every preset shape (size, steps, cfg, model) compiles the frame step once per FX mode, all on
+# one code object; dynamo's default limit of 8 would silently leave a show's 5th shape eager.
+COMPILED_VARIANTS = 64
+
+
+def allow_compiled_variants(count: int) -> None:
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, count)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * count)
+
+
 SEED_CACHE = 16  # seeds kept on the device: a seed crossfade reuses them every frame
 
 
@@ -156,6 +168,7 @@ class StreamPipeline:
         self._step = self._frame_step
         self.compile_error: str | None = None
         if settings.acceleration == "compile":
+            allow_compiled_variants(COMPILED_VARIANTS)
             self._step = self._compiled_or_eager(torch.compile(self._frame_step, dynamic=False, fullgraph=False,
                                                                mode=COMPILE_MODES[settings.compile_mode]))
         if self.device.type == "cuda" and settings.acceleration != "none":

@@ -352,3 +352,16 @@ def test_backend_says_what_runs_after_fallbacks(tiny_parts, monkeypatch):
     step.fn = failing._frame_step
     step.capture()
     assert failing.backend == "eager (cuda graph capture failed)"
+
+
+def test_a_compiled_pipeline_lifts_dynamos_recompile_limit(tiny_parts, monkeypatch):
+    """A show with more than four preset shapes must not silently drop its 5th to eager."""
+    import torch._dynamo.config as dynamo_config
+
+    from engine.pipeline import COMPILED_VARIANTS
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    # The config module's own patch(): monkeypatch's undo would delete the setting.
+    with dynamo_config.patch(recompile_limit=8):
+        make(tiny_parts, acceleration="compile")
+        assert dynamo_config.recompile_limit == COMPILED_VARIANTS >= 2 * 8
