@@ -14,6 +14,10 @@ of the same frame measured in the same run:
 Part 2: the tiny model at 256x256 (StreamPipeline, t_index_list [20, 40]) fed by the test
 pattern into a NullSink: model time and arrival -> handoff latency, median / p99.
 
+Part 3: the control path of one frame with the model taken out (LivePlayer: parameter
+snapshot, live applier, pipeline bookkeeping and stream-batch math at 64x64): the host's
+Python cost per frame, which a GPU frame replayed from one CUDA graph adds on top.
+
     python benchmarks/bench_overhead.py           # table
     python benchmarks/bench_overhead.py --json    # one JSON object
 """
@@ -177,6 +181,56 @@ def bench_tiny_model(size: int, frames: int) -> dict[str, Any]:
     }
 
 
+def bench_control_path(frames: int) -> dict[str, Any]:
+    """Host time of one frame's control path with the model taken out: ParamStore snapshot,
+    LiveApplier, pipeline bookkeeping, stream-batch math on 8x8 latents and the u8 <-> float
+    conversions at 64x64. On a GPU the tensor part is one graph replay, so this bounds the
+    per-frame Python cost: at 250 fps the whole frame has 4 ms."""
+    import types
+
+    import torch
+
+    from engine.models import load_model
+    from engine.params import ParamStore
+    from engine.pipeline import StreamPipeline, StreamSettings
+    from engine.player import LivePlayer
+    from engine.preset_schema import load_preset
+
+    torch.set_num_threads(1)
+    parts = load_model("tiny")
+    config = parts.unet.config
+
+    class NullUnet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = config
+
+        def forward(self, x, timesteps, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=False):
+            return (x,)
+
+    class NullVae:
+        config = parts.vae.config
+
+        def encode(self, img):  # 64x64 RGB -> 8x8x4 latents, no weights
+            return types.SimpleNamespace(latents=torch.cat([img, img[:, :1]], 1)[:, :, ::8, ::8])
+
+        def decode(self, latents, return_dict=False):
+            return (latents[:, :3].repeat_interleave(8, 2).repeat_interleave(8, 3),)
+
+    parts.unet, parts.vae = NullUnet(), NullVae()
+    pipe = StreamPipeline(parts, StreamSettings(width=64, height=64, t_index_list=[20, 40]))
+    player = LivePlayer(pipe, ParamStore(load_preset(ROOT / "presets" / "tiny.yaml").live))
+    frame = np.zeros((64, 64, 4), np.uint8)
+    for _ in range(50):
+        player(frame)
+    ms = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        player(frame)
+        ms.append((time.perf_counter() - start) * 1000.0)
+    return {"frames": frames, "median_ms": round(statistics.median(ms), 4), "p99_ms": round(pct(ms, 99), 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -184,12 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=60.0, help="upstream writer rate")
     parser.add_argument("--model-frames", type=int, default=30, help="tiny-model frames (0: skip)")
     parser.add_argument("--model-size", type=int, default=256)
+    parser.add_argument("--control-frames", type=int, default=2000, help="null-model frames (0: skip)")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     shm = [bench_shm_path(w, h, ns.frames, ns.fps) for w, h in SIZES]
     model = bench_tiny_model(ns.model_size, ns.model_frames) if ns.model_frames else None
-    result = {"cpu_count": os.cpu_count(), "shm": shm, "tiny_model": model}
+    control = bench_control_path(ns.control_frames) if ns.control_frames else None
+    result = {"cpu_count": os.cpu_count(), "shm": shm, "tiny_model": model, "control_path": control}
     if ns.json:
         print(json.dumps(result))
         return 0
@@ -207,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                 "dropped_input")
         print(" ".join(f"{c:>14}" for c in cols))
         print(" ".join(f"{model[c]:>14.3f}" if isinstance(model[c], float) else f"{model[c]:>14}" for c in cols))
+    if control:
+        print(f"\nControl path per frame, null model (params, live applier, pipeline, 64x64 tensor ops; "
+              f"{control['frames']} frames): {control['median_ms']:.3f} ms median, {control['p99_ms']:.3f} ms p99")
     return 0
 
 
