@@ -55,7 +55,7 @@ IDLE_MIN_S, IDLE_MAX_S = 0.0002, 0.001  # source polling back-off: <= 1 ms added
 WAIT_S = 0.05  # idle waits: how soon stop/pause is seen when nothing wakes the thread
 STATS_PERIOD_S = 1.0
 SIGNAL_POLL_S = 0.1  # how often the main thread looks at the signal flag
-POOL_SPARE = 2
+POOL_SPARE = 3  # the frame being filled, a pending CUDA frame, and the last output kept for reuse
 
 
 class Runtime:
@@ -112,6 +112,9 @@ class Runtime:
         self._download: DeviceDownload | None = None
         # A CUDA frame whose download is in flight: (out_buf, event, in_buf, arrival, t_done, skipped).
         self._pending: tuple | None = None
+        # The last output handed off (the render thread holds a reference): a frame the
+        # similarity filter skipped is this same picture, so it is handed off again, uncopied.
+        self._last_out: FrameBuffer | None = None
         self.frames_received = 0
         self.frames_rendered = 0
         self.render_errors = 0
@@ -412,6 +415,8 @@ class Runtime:
             if item is not None:
                 self._render(item, self._clock())
         self._flush_pending()
+        self._out_pool.release(self._last_out)
+        self._last_out = None
         pending = self._in_box.clear()
         if pending is not None:
             self._in_pool.release(pending[1])
@@ -455,7 +460,17 @@ class Runtime:
                 result = p(frame.rgba_u8)
             else:
                 result = p()
-            out_buf, landed = self._to_host(result)
+            skipped = getattr(counters, "skipped", 0) != skipped_before
+            if skipped:
+                self._flush_pending()  # the output it repeats may still be landing (CUDA)
+            last = self._last_out
+            if skipped and last is not None and tuple(getattr(result, "shape", ())) == last.array.shape:
+                # The similarity filter skipped: the processor repeats its last output, which is
+                # already on the host. Hand that buffer off again instead of copying it again.
+                out_buf, landed = last, None
+                self._out_pool.retain(out_buf)
+            else:
+                out_buf, landed = self._to_host(result)
         except Exception as e:  # one bad frame must not end the show: log, keep the last output
             self.render_errors += 1
             self.last_error = f"{type(e).__name__}: {e}"
@@ -474,7 +489,6 @@ class Runtime:
                 timings.record(f"model.{name}", float(seconds))
         out_buf.index = frame.index if frame is not None else self.frames_rendered
         out_buf.t_arrival = t_arrival
-        skipped = getattr(counters, "skipped", 0) != skipped_before
         if landed is None:
             self._in_pool.release(in_buf)
             self._hand_off(out_buf, t1, skipped)
@@ -501,6 +515,10 @@ class Runtime:
         self._out_pool.retain(out_buf, len(self._groups))
         for g in self._groups:
             g.box.put(out_buf)
+        if out_buf is not self._last_out:
+            self._out_pool.retain(out_buf)
+            self._out_pool.release(self._last_out)
+            self._last_out = out_buf
         self.frames_rendered += 1
         timings.frame_out(out_buf.t_arrival, clock(), skipped)
         self._out_pool.release(out_buf)

@@ -657,3 +657,43 @@ def test_every_frame_a_sink_gets_is_one_whole_pipeline_output(device, runtimes):
         diffs = [int(np.abs(got.astype(int) - e.astype(int)).max()) for e in expected[last + 1:]]
         assert diffs and min(diffs) <= 1, "a delivered frame matches no pipeline output after the previous one"
         last += 1 + diffs.index(min(diffs))
+
+
+def test_a_skipped_frame_is_handed_off_again_without_a_copy(runtimes, monkeypatch):
+    """The similarity filter repeats the last output: the runtime sends the host buffer it
+    already has instead of copying the same picture again, and keeps no buffer at stop."""
+    from types import SimpleNamespace
+
+    class Skipping:
+        """Every third frame after the first is a 'skip': the last output, returned again."""
+
+        def __init__(self) -> None:
+            self.counters = SimpleNamespace(skipped=0)
+            self.last: np.ndarray | None = None
+            self.calls = 0
+
+        def __call__(self, rgba_u8: np.ndarray) -> np.ndarray:
+            self.calls += 1
+            if self.last is not None and self.calls % 3 == 0:
+                self.counters.skipped += 1
+                return self.last
+            self.last = rgba_u8.copy()
+            return self.last
+
+    processor, sink = Skipping(), CollectingSink()
+    source = CountingSource(limit=30)
+    rt = Runtime(processor, source, [sink])
+    copies = []
+    plain = rt._to_host
+    monkeypatch.setattr(rt, "_to_host", lambda result: (copies.append(1), plain(result))[1])
+    runtimes.append(rt)
+    rt.start()
+    wait_until(lambda: source.produced == 30 and rt.frames_rendered == processor.calls and processor.calls > 3,
+               what="the source drained and every call handed off")
+    rt.stop(timeout=10)
+    assert processor.counters.skipped >= 1
+    assert len(copies) == processor.calls - processor.counters.skipped  # skipped frames were not copied
+    # Each frame the sink got is a whole frame (its index readable), in order.
+    assert sink.indices == sorted(sink.indices)
+    pool = rt._out_pool
+    assert rt._last_out is None and len(pool._free) == pool.size  # every buffer back in the pool
