@@ -121,7 +121,8 @@ def test_status_feedback_reaches_the_configured_address():
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (received.get("/streamvj/status/state") and any(
-                v and v[0] > 0 for v in received.get("/streamvj/status/fps", []))):
+                v and v[0] > 0 for v in received.get("/streamvj/status/fps", []))
+                and received.get("/streamvj/status/backend")):
             time.sleep(0.05)
         assert ("running",) in received.get("/streamvj/status/state", [])
         assert any(v[0] > 0 for v in received["/streamvj/status/fps"])
