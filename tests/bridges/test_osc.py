@@ -473,7 +473,8 @@ def test_feedback_publish_and_heartbeat(receiver: tuple[tuple[str, int], list[tu
         assert wait_for(lambda: ("/streamvj/status/heartbeat", 2) in got)
     finally:
         fb.stop()
-    assert got.count(("/streamvj/status/preset", "tiny")) >= 2  # heartbeats re-send the state
+    # Heartbeats re-send the state (waited for, not assumed: the receiver may handle packets out of order).
+    assert wait_for(lambda: got.count(("/streamvj/status/preset", "tiny")) >= 2)
 
 
 @pytest.mark.parametrize(
