@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
 import threading
 import types
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +14,6 @@ import torch
 
 import engine.trt_engine as trt_engine
 from engine.errors import ConfigError
-from engine.onnx_export import OnnxExportError, OnnxGraph, TensorSpec, unet_input_specs
 from engine.trt_cache import TrtCache
 from engine.trt_engine import (
     INSTALL_HINT,
@@ -31,6 +28,7 @@ from engine.trt_engine import (
     network_flags,
     select_backend,
 )
+from tests.engine.fake_tensorrt import make_fake_trt, write_graph
 
 
 @pytest.fixture
@@ -44,12 +42,6 @@ def fake_tensorrt(monkeypatch):
     fake.__version__ = "10.9.0.34"
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     return fake
-
-
-@pytest.fixture
-def cuda_visible(monkeypatch):
-    """select_backend only asks torch whether CUDA is there; pretend it is."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
 
 
 def test_missing_library_is_one_line_naming_the_extra(no_tensorrt):
@@ -209,264 +201,6 @@ def test_components_need_cuda(tiny_parts, fake_tensorrt):
     with pytest.raises(ConfigError, match="CUDA"):
         build_trt_components(tiny_parts, width=64, height=64, unet_batch=2, frame_buffer_size=1, device="cpu",
                              dtype=torch.float32)
-
-
-# ---- a fake `tensorrt` that records every call: build, load, bind and run on CPU -------------------------
-#
-# It mirrors the Python API of TensorRT 8.6 / 10.x / 11.x as far as streamvj uses it (checked against
-# NVIDIA/TensorRT python/src/infer/pyCore.cpp): pybind base classes that refuse subclasses whose
-# __init__ skipped the base one, `parse_from_file` -> bool with `num_errors`/`get_error`,
-# `build_serialized_network` -> IHostMemory (a buffer with `nbytes`) or None, `deserialize_cuda_engine`
-# -> engine or None, the name-based I/O API, and `execute_async_v3(stream_handle) -> bool`. The
-# "ONNX file" is JSON naming the graph's inputs/outputs; the "engine" is that JSON again.
-
-_TRT_DTYPES = ("float32", "float16", "bfloat16", "int32", "int64", "int8", "uint8", "bool")
-
-
-def make_fake_trt(version: str = "10.9.0.34") -> types.ModuleType:
-    major = int(version.split(".")[0])
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.calls = []         # (api, args...) in call order
-    trt.events = []        # stream order: waits and enqueues
-    trt.loggers = []       # the logger every Builder/Runtime got
-    trt.build_count = 0
-    trt.fail_build = trt.context_none = False
-    trt.execute_ok = trt.address_ok = trt.shape_ok = True
-    trt.on_execute = None  # what the "kernels" do: a test callback
-    trt.monitor_steps = 3
-    for name in _TRT_DTYPES:
-        if major >= 10 or name not in ("bfloat16", "int64"):  # TensorRT 8.6 has neither
-            setattr(trt, name, f"DataType.{name}")
-    trt.TensorIOMode = SimpleNamespace(INPUT="TensorIOMode.INPUT", OUTPUT="TensorIOMode.OUTPUT")
-    trt.MemoryPoolType = SimpleNamespace(WORKSPACE="MemoryPoolType.WORKSPACE")
-    flags = SimpleNamespace()
-    if major < 11:
-        flags.EXPLICIT_BATCH = 0
-    if major >= 9:
-        flags.STRONGLY_TYPED = 1
-    trt.NetworkDefinitionCreationFlag = flags
-    trt.BuilderFlag = SimpleNamespace(FP16="BuilderFlag.FP16") if major < 11 else SimpleNamespace(REFIT="REFIT")
-
-    def needs_base_init(obj, base):
-        if not getattr(obj, "_base_init", False):  # what pybind11 raises for such a subclass
-            raise TypeError(f"{base}.__init__() must be called when overriding __init__")
-
-    class ILogger:
-        Severity = SimpleNamespace(INTERNAL_ERROR="INTERNAL_ERROR", ERROR="ERROR", WARNING="WARNING",
-                                   INFO="INFO", VERBOSE="VERBOSE")
-
-        def __init__(self):
-            self._base_init = True
-
-    trt.ILogger = ILogger
-    if major >= 10:
-        class IProgressMonitor:
-            def __init__(self):
-                self._base_init = True
-
-        trt.IProgressMonitor = IProgressMonitor
-
-    class Tensor:
-        def __init__(self, name, shape, dtype):
-            self.name, self.shape, self.dtype = name, tuple(shape), dtype
-
-    class Network:
-        def __init__(self, flags_value):
-            self.flags, self.inputs, self.outputs = flags_value, [], []
-
-        @property
-        def num_inputs(self):
-            return len(self.inputs)
-
-        def get_input(self, i):
-            return self.inputs[i]
-
-    class Parser:
-        def __init__(self, network, logger):
-            self.network, self.errors = network, []
-
-        def parse_from_file(self, path):
-            trt.calls.append(("parse_from_file", path))
-            assert isinstance(path, str)
-            spec = json.loads(Path(path).read_text())
-            if "error" in spec:
-                self.errors = [spec["error"], "In node 2: a second problem"]
-                return False
-            self.network.inputs = [Tensor(n, s, getattr(trt, d)) for n, s, d in spec["inputs"]]
-            self.network.outputs = [Tensor(n, s, getattr(trt, d)) for n, s, d in spec["outputs"]]
-            return True
-
-        @property
-        def num_errors(self):
-            return len(self.errors)
-
-        def get_error(self, i):
-            return self.errors[i]
-
-    trt.OnnxParser = Parser
-
-    class Config:
-        def __init__(self):
-            self.flags, self.pools = [], {}
-            self.builder_optimization_level = self.progress_monitor = None
-
-        def set_flag(self, flag):
-            trt.calls.append(("set_flag", flag))
-            self.flags.append(flag)
-
-        def set_memory_pool_limit(self, pool, size):
-            self.pools[pool] = size
-
-    class Builder:
-        def __init__(self, logger):
-            needs_base_init(logger, "ILogger")
-            trt.loggers.append(logger)
-            self.logger = logger
-
-        def create_network(self, flags_value=0):
-            trt.calls.append(("create_network", flags_value))
-            return Network(flags_value)
-
-        def create_builder_config(self):
-            return Config()
-
-        def build_serialized_network(self, network, config):
-            trt.calls.append(("build_serialized_network",))
-            trt.build_count += 1
-            monitor, cancelled = config.progress_monitor, []
-            if monitor is not None:
-                needs_base_init(monitor, "IProgressMonitor")
-
-                def report():  # TensorRT calls the monitor from its own threads
-                    monitor.phase_start("Building engine", None, trt.monitor_steps)
-                    for step in range(trt.monitor_steps):
-                        if not monitor.step_complete("Building engine", step):
-                            cancelled.append(step)
-                            break
-                    monitor.phase_finish("Building engine")
-
-                worker = threading.Thread(target=report)
-                worker.start()
-                worker.join()
-            if trt.fail_build or cancelled:
-                self.logger.log(ILogger.Severity.ERROR, "[network.cpp] Error Code 4: Internal Error (fake)")
-                return None
-            self.logger.log(ILogger.Severity.VERBOSE, "a verbose line nobody needs")
-
-            def io(tensors):
-                return [[t.name, list(t.shape), t.dtype.removeprefix("DataType.")] for t in tensors]
-
-            engine = {"inputs": io(network.inputs), "outputs": io(network.outputs),
-                      "fp16": "BuilderFlag.FP16" in config.flags}
-            return memoryview(json.dumps(engine).encode())  # like IHostMemory: a buffer with nbytes
-
-    trt.Builder = Builder
-
-    class Context:
-        def set_input_shape(self, name, shape):
-            assert isinstance(shape, (tuple, list))
-            trt.calls.append(("set_input_shape", name, tuple(shape)))
-            return trt.shape_ok
-
-        def set_tensor_address(self, name, address):
-            assert isinstance(address, int)
-            trt.calls.append(("set_tensor_address", name, address))
-            return trt.address_ok
-
-        def execute_async_v3(self, stream_handle):
-            assert isinstance(stream_handle, int)
-            trt.events.append(("execute_async_v3", stream_handle))
-            if trt.on_execute is not None:
-                trt.on_execute()
-            return trt.execute_ok
-
-    class Engine:
-        def __init__(self, spec):
-            self.io = [(n, tuple(s), getattr(trt, d), trt.TensorIOMode.INPUT) for n, s, d in spec["inputs"]]
-            self.io += [(n, tuple(s), getattr(trt, d), trt.TensorIOMode.OUTPUT) for n, s, d in spec["outputs"]]
-
-        @property
-        def num_io_tensors(self):
-            return len(self.io)
-
-        def _find(self, name):
-            return next(t for t in self.io if t[0] == name)
-
-        def get_tensor_name(self, i):
-            return self.io[i][0]
-
-        def get_tensor_shape(self, name):
-            return self._find(name)[1]
-
-        def get_tensor_dtype(self, name):
-            return self._find(name)[2]
-
-        def get_tensor_mode(self, name):
-            return self._find(name)[3]
-
-        def create_execution_context(self):
-            return None if trt.context_none else Context()
-
-    class Runtime:
-        def __init__(self, logger):
-            needs_base_init(logger, "ILogger")
-            trt.loggers.append(logger)
-
-        def deserialize_cuda_engine(self, data):
-            trt.calls.append(("deserialize_cuda_engine",))
-            try:
-                return Engine(json.loads(bytes(memoryview(data))))
-            except ValueError:
-                return None  # what TensorRT does with a foreign or corrupt plan (and logs an error)
-
-    trt.Runtime = Runtime
-    return trt
-
-
-@pytest.fixture
-def fake_trt(monkeypatch):
-    trt = make_fake_trt()
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(trt_engine, "_TRT_LOGGER", None)  # one logger per fake module
-    return trt
-
-
-@pytest.fixture
-def fake_cuda(monkeypatch, fake_trt):
-    """Just enough torch.cuda for TrtEngine on a CPU: 'CUDA' tensors are CPU tensors, streams are records."""
-    real_empty = torch.empty
-
-    def empty(*size, device=None, **kwargs):
-        if device is not None and torch.device(device).type == "cuda":
-            device = "cpu"
-        return real_empty(*size, device=device, **kwargs)
-
-    class FakeStream:
-        created = []
-
-        def __init__(self, device=None, handle=None):
-            self.cuda_stream = handle if handle is not None else 7000 + len(FakeStream.created)
-            if handle is None:
-                FakeStream.created.append(self)
-
-        def wait_stream(self, other):
-            fake_trt.events.append(("wait", self.cuda_stream, other.cuda_stream))
-
-    state = SimpleNamespace(current=FakeStream(handle=0), Stream=FakeStream)
-    monkeypatch.setattr(torch, "empty", empty)
-    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: state.current)
-    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
-    monkeypatch.setattr(trt_engine, "_gpu_parts", lambda device: ("Fake GPU", {"compute_capability": "9.0"}))
-    return state
-
-
-def write_graph(path: Path, inputs, outputs, **extra) -> Path:
-    """A fake ONNX file: [name, shape, TensorRT dtype name] per input/output."""
-    path.write_text(json.dumps({"inputs": inputs, "outputs": outputs, **extra}))
-    return path
 
 
 UNET_IO = ([["sample", [2, 4, 8, 8], "float16"], ["timestep", [2], "float32"],
@@ -676,109 +410,6 @@ def test_trt_unet_matches_engine_inputs_by_name(fake_trt, fake_cuda):
     torch.testing.assert_close(engine.buffers["encoder_hidden_states"], h)
 
 
-# ---- components: export -> build -> cache -> load, with the fake TensorRT -----------------------------
-
-
-@pytest.fixture
-def fake_exports(monkeypatch):
-    """Export stand-ins writing fake ONNX files with the real input specs; records what was exported."""
-    exported = []
-
-    def dump(specs: dict[str, TensorSpec]):
-        return [[n, list(s.shape), str(s.dtype).removeprefix("torch.")] for n, s in specs.items()]
-
-    def export_unet(unet, path, batch, height, width, tokens):
-        specs = unet_input_specs(unet, batch, height, width, tokens)
-        exported.append("unet")
-        out = {"noise_pred": specs["sample"]}
-        write_graph(Path(path), dump(specs), dump(out))
-        return OnnxGraph(Path(path), "unet", specs, out)
-
-    def export_vae(component, in_name, out_name, in_shape, out_shape):
-        def export(vae, path, batch, height, width):
-            exported.append(component)
-            specs = {in_name: TensorSpec((batch, *in_shape(height, width)), torch.float32)}
-            out = {out_name: TensorSpec((batch, *out_shape(height, width)), torch.float32)}
-            write_graph(Path(path), dump(specs), dump(out))
-            return OnnxGraph(Path(path), component, specs, out)
-        return export
-
-    def latent(h, w):
-        return (4, h // 8, w // 8)
-
-    def image(h, w):
-        return (3, h, w)
-
-    monkeypatch.setattr(trt_engine, "export_unet", export_unet)
-    monkeypatch.setattr(trt_engine, "export_vae_decoder",
-                        export_vae("vae_decoder", "latents", "images", latent, image))
-    monkeypatch.setattr(trt_engine, "export_vae_encoder",
-                        export_vae("vae_encoder", "images", "latents", image, latent))
-    return exported
-
-
-def components(parts, cache, **kwargs):
-    return build_trt_components(parts, width=64, height=64, unet_batch=2, frame_buffer_size=1, device="cuda",
-                                dtype=torch.float32, cache=cache, **kwargs)
-
-
-def test_components_build_once_then_load_from_the_cache(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path,
-                                                       caplog):
-    cache = TrtCache(tmp_path / "trt")
-    built = components(tiny_parts, cache)
-    assert fake_exports == ["unet", "vae_decoder", "vae_encoder"] and fake_trt.build_count == 3
-    assert len(cache.entries()) == 3
-    assert not any(p.name.startswith(".onnx-") for p in cache.root.iterdir())  # the ONNX temp dirs are gone
-    assert built.unet.engine.inputs == ["sample", "timestep", "encoder_hidden_states"]
-    assert built.vae_decoder.buffers["images"].shape == (1, 3, 64, 64)
-    assert built.vae_encoder.buffers["latents"].shape == (1, 4, 8, 8)
-    fake_trt.on_execute = lambda: built.unet.engine.buffers["noise_pred"].copy_(built.unet.engine.buffers["sample"])
-    x = torch.randn(built.unet.engine.buffers["sample"].shape)
-    torch.testing.assert_close(built.unet(x, torch.tensor([999, 400]), torch.randn(
-        built.unet.engine.buffers["encoder_hidden_states"].shape)), x)
-
-    with caplog.at_level(logging.INFO, logger="streamvj.trt_engine"):
-        again = components(tiny_parts, cache)
-    assert fake_exports == ["unet", "vae_decoder", "vae_encoder"] and fake_trt.build_count == 3  # nothing rebuilt
-    assert caplog.text.count("loaded from") == 3 and "not cached" not in caplog.text
-    assert again.vae_decoder.outputs == ["images"]
-
-
-def test_txt2img_components_have_no_encoder(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path):
-    built = components(tiny_parts, TrtCache(tmp_path), txt2img=True)
-    assert built.vae_encoder is None and fake_exports == ["unet", "vae_decoder"]
-
-
-def test_engine_that_cannot_be_cached_still_runs(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path,
-                                                 monkeypatch, caplog):
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(TrtCache, "store", disk_full)
-    with caplog.at_level(logging.WARNING, logger="streamvj.trt_engine"):
-        built = components(tiny_parts, TrtCache(tmp_path), txt2img=True)
-    assert built.unet.engine.outputs == ["noise_pred"]
-    assert caplog.text.count("could not be cached") == 2 and "No space left" in caplog.text
-
-
-def test_export_failure_is_a_build_error(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path, monkeypatch):
-    def broken_export(*args, **kwargs):
-        raise OnnxExportError("ONNX export of unet failed: unsupported op")
-
-    monkeypatch.setattr(trt_engine, "export_unet", broken_export)
-    with pytest.raises(TrtBuildError, match="unsupported op"):
-        components(tiny_parts, TrtCache(tmp_path))
-    assert fake_trt.build_count == 0
-
-
-def test_failed_build_falls_back_with_the_reason(tiny_parts, fake_trt, fake_cuda, fake_exports, cuda_visible,
-                                                 tmp_path):
-    fake_trt.fail_build = True
-    backend, reason = select_backend("tensorrt", "cuda", build=lambda: components(tiny_parts, TrtCache(tmp_path)))
-    assert backend == "compile" and "could not build unet.onnx" in reason
-    assert TrtCache(tmp_path).entries() == []  # nothing half-built is cached
-
-
 # ---- GPU + TensorRT only ------------------------------------------------------------------------------
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
@@ -788,7 +419,6 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an N
 def gpu_engines(tmp_path_factory):
     pytest.importorskip("tensorrt")
     from engine.models import load_model
-    from engine.trt_cache import TrtCache
 
     parts = load_model("tiny", device="cuda", dtype=torch.float32)
     cache = TrtCache(tmp_path_factory.mktemp("trt"))
