@@ -390,10 +390,10 @@ class StreamPipeline:
         self._fx_on = fx
         rgb = self.stream.advance(self._step, self.input_u8, self.txt_noise, fx)
         i = 1 - self._out_index
-        read = self._output_read[i]
-        if read is not None:  # the download of frame k-1 must have read this buffer before it is rewritten
+        read, self._output_read[i] = self._output_read[i], None
+        if read is not None and self.device.type == "cuda":
+            # The download of the frame two calls back must have read this buffer first.
             torch.cuda.current_stream(self.device).wait_event(read)
-            self._output_read[i] = None
         self._outputs[i][..., :3].copy_(rgb)
         self._out_index, self.output_u8 = i, self._outputs[i]
         self._has_output = True
