@@ -223,6 +223,7 @@ def test_outputs_alternate_between_two_buffers_so_a_download_can_overlap_the_nex
     # A reader on another stream registers its event per buffer; foreign tensors are refused.
     assert pipe.output_read(third, "event") and pipe._output_read[pipe._out_index] == "event"
     assert pipe.output_read(pipe.output_u8, "whole") and not pipe.output_read(third.clone(), "other")
+    pipe.set_similarity(False, 0.5, 100)  # every call renders from here
     pipe(frame(4))
     pipe(frame(5))  # rewrites the registered buffer: on a CPU there is no stream to order, the reader is dropped
     assert pipe._output_read == [None, None]
