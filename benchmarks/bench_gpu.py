@@ -146,7 +146,8 @@ def run_variants(parts: ModelParts, args: argparse.Namespace, steps: int, device
     rows: list[dict] = []
 
     def record(variant: str, pipe: StreamPipeline, note: str = "") -> None:
-        result = {"steps": steps, "variant": variant, **time_frames(pipe, frames, args.warmup, args.frames)}
+        result = {"steps": steps, "variant": variant, **time_frames(pipe, frames, args.warmup, args.frames),
+                  "backend": pipe.backend}  # what ran after any fallback (e.g. a failed capture)
         if cuda:
             result.update(time_pipelined(pipe, frames, args.warmup, args.frames))
         if note:

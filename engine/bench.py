@@ -83,6 +83,7 @@ def bench_stream(parts: ModelParts, opts: BenchOptions, device: torch.device, dt
     result["unet_batch"] = pipe.stream.unet_batch_size()
     result["latency_frames"] = pipe.stream.n - 1
     result["acceleration"] = opts.acceleration
+    result["backend"] = pipe.backend  # what actually ran, after any fallback
     if gpu is not None:
         result.update({k: v for k, v in gpu.read().items() if v is not None})
         gpu.close()

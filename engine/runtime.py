@@ -38,7 +38,7 @@ from engine.framepool import FrameBuffer, FramePool
 from engine.frames import Frame, FrameSink, FrameSource, check_rgba_u8
 from engine.log_limit import LogLimiter
 from engine.mailbox import Mailbox
-from engine.sinkgroup import SinkGroup, close_quietly
+from engine.sinkgroup import WAIT_S, SinkGroup, close_quietly
 from engine.timings import Timings, processor_counters
 
 log = logging.getLogger("streamvj.runtime")
@@ -52,7 +52,6 @@ Processor = Callable[..., "np.ndarray | torch.Tensor"]
 SOURCE_RETRY_S = 0.5  # a raising source is retried this often, not spun on
 ERROR_REPEAT_S = 5.0  # a repeated processor error is logged at most this often
 IDLE_MIN_S, IDLE_MAX_S = 0.0002, 0.001  # source polling back-off: <= 1 ms added latency
-WAIT_S = 0.05  # idle waits: how soon stop/pause is seen when nothing wakes the thread
 STATS_PERIOD_S = 1.0
 SIGNAL_POLL_S = 0.1  # how often the main thread looks at the signal flag
 POOL_SPARE = 3  # the frame being filled, a pending CUDA frame, and the last output kept for reuse

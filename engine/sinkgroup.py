@@ -15,7 +15,7 @@ from engine.timings import Timings
 
 log = logging.getLogger("streamvj.runtime")
 
-WAIT_S = 0.05  # idle waits: how soon stop is seen when no frame wakes the thread
+WAIT_S = 0.05  # idle waits (runtime threads too): how soon stop/pause is seen when nothing wakes a thread
 
 
 class SinkGroup:

@@ -22,6 +22,7 @@ def test_cpu_smoke_run_prints_a_table_and_json():
     assert variants == {(s, v) for s in (1, 4) for v in ("eager", "diffusers AutoPipelineForImage2Image")}
     for row in result["results"]:
         assert row["fps"] > 0 and row["ms_p90"] >= row["ms_median"] > 0
+        assert row.get("backend", "eager") == "eager"  # streamvj rows say what ran; diffusers' has none
     assert set(result["speedups"]) == {"1_step", "4_step"}
     assert "ms median" in proc.stderr  # the table
 

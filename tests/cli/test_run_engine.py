@@ -73,7 +73,7 @@ def test_osc_prints_the_address_table():
 
 
 def test_bench_json_with_autopipeline_baseline():
-    result = run_cli("bench", "--model", "tiny", "--width", "64", "--height", "64", "--t-index", "32,45",
+    result = run_cli("bench", "--width", "64", "--height", "64", "--t-index", "32,45",  # --model auto: tiny on a CPU
                      "--cfg", "self", "--frames", "3", "--warmup", "1", "--device", "cpu", "--json",
                      "--baseline", "autopipeline")
     assert result.returncode == 0, result.stderr
@@ -81,6 +81,7 @@ def test_bench_json_with_autopipeline_baseline():
     for key in ("fps", "ms_median", "ms_p90", "unet_ms_median", "speedup_vs_baseline"):
         assert data[key] > 0
     assert data["baseline"]["name"] == "AutoPipelineForImage2Image"
+    assert data["backend"] == "eager" and data["model"] == "tiny"
 
 
 def test_bench_rejects_bad_settings_clearly():
