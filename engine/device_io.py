@@ -84,6 +84,9 @@ class DeviceUpload:
                 old.record_stream(self.stream)
             self._slots = [torch.empty(frames.shape, dtype=torch.uint8, device=self.device) for _ in range(SLOTS)]
             self._free = [None] * SLOTS
+            # New slots come from the compute stream's pool, maybe memory compute work queued before
+            # freeing it still touches: the upload stream starts after that work.
+            self.stream.wait_stream(compute)
         i = self._next
         self._next = (i + 1) % SLOTS
         slot, ready = self._slots[i], self._ready[i]
