@@ -94,9 +94,7 @@ def time_pipelined(pipe: StreamPipeline, frames: list[np.ndarray], warmup: int, 
     def one(i: int) -> None:
         nonlocal pending
         result = pipe(host_in[i % len(host_in)])
-        landed = download.start(result, host_out[i % 2], hold=False)
-        if not pipe.output_read(result, landed):
-            torch.cuda.current_stream(pipe.device).wait_event(landed)
+        landed = download.start(result, host_out[i % 2], producer=pipe)
         if pending is not None:
             pending.synchronize()  # frame k-1's bytes are on the host: a sink could send them now
         pending = landed

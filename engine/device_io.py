@@ -37,13 +37,14 @@ class DeviceDownload:
         self._events = [torch.cuda.Event() for _ in range(EVENTS)]
         self._next = 0
 
-    def start(self, result: torch.Tensor, host: torch.Tensor, hold: bool = True) -> Any:
+    def start(self, result: torch.Tensor, host: torch.Tensor, producer: Any = None) -> Any:
         """Queue `host <- result`; returns the event that marks the bytes as landed.
 
-        The copy waits for the frame's compute (stream order). With `hold` the compute
-        stream also waits for the copy before its next kernels, so the next frame cannot
-        overwrite `result` while it is read; without, the caller must order that itself
-        (wait on the returned event before rewriting `result`).
+        The copy waits for the frame's compute (stream order). If `producer` (the processor
+        that made `result`) takes the event through `output_read(result, event)`, it orders
+        its own reuse of the buffer and the GPU goes straight on; otherwise the compute
+        stream waits for the copy before its next kernels, so the next frame cannot
+        overwrite `result` while it is read.
         """
         compute = torch.cuda.current_stream(result.device)
         event = self._events[self._next]
@@ -55,7 +56,8 @@ class DeviceDownload:
         # If `result` is freed (a preset switch drops the old pipeline), the allocator must
         # not hand its memory to new work before this copy has read it.
         result.record_stream(self.stream)
-        if hold:
+        read = getattr(producer, "output_read", None)
+        if read is None or not read(result, event):
             compute.wait_event(event)
         return event
 

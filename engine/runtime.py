@@ -548,13 +548,9 @@ class Runtime:
         assert buf.tensor is not None
         if self._download is None:
             self._download = DeviceDownload(result.device)
-        # A producer that alternates output buffers lets the GPU go on with the next frame while
-        # this one downloads; any other producer's compute waits for the download (hold).
-        read = getattr(self._processor, "output_read", None)
-        landed = self._download.start(result, buf.tensor, hold=read is None)
-        if read is not None and not read(result, landed):
-            torch.cuda.current_stream(result.device).wait_event(landed)
-        return buf, landed
+        # A producer that alternates output buffers lets the GPU go on with the next frame
+        # while this one downloads; any other producer's compute waits for the download.
+        return buf, self._download.start(result, buf.tensor, producer=self._processor)
 
     def _stats_loop(self) -> None:
         assert self._on_stats is not None

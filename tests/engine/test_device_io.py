@@ -55,12 +55,20 @@ def test_upload_stages_on_its_own_stream_and_hands_the_bytes_to_compute():
 
 @pytest.mark.cuda
 @cuda
-def test_download_without_hold_leaves_the_ordering_to_the_producer():
+def test_download_leaves_the_ordering_to_a_producer_that_takes_the_event():
     device = torch.device("cuda")
     download = DeviceDownload(device)
     result = torch.full((4, 4, 4), 7, dtype=torch.uint8, device=device)
     host = torch.empty((4, 4, 4), dtype=torch.uint8).pin_memory()
-    landed = download.start(result, host, hold=False)
+    taken = []
+
+    class Producer:
+        def output_read(self, output, event):
+            taken.append(event)
+            return True
+
+    landed = download.start(result, host, producer=Producer())
+    assert taken == [landed]
     torch.cuda.current_stream().wait_event(landed)  # what StreamPipeline does before rewriting the buffer
     result.fill_(0)
     landed.synchronize()
