@@ -19,6 +19,7 @@ from typing import Any
 from engine.errors import BridgeUnavailable, ConfigError
 from engine.log_limit import LogLimiter
 from engine.params import ParamStore
+from engine.periodic import Periodic
 from engine.preset_schema import LIVE_SPECS, MIDI_MAPPABLE, MidiMapping, MidiSettings
 from engine.tempo import Tempo
 
@@ -219,8 +220,7 @@ class MidiInput:
         self._backend = backend if backend is not None else load_backend()
         self._port: Any = None
         self._name: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Periodic("streamvj-midi", poll_s, self.poll_once, immediately=True)
         self._limiter = LogLimiter(log)
 
     @classmethod
@@ -286,20 +286,10 @@ class MidiInput:
             except Exception:  # a vanished device may fail to close; it is gone either way
                 log.debug("MIDI: closing a vanished port failed", exc_info=True)
 
-    def _run(self) -> None:
-        self.poll_once()
-        while not self._stop.wait(self.poll_s):
-            self.poll_once()
-
     def start(self) -> MidiInput:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="streamvj-midi", daemon=True)
-        self._thread.start()
+        self._poller.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._poller.stop()
         self._close_port()

@@ -17,6 +17,7 @@ from pythonosc.udp_client import SimpleUDPClient
 
 from engine.errors import ConfigError
 from engine.log_limit import LogLimiter
+from engine.periodic import Periodic
 from engine.preset_schema import OscSettings
 
 log = logging.getLogger("streamvj.osc")
@@ -40,8 +41,7 @@ class OscFeedback:
         self._lock = threading.Lock()
         self._last: dict[str, Any] = {"state": "loading"}
         self._beats = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._heart = Periodic("streamvj-osc-feedback", heartbeat_s, self.beat)
 
     @classmethod
     def from_settings(cls, settings: OscSettings) -> OscFeedback | None:
@@ -93,18 +93,9 @@ class OscFeedback:
         except OSError as exc:  # peer gone (ICMP refused), buffer full: status is best-effort
             self._limiter.warning(("send", type(exc).__name__), f"OSC feedback to {self.target}: {exc}")
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            self.beat()
-
     def start(self) -> OscFeedback:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="streamvj-osc-feedback", daemon=True)
-        self._thread.start()
+        self._heart.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._heart.stop()
