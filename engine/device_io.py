@@ -35,6 +35,7 @@ class DeviceDownload:
         self.device = device
         self.stream = torch.cuda.Stream(device=device)
         self._events = [torch.cuda.Event() for _ in range(EVENTS)]
+        self._computed = torch.cuda.Event()  # reused: wait_stream() would make a new event per frame
         self._next = 0
 
     def start(self, result: torch.Tensor, host: torch.Tensor, producer: Any = None) -> Any:
@@ -49,7 +50,8 @@ class DeviceDownload:
         compute = torch.cuda.current_stream(result.device)
         event = self._events[self._next]
         self._next = (self._next + 1) % EVENTS
-        self.stream.wait_stream(compute)
+        self._computed.record(compute)
+        self.stream.wait_event(self._computed)
         with torch.cuda.stream(self.stream):
             host.copy_(result, non_blocking=True)
             event.record(self.stream)
