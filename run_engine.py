@@ -36,8 +36,8 @@ def quiet_libraries() -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from engine.bench import BenchOptions, bench_autopipeline, bench_stream, format_table
     from engine.errors import StreamVJError
-    from engine.models import load_model
-    from engine.show import resolve_device, resolve_dtype
+    from engine.live.show import resolve_device, resolve_dtype
+    from engine.models.load import load_model
 
     quiet_libraries()
     import torch
@@ -86,7 +86,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _preset_path(value: str, presets_dir: Path) -> Path:
-    from engine.preset_schema import resolve_preset
+    from engine.config.presets import resolve_preset
 
     path = Path(value)
     return path if path.suffix in (".yaml", ".yml") and path.is_file() else resolve_preset(presets_dir, value)
@@ -96,8 +96,8 @@ def _apply_overrides(preset, args: argparse.Namespace):
     """CLI flags win over the preset's load section (validated through the same schema)."""
     from pydantic import ValidationError
 
+    from engine.config.presets import Preset, format_validation_error
     from engine.errors import ConfigError
-    from engine.preset_schema import Preset, format_validation_error
 
     data = preset.model_dump()
     for flag, key in (("model", "model"), ("width", "width"), ("height", "height"), ("device", "device"),
@@ -172,17 +172,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     import threading
     import time
 
-    from bridges.osc import OscServer
-    from bridges.osc_feedback import OscFeedback
-    from bridges.registry import make_sink, make_source
+    from bridges.control.osc import OscServer
+    from bridges.control.osc_feedback import OscFeedback
+    from bridges.video.registry import make_sink, make_source
+    from engine.config.presets import load_preset
     from engine.errors import StreamVJError
-    from engine.gpu_stats import GpuStats
-    from engine.params import ParamStore
-    from engine.player import LivePlayer
-    from engine.preset_schema import load_preset
-    from engine.runtime import Runtime
-    from engine.show import Show, build_pipeline
-    from engine.tempo import Tempo
+    from engine.live.params import ParamStore
+    from engine.live.player import LivePlayer
+    from engine.live.show import Show, build_pipeline
+    from engine.live.tempo import Tempo
+    from engine.realtime.gpu_stats import GpuStats
+    from engine.realtime.runtime import Runtime
 
     # SIGTERM while loading (minutes for real weights) stops as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -228,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             closers.append(server.stop)
             log.info("OSC on udp://%s:%d%s (see docs/osc.md)", *server.address, preset.osc.prefix)
             if preset.osc.query_port is not None:
-                from bridges.oscquery import OscQueryServer
+                from bridges.control.oscquery import OscQueryServer
 
                 query = OscQueryServer(store, osc_port=server.address[1], osc_host=server.address[0],
                                        prefix=preset.osc.prefix, host=preset.osc.host,
@@ -236,7 +236,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 closers.append(query.stop)
                 log.info("OSCQuery on http://%s:%d/", *query.address)
         if preset.midi.port:
-            from bridges.midi import MidiInput
+            from bridges.control.midi import MidiInput
 
             midi = MidiInput.from_settings(preset.midi, store, tempo=tempo)
             if midi is not None:
@@ -280,8 +280,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
+    from engine.config.presets import list_presets, load_preset, resolve_preset
     from engine.errors import StreamVJError
-    from engine.preset_schema import list_presets, load_preset, resolve_preset
 
     presets_dir = Path(args.presets_dir)
     for name in list_presets(presets_dir):
@@ -299,7 +299,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_bridges(args: argparse.Namespace) -> int:
-    from bridges.registry import bridge_status
+    from bridges.video.registry import bridge_status
 
     for role, kind, ok, message in bridge_status():
         print(f"{role:<7} {kind:<8} {'ok' if ok else 'missing':<8} {'' if ok else message}")
@@ -307,7 +307,7 @@ def cmd_bridges(args: argparse.Namespace) -> int:
 
 
 def cmd_osc(args: argparse.Namespace) -> int:
-    from bridges.osc_docs import osc_markdown
+    from bridges.control.osc_docs import osc_markdown
 
     print(osc_markdown())
     return 0

@@ -32,10 +32,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.accel.cuda_graphs import GraphedStep  # noqa: E402
 from engine.bench import BenchOptions, bench_autopipeline, moving_frames, summarise  # noqa: E402
-from engine.cuda_graphs import GraphedStep  # noqa: E402
-from engine.models import ModelParts, load_model, load_vae  # noqa: E402
-from engine.pipeline import StreamPipeline, StreamSettings  # noqa: E402
+from engine.core.pipeline import StreamPipeline, StreamSettings  # noqa: E402
+from engine.models.load import ModelParts, load_model, load_vae  # noqa: E402
 
 log = logging.getLogger("streamvj.bench_gpu")
 
@@ -49,7 +49,7 @@ def load_parts(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
         parts = load_model(args.model, device=device, dtype=dtype)
         label = args.model
     else:
-        parts = load_model("sd-turbo-random", device=device, dtype=dtype)  # engine/random_models.py
+        parts = load_model("sd-turbo-random", device=device, dtype=dtype)  # engine/models/random_weights.py
         label = "sd-turbo architecture (random weights)"
     if args.vae:
         parts.vae = load_vae(args.vae, dtype=dtype).to(device).eval().requires_grad_(False)
@@ -84,7 +84,7 @@ def time_frames(pipe: StreamPipeline, frames: list[np.ndarray], warmup: int, cou
 def time_pipelined(pipe: StreamPipeline, frames: list[np.ndarray], warmup: int, count: int) -> dict:
     """Throughput as the runtime renders on CUDA: pinned input, upload and download on their own
     streams, and the host waits for frame k's bytes only after launching frame k+1."""
-    from engine.device_io import DeviceDownload
+    from engine.accel.device_io import DeviceDownload
 
     host_in = [torch.from_numpy(f).pin_memory() for f in frames]  # the runtime's input pool is pinned
     host_out = [torch.empty(frames[0].shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
@@ -125,7 +125,7 @@ def use_graph(pipe: StreamPipeline) -> GraphedStep:
 
 def use_tensorrt(pipe: StreamPipeline, parts: ModelParts, size: int) -> None:
     """Swap the UNet and VAE calls for TensorRT engines (built once, then loaded from the cache)."""
-    from engine.trt_engine import build_trt_components
+    from engine.accel.trt_engine import build_trt_components
 
     trt = build_trt_components(parts, width=size, height=size, unet_batch=pipe.stream.unet_batch_size(),
                                frame_buffer_size=pipe.settings.frame_buffer_size, device=pipe.device,
@@ -198,7 +198,7 @@ def measure_power(parts: ModelParts, args: argparse.Namespace, device: torch.dev
     Frames arrive at `--power-fps` (a live source's rate), not as fast as the loop can go:
     unpaced, "off" would run the GPU flat out and "on" would spin on skipped frames, which
     overstates what the filter saves in a show."""
-    from engine.gpu_stats import GpuStats
+    from engine.realtime.gpu_stats import GpuStats
 
     stats = GpuStats.for_device(device)
     if stats is None:

@@ -24,14 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pythonosc.udp_client import SimpleUDPClient  # noqa: E402
 
-from bridges.osc import OscServer  # noqa: E402
-from bridges.pattern import PatternSource  # noqa: E402
-from engine.models import load_model  # noqa: E402
-from engine.params import ParamStore  # noqa: E402
-from engine.pipeline import StreamPipeline, StreamSettings  # noqa: E402
-from engine.player import LivePlayer  # noqa: E402
-from engine.preset_schema import LiveParams  # noqa: E402
-from engine.runtime import Runtime  # noqa: E402
+from bridges.control.osc import OscServer  # noqa: E402
+from bridges.video.pattern import PatternSource  # noqa: E402
+from engine.config.presets import LiveParams  # noqa: E402
+from engine.core.pipeline import StreamPipeline, StreamSettings  # noqa: E402
+from engine.live.params import ParamStore  # noqa: E402
+from engine.live.player import LivePlayer  # noqa: E402
+from engine.models.load import load_model  # noqa: E402
+from engine.realtime.runtime import Runtime  # noqa: E402
 
 
 class GreyWatcher:

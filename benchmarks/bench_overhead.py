@@ -40,10 +40,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bridges.files import NullSink  # noqa: E402
-from bridges.pattern import PatternSource  # noqa: E402
-from bridges.shm import ShmSink, ShmSource  # noqa: E402
-from engine.runtime import Runtime  # noqa: E402
+from bridges.video.files import NullSink  # noqa: E402
+from bridges.video.pattern import PatternSource  # noqa: E402
+from bridges.video.shm import ShmSink, ShmSource  # noqa: E402
+from engine.realtime.runtime import Runtime  # noqa: E402
 
 SIZES = [(512, 512), (1920, 1080)]
 
@@ -149,8 +149,8 @@ def bench_shm_path(w: int, h: int, frames: int, fps: float) -> dict[str, Any]:
 def bench_tiny_model(size: int, frames: int) -> dict[str, Any]:
     import torch
 
-    from engine.models import load_model
-    from engine.pipeline import StreamPipeline, StreamSettings
+    from engine.core.pipeline import StreamPipeline, StreamSettings
+    from engine.models.load import load_model
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     pipe = StreamPipeline(load_model("tiny"), StreamSettings(width=size, height=size, t_index_list=[20, 40]))
@@ -190,11 +190,11 @@ def bench_control_path(frames: int) -> dict[str, Any]:
 
     import torch
 
-    from engine.models import load_model
-    from engine.params import ParamStore
-    from engine.pipeline import StreamPipeline, StreamSettings
-    from engine.player import LivePlayer
-    from engine.preset_schema import load_preset
+    from engine.config.presets import load_preset
+    from engine.core.pipeline import StreamPipeline, StreamSettings
+    from engine.live.params import ParamStore
+    from engine.live.player import LivePlayer
+    from engine.models.load import load_model
 
     parts = load_model("tiny")
     config = parts.unet.config

@@ -25,14 +25,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bridges.shm import ShmSink, ShmSource, _unlink  # noqa: E402
+from bridges.video.shm import ShmSink, ShmSource, _unlink  # noqa: E402
 
 SIZES = [(512, 512), (1920, 1080)]
 
 WRITER = """
 import sys, time
 import numpy as np
-from bridges.shm import ShmSink
+from bridges.video.shm import ShmSink
 name, w, h, fps, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 frames = [np.full((h, w, 4), v, np.uint8) for v in (10, 200)]
 sink = ShmSink(name)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.models import ModelParts
-from engine.pipeline import StreamPipeline, StreamSettings
+from engine.core.pipeline import StreamPipeline, StreamSettings
+from engine.models.load import ModelParts
 
 
 @dataclass
@@ -66,7 +66,7 @@ def bench_stream(parts: ModelParts, opts: BenchOptions, device: torch.device, dt
     if opts.frame_buffer_size > 1:
         inputs = [np.stack([inputs[(i + j) % 8] for j in range(opts.frame_buffer_size)]) for i in range(8)]
     txt = opts.mode == "txt2img"
-    from engine.gpu_stats import GpuStats
+    from engine.realtime.gpu_stats import GpuStats
 
     gpu = GpuStats.for_device(device)
     ms = []

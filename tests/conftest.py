@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.models import load_model
+from engine.models.load import load_model
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from bridges import shm
+from bridges.video import shm
 
 if TYPE_CHECKING:
-    from tests.bridges.test_shm import Proc
+    from tests.bridges.video.test_shm import Proc
 
 _names = itertools.count()
 

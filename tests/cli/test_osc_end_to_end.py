@@ -10,12 +10,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 from pythonosc.udp_client import SimpleUDPClient
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import REPO as ROOT
+
 sys.path.insert(0, str(ROOT / "clients"))
 import streamvj_shm_client as client  # noqa: E402
 

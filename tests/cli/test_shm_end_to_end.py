@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import REPO as ROOT
+
 sys.path.insert(0, str(ROOT / "clients"))
 import streamvj_shm_client as client  # noqa: E402
 

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import engine.trt_engine as trt_engine
-from engine.runtime import Runtime
-from tests.engine.fake_tensorrt import make_fake_trt
+import engine.accel.trt_engine as trt_engine
+from engine.realtime.runtime import Runtime
+from tests.engine.accel.fake_tensorrt import make_fake_trt
 
 
 @pytest.fixture

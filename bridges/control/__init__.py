@@ -1,0 +1,1 @@
+"""Control protocols: OSC, OSCQuery, MIDI, and status feedback."""

@@ -1,0 +1,1 @@
+"""Acceleration: backend choice and fallback, CUDA graphs, device transfers, TensorRT and its cache."""

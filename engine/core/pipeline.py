@@ -1,0 +1,433 @@
+"""StreamPipeline: rgba_u8 in, rgba_u8 out, through VAE encode -> stream batch -> VAE decode.
+
+Everything a frame touches is allocated in `__init__`; live settings copy into those
+buffers. The per-frame work (`_frame_step`) is one function of tensors so it can run
+eagerly or under `torch.compile` with the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from engine.core.blend import blend
+from engine.core.fit import fit_into
+from engine.core.fx import FxUniforms, feedback_mix, post_fx
+from engine.core.pixels import as_frame_batch, img_pm1_to_rgb_u8, rgba_u8_to_img_pm1
+from engine.core.prompts import PromptEncoder
+from engine.core.similarity import SimilarityFilter
+from engine.core.stream import StreamBatch
+from engine.errors import ConfigError
+from engine.models.family import Family
+from engine.models.load import ModelParts
+
+if TYPE_CHECKING:
+    from engine.accel.cuda_graphs import CudaGraphs, GraphedStep
+
+log = logging.getLogger("streamvj.pipeline")
+
+ACCELERATIONS = ("none", "compile", "tensorrt")
+# preset name -> torch.compile mode. Never inductor's own CUDA graphs ("reduce-overhead"):
+# GraphedStep captures the whole frame step, FX modes included, itself.
+COMPILE_MODES = {"default": None, "max-autotune": "max-autotune-no-cudagraphs"}
+MODES = ("img2img", "txt2img")
+VAE_FACTOR = 8
+
+
+@dataclass
+class StreamSettings:
+    """What a pipeline is built for. `t_index_list`'s length, sizes, cfg and mode are load-time."""
+
+    width: int = 512
+    height: int = 512
+    t_index_list: list[int] = field(default_factory=lambda: [32, 45])
+    frame_buffer_size: int = 1
+    cfg_type: str = "self"
+    mode: str = "img2img"
+    acceleration: str = "none"
+    compile_mode: str = "default"  # torch.compile: default, or max-autotune (slower compile, maybe faster frames)
+    prompt: str = "a psychedelic neon landscape, highly detailed"
+    negative_prompt: str = ""
+    guidance_scale: float = 1.2
+    delta: float = 1.0
+    seed: int = 2
+    similarity_enabled: bool = False
+    similarity_threshold: float = 0.98
+    similarity_max_skip: int = 10
+    fit_input: bool = False  # accept frames of any size and cover-fit them on the device
+
+    def check(self) -> None:
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 64 <= value <= 4096 or value % VAE_FACTOR:
+                raise ConfigError(f"{name} must be a multiple of {VAE_FACTOR} in 64..4096, got {value!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}: allowed {', '.join(MODES)}")
+        if self.acceleration not in ACCELERATIONS:
+            raise ConfigError(f"unknown acceleration {self.acceleration!r}: allowed {', '.join(ACCELERATIONS)}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"unknown compile_mode {self.compile_mode!r}: allowed {', '.join(COMPILE_MODES)}")
+
+
+@dataclass
+class PipelineCounters:
+    frames_in: int = 0
+    frames_out: int = 0
+    skipped: int = 0
+
+    @property
+    def skip_ratio(self) -> float:
+        return self.skipped / self.frames_in if self.frames_in else 0.0
+
+
+def check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    return seed
+
+
+def seed_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The noise of one seed, from a CPU generator so every device draws the same numbers."""
+    check_seed(seed)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+
+
+# Every preset shape (size, steps, cfg, model) compiles the frame step once per FX mode, all on
+# one code object; dynamo's default limit of 8 would silently leave a show's 5th shape eager.
+COMPILED_VARIANTS = 64
+
+
+def allow_compiled_variants(count: int) -> None:
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, count)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * count)
+
+
+SEED_CACHE = 16  # seeds kept on the device: a seed crossfade reuses them every frame
+
+
+class StreamPipeline:
+    def __init__(self, parts: ModelParts, settings: StreamSettings, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, rng: random.Random | None = None):
+        settings.check()
+        self.parts, self.settings = parts, settings
+        self.device, self.dtype = torch.device(device), dtype
+        self.txt2img = settings.mode == "txt2img"
+        f, h, w = settings.frame_buffer_size, settings.height, settings.width
+        latent_shape = (parts.unet.config.in_channels, h // VAE_FACTOR, w // VAE_FACTOR)
+        if self.device.type == "cuda":
+            parts.unet.to(memory_format=torch.channels_last)
+        sdxl = parts.family is Family.SDXL
+        self.stream = StreamBatch(
+            self._unet_fn, parts.scheduler_config, settings.t_index_list, latent_shape,
+            frame_buffer_size=f, cfg_type=settings.cfg_type, txt2img=self.txt2img, device=self.device,
+            dtype=dtype, pooled=sdxl, time_ids=(h, w, 0, 0, h, w) if sdxl else None)
+        self.prompts = PromptEncoder(parts, self.device, dtype)
+        self.similarity = SimilarityFilter(settings.similarity_threshold, settings.similarity_max_skip, rng,
+                                           enabled=settings.similarity_enabled)
+        self.counters = PipelineCounters()
+        self.input_u8 = torch.zeros(f, h, w, 4, dtype=torch.uint8, device=self.device)
+        # Two output buffers, written in turn: the download of frame k (its own stream) reads
+        # one while frame k+1 is written into the other (see engine/accel/device_io.py).
+        self._outputs = [torch.full((f, h, w, 4), 255, dtype=torch.uint8, device=self.device) for _ in range(2)]
+        self._output_read: list[Any] = [None, None]  # per buffer: the event its last reader recorded
+        self._out_index = 0
+        self.output_u8 = self._outputs[0]
+        self.txt_noise = torch.zeros(f, *latent_shape, device=self.device, dtype=dtype)
+        self.fx = FxUniforms(self.device)
+        self.fx_last = torch.zeros(f, 3, h, w, device=self.device, dtype=dtype)  # last shown frame, post-FX
+        self._fx_on = False
+        self._txt_generator = torch.Generator(device=self.device)
+        self._vae_scale = float(getattr(parts.vae.config, "scaling_factor", 1.0) or 1.0)
+        self._vae_shift = float(getattr(parts.vae.config, "shift_factor", 0.0) or 0.0)
+        self._has_output = False
+        self._seed_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._staging: torch.Tensor | None = None  # raw input frames of another size, on the device
+        self._uploader = None
+        if self.device.type == "cuda":
+            from engine.accel.device_io import DeviceUpload
+
+            self._uploader = DeviceUpload(self.device)
+        self._trt = None
+        if settings.acceleration == "tensorrt":
+            from engine.accel.trt_engine import build_trt_components
+
+            self._trt = build_trt_components(parts, width=w, height=h, unet_batch=self.stream.unet_batch_size(),
+                                             frame_buffer_size=f, device=self.device, dtype=dtype,
+                                             txt2img=self.txt2img)
+            self.stream.unet_fn = self._trt.unet
+        self._step = self._frame_step
+        self.compile_error: str | None = None
+        if settings.acceleration == "compile":
+            allow_compiled_variants(COMPILED_VARIANTS)
+            self._step = self._compiled_or_eager(torch.compile(self._frame_step, dynamic=False, fullgraph=False,
+                                                               mode=COMPILE_MODES[settings.compile_mode]))
+        if self.device.type == "cuda" and settings.acceleration != "none":
+            self.use_graphs()
+        self.set_prompt(settings.prompt, settings.negative_prompt)
+        self.set_guidance(settings.guidance_scale, settings.delta)
+        self.set_seed(settings.seed)
+
+    def _compiled_or_eager(self, compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """The compiled step, or the eager one for good once compiling fails.
+
+        torch.compile compiles lazily, on the first frame: a machine without a working
+        Triton (common on Windows) or C++ compiler fails there, not at build time. The show
+        must go on, so the failure is logged once and the same step runs eagerly (the
+        failure happens before any of the step's state is written).
+        """
+        from torch._dynamo.exc import TorchDynamoException
+
+        def step(*args: Any) -> torch.Tensor:
+            if self.compile_error is None:
+                try:
+                    return compiled(*args)
+                except TorchDynamoException as exc:
+                    first = str(exc).strip().splitlines()
+                    self.compile_error = first[0] if first else type(exc).__name__
+                    log.warning("torch.compile failed (%s); running this pipeline eagerly (slower). On Windows, "
+                                "install Triton (pip install triton-windows) for compile on a GPU",
+                                self.compile_error)
+            return self._frame_step(*args)
+
+        return step
+
+    @property
+    def backend(self) -> str:
+        """What actually runs each frame, e.g. "compile + cuda graphs", "eager (compile failed)".
+
+        The preset asks for a backend; this says what it got after fallbacks, for the status
+        line and OSC feedback (a compile that failed on a Windows box shows here, not only
+        in a log line scrolled away)."""
+        if self._trt is not None:
+            name = "tensorrt"
+        elif self.settings.acceleration == "compile":
+            name = "eager (compile failed)" if self.compile_error else "compile"
+        else:
+            name = "eager"
+        graph_failure = getattr(self._step, "fallback_reason", None) or ""
+        if getattr(self._step, "captured", False):
+            name += " + cuda graphs"
+        elif graph_failure.startswith("capture failed"):
+            name += " (cuda graph capture failed)"
+        return name
+
+    def use_graphs(self, backend: CudaGraphs | None = None) -> GraphedStep:
+        """Replay the frame step from CUDA graphs (captured on the next frame): one launch per frame.
+
+        Live settings reach the graph because they are copied into the captured buffers;
+        the prompt buffers are watched because a new token width replaces them, and the
+        frames in flight are preserved across the capture's warm-up runs.
+        """
+        from engine.accel.cuda_graphs import CUDA_GRAPHS, GraphedStep
+
+        stream = self.stream
+        self._step = GraphedStep(self._step, [self.input_u8, self.txt_noise],
+                                 watch=lambda: (stream.cond, stream.uncond, stream.cond_pooled, stream.uncond_pooled),
+                                 preserve=lambda: (stream.x_buf, stream.anchor_buf, self.fx_last),
+                                 backend=backend or CUDA_GRAPHS)
+        return self._step
+
+    # ---- model calls ------------------------------------------------------------------------------
+
+    def _unet_fn(self, x, timesteps, hidden, pooled, time_ids):
+        added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
+        return self.parts.unet(x, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added,
+                               return_dict=False)[0]
+
+    def encode(self, img_pm1: torch.Tensor) -> torch.Tensor:
+        if self._trt is not None:
+            return (self._trt.vae_encoder(img_pm1) - self._vae_shift) * self._vae_scale
+        encoded = self.parts.vae.encode(img_pm1)
+        # AutoencoderTiny returns latents directly; AutoencoderKL a distribution (its mode is deterministic).
+        latents = encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mode()
+        return (latents - self._vae_shift) * self._vae_scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self._trt is not None:
+            return self._trt.vae_decoder(latents / self._vae_scale + self._vae_shift)
+        return self.parts.vae.decode(latents / self._vae_scale + self._vae_shift, return_dict=False)[0]
+
+    @torch.no_grad()
+    def _frame_step(self, input_u8: torch.Tensor, txt_noise: torch.Tensor, fx: bool = False) -> torch.Tensor:
+        if self.txt2img:
+            x_in = txt_noise
+        else:
+            img = rgba_u8_to_img_pm1(input_u8, self.dtype)
+            x_in = self.encode(feedback_mix(img, self.fx_last, self.fx.feedback) if fx else img)
+        out = self.decode(self.stream.step(x_in))
+        if fx:
+            out = post_fx(out, self.fx_last, self.fx)
+            self.fx_last.copy_(out)
+        return img_pm1_to_rgb_u8(out)
+
+    # ---- live settings ----------------------------------------------------------------------------
+
+    def set_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
+        self.set_prompt_blend([(prompt, 1.0)], negative_prompt=negative_prompt)
+
+    def set_prompt_blend(self, prompts: list[tuple[str, float]], method: str = "linear",
+                         negative_prompt: str | None = None) -> None:
+        """Weighted prompt mix; only texts not in the cache are encoded. Applies on the next frame."""
+        if negative_prompt is not None:
+            self.settings.negative_prompt = negative_prompt
+        cond = self.prompts.blend(prompts, method)
+        uncond = self.prompts.encode(self.settings.negative_prompt)
+        self.stream.set_conditioning(cond.hidden, uncond.hidden, cond.pooled, uncond.pooled)
+
+    def set_seed(self, seed: int) -> None:
+        self.set_seed_blend([(seed, 1.0)])
+
+    def set_seed_blend(self, seeds: list[tuple[int, float]]) -> None:
+        """Noise from one seed or a slerp of several; each seed is drawn once and kept on the device,
+        so a crossfade that changes the weights every frame costs no draw and no host copy."""
+        noises = []
+        for seed, _ in seeds:
+            check_seed(seed)  # before the cache: True == 1 as a dict key would slip through
+            noise = self._seed_cache.pop(seed, None)
+            if noise is None:
+                noise = seed_noise(seed, tuple(self.stream.noise.shape)).to(self.device, self.dtype)
+            self._seed_cache[seed] = noise  # most recent last
+            noises.append(noise)
+        while len(self._seed_cache) > SEED_CACHE:
+            self._seed_cache.popitem(last=False)
+        mixed = noises[0] if len(noises) == 1 else blend(noises, [w for _, w in seeds], "slerp")
+        self.stream.set_noise(mixed)
+        self._txt_generator.manual_seed(seeds[0][0])
+
+    def set_guidance(self, guidance_scale: float, delta: float | None = None) -> None:
+        for name, value, low, high in (("guidance_scale", guidance_scale, 0.0, 50.0),
+                                       ("delta", self.settings.delta if delta is None else delta, 0.0, 10.0)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a number in {low}..{high}, got {value!r}")
+        self.settings.guidance_scale = float(guidance_scale)
+        self.settings.delta = float(self.settings.delta if delta is None else delta)
+        self.stream.set_guidance(self.settings.guidance_scale, self.settings.delta)
+
+    def set_t_index_list(self, t_index_list: list[int]) -> None:
+        self.stream.set_t_index_list(t_index_list)
+        self.settings.t_index_list = list(t_index_list)
+
+    def set_similarity(self, enabled: bool, threshold: float, max_skip: int) -> None:
+        self.similarity.configure(threshold, max_skip)
+        if enabled and not self.similarity.enabled:
+            self.similarity.reset()  # its reference frame is stale after a pause
+        self.similarity.enabled = bool(enabled)
+
+    def warm_up(self) -> float:
+        """Run the frame step now, with and without FX, on a black frame; returns the seconds taken.
+
+        torch.compile compiles, CUDA graphs capture and libraries do their lazy setup
+        (cuDNN algorithm search, TensorRT contexts) on a step's first run. Done here, on the
+        thread that builds the pipeline, the render thread never freezes for them: not on
+        the first frame after a preset switch, nor when a VJ first turns an FX knob. The
+        pipeline then forgets these frames: frames in flight, FX history, counters.
+        Runs in the same grad mode as `__call__`: torch.compile guards on it, and a
+        mismatch would recompile on air.
+        """
+        started = time.monotonic()
+        if self.settings.acceleration == "compile":
+            log.info("warming up: torch.compile compiles the frame step now (minutes on a first run)")
+        if not self.txt2img:
+            self._upload(torch.zeros(self.input_u8.shape, dtype=torch.uint8))  # through the upload path
+        for fx in (False, True):
+            self.stream.advance(self._step, self.input_u8, self.txt_noise, fx)
+        self.stream.reset()
+        self.stream.unet_calls = 0
+        self.fx_last.zero_()
+        self.similarity.reset()
+        self._fx_on = self._has_output = False
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # build thread only: ready means ready
+        return time.monotonic() - started
+
+    def reset(self) -> None:
+        """Drop frames in flight and the filter's reference; the next frame re-primes the batch."""
+        self.stream.reset()
+        self.similarity.reset()
+        self._fx_on = False
+
+    # ---- per frame --------------------------------------------------------------------------------
+
+    def _similarity_sample(self, frames: torch.Tensor) -> torch.Tensor:
+        # Every 8th pixel of RGB: enough to tell a static scene, cheap on the host before upload.
+        return frames[:, ::8, ::8, :3]
+
+    def __call__(self, frame: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+        """One frame (H,W,4) or F frames (F,H,W,4) of rgba_u8 -> the output rgba_u8, same layout.
+
+        The returned tensor is one of this pipeline's two output buffers, used in turn: copy
+        (or send) it before the next call but one. txt2img takes no input.
+        """
+        s = self.settings
+        self.counters.frames_in += 1
+        if self.txt2img:
+            torch.randn(self.txt_noise.shape, generator=self._txt_generator, out=self.txt_noise)
+        else:
+            if frame is None:
+                raise ConfigError("img2img needs an input frame")
+            frames = as_frame_batch(frame, s.frame_buffer_size, s.height, s.width, any_size=s.fit_input)
+            if self.similarity.enabled and self.similarity.should_skip(self._similarity_sample(frames)) \
+                    and self._has_output:
+                self.counters.skipped += 1
+                return self._result(frame)
+            self._upload(frames)
+        # FX run only when some uniform is off neutral (decided on the host from Python floats).
+        fx = not self.fx.is_identity()
+        if fx and not self._fx_on:
+            # Seed the feedback history from what is on screen, never from black.
+            seed = self.output_u8 if self._has_output else self.input_u8
+            self.fx_last.copy_(rgba_u8_to_img_pm1(seed, self.dtype))
+        self._fx_on = fx
+        rgb = self.stream.advance(self._step, self.input_u8, self.txt_noise, fx)
+        i = 1 - self._out_index
+        read, self._output_read[i] = self._output_read[i], None
+        if read is not None and self.device.type == "cuda":
+            # The download of the frame two calls back must have read this buffer first.
+            torch.cuda.current_stream(self.device).wait_event(read)
+        self._outputs[i][..., :3].copy_(rgb)
+        self._out_index, self.output_u8 = i, self._outputs[i]
+        self._has_output = True
+        self.counters.frames_out += 1
+        return self._result(frame)
+
+    def output_read(self, output: torch.Tensor, event: Any) -> bool:
+        """A reader on another CUDA stream (the runtime's download) is reading `output`, one of
+        this pipeline's results, until `event`: the buffer is not rewritten before it.
+        False if `output` is not this pipeline's (the caller must then order the reuse itself)."""
+        ptr = output.untyped_storage().data_ptr()
+        for i, buffer in enumerate(self._outputs):
+            if buffer.untyped_storage().data_ptr() == ptr:
+                self._output_read[i] = event
+                return True
+        return False
+
+    def _upload(self, frames: torch.Tensor) -> None:
+        """Host (or device) frames into `input_u8`; other sizes are uploaded raw and fitted on the device."""
+        if self._uploader is not None and frames.device.type == "cpu":
+            # CUDA: the copy runs on the upload stream, overlapping the previous frame's compute.
+            if frames.shape == self.input_u8.shape:
+                self._uploader.upload(frames, self.input_u8.copy_)
+            else:
+                self._uploader.upload(frames, lambda staged: fit_into(staged, self.input_u8))
+            return
+        if frames.shape == self.input_u8.shape:
+            self.input_u8.copy_(frames, non_blocking=True)
+            return
+        if self._staging is None or self._staging.shape != frames.shape:
+            self._staging = torch.empty(frames.shape, dtype=torch.uint8, device=self.device)  # on size change only
+        self._staging.copy_(frames, non_blocking=True)
+        fit_into(self._staging, self.input_u8)
+
+    def _result(self, frame: np.ndarray | torch.Tensor | None) -> torch.Tensor:
+        single = frame is None and self.settings.frame_buffer_size == 1 or frame is not None and frame.ndim == 3
+        return self.output_u8[0] if single else self.output_u8

@@ -1,0 +1,1 @@
+"""Live control: parameter store, smoothing, tempo, the per-frame applier, the show (preset switching)."""

@@ -1,0 +1,228 @@
+"""Loading a model's parts from `tiny`, a local diffusers folder, a single file or the hub.
+
+Whatever the source, the result is a `ModelParts`: UNet, VAE, text encoder(s),
+tokenizer(s), the scheduler config and the family. The pipeline never sees where they
+came from. Failures become one-line `ModelLoadError`s naming the model and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.errors import ModelLoadError
+from engine.models.family import Family, detect_family, parse_family
+from engine.models.random_weights import RANDOM_MODELS
+from engine.models.tiny import build_tiny_components
+
+log = logging.getLogger("streamvj.models")
+
+TINY_NAMES = {"tiny": Family.SD15, "tiny-sdxl": Family.SDXL}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Only these classes may be instantiated from a folder's model_index.json / config.json.
+_ALLOWED_CLASSES = {
+    "UNet2DConditionModel": "diffusers",
+    "AutoencoderKL": "diffusers",
+    "AutoencoderTiny": "diffusers",
+    "CLIPTextModel": "transformers",
+    "CLIPTextModelWithProjection": "transformers",
+    "CLIPTokenizer": "transformers",
+    "CLIPTokenizerFast": "transformers",
+}
+_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+_HUB_FOLDERS = ("scheduler", "unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".onnx_data", ".msgpack", ".h5")
+
+
+@dataclass
+class ModelParts:
+    family: Family
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler_config: dict
+    text_encoder_2: torch.nn.Module | None = None
+    tokenizer_2: object | None = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        found = {name: getattr(self, name) for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
+        return {name: m for name, m in found.items() if m is not None}
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> ModelParts:
+        for module in self.modules().values():
+            current = next(module.parameters())
+            if current.dtype != dtype or current.device != torch.device(device):
+                module.to(device=device, dtype=dtype)
+            module.eval().requires_grad_(False)
+        return self
+
+
+def _class_for(name: str):
+    library = _ALLOWED_CLASSES.get(name)
+    if library is None:
+        allowed = ", ".join(sorted(_ALLOWED_CLASSES))
+        raise ModelLoadError(f"component class {name!r} is not supported by streamvj (allowed: {allowed})")
+    module = __import__(library, fromlist=[name])
+    return getattr(module, name)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from None
+
+
+def _variant(folder: Path) -> str | None:
+    """"fp16" when a folder holds only fp16-variant weights (what `pick_hub_files` fetches for fp16)."""
+    weights = list(folder.glob("*.safetensors"))
+    return "fp16" if weights and all(".fp16." in w.name for w in weights) else None
+
+
+def load_vae(spec: str, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A VAE from a folder (its config.json names the class) or a hub id (e.g. madebyollin/taesd)."""
+    folder = _resolve_folder(spec, fp16=dtype == torch.float16)
+    config = _read_json(folder / "config.json")
+    cls = _class_for(config.get("_class_name", "AutoencoderKL"))
+    try:
+        return cls.from_pretrained(str(folder), torch_dtype=dtype, variant=_variant(folder))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load VAE from {spec!r}: {exc}") from None
+
+
+def load_folder(folder: Path, family: Family | None = None, dtype: torch.dtype | None = None) -> ModelParts:
+    """A diffusers pipeline folder (model_index.json + one subfolder per component)."""
+    index = _read_json(folder / "model_index.json")
+    parts: dict = {}
+    for name in _COMPONENTS:
+        entry = index.get(name)
+        if not entry or entry[1] is None:
+            continue
+        cls = _class_for(entry[1])
+        kwargs = {} if "Tokenizer" in entry[1] else {"torch_dtype": dtype, "variant": _variant(folder / name)}
+        try:
+            parts[name] = cls.from_pretrained(str(folder / name), **kwargs)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"cannot load {name} from {folder}: {exc}") from None
+    missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer") if n not in parts]
+    if missing:
+        raise ModelLoadError(f"{folder} is missing {', '.join(missing)}: it is not a Stable Diffusion pipeline folder")
+    scheduler_path = folder / "scheduler" / "scheduler_config.json"
+    scheduler_config = _read_json(scheduler_path) if scheduler_path.exists() else {}
+    detected = detect_family(dict(parts["unet"].config), index.get("_class_name"))
+    return ModelParts(family=family or detected, scheduler_config=scheduler_config, source=str(folder), **parts)
+
+
+def save_folder(parts: ModelParts, folder: Path) -> None:
+    """Write `parts` as a diffusers pipeline folder that `load_folder` (and diffusers) can read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline = "StableDiffusionXLPipeline" if parts.family is Family.SDXL else "StableDiffusionPipeline"
+    index: dict = {"_class_name": pipeline, "scheduler": ["diffusers", "LCMScheduler"]}
+    for name in _COMPONENTS:
+        component = getattr(parts, name)
+        if component is None:
+            continue
+        cls_name = type(component).__name__
+        index[name] = [_ALLOWED_CLASSES[cls_name], cls_name]
+        component.save_pretrained(str(folder / name))
+    (folder / "scheduler").mkdir(exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(parts.scheduler_config, indent=2))
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def _resolve_folder(spec: str, fp16: bool = False) -> Path:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec):
+        raise ModelLoadError(f"model path {spec!r} does not exist (give a diffusers folder, a .safetensors file, "
+                             f"a Hugging Face id like stabilityai/sd-turbo, 'tiny' or 'sd-turbo-random')")
+    return _download(spec, fp16)
+
+
+def _variant_of(path: str) -> tuple[str, str]:
+    """("unet/diffusion_pytorch_model", "fp16") for unet/diffusion_pytorch_model.fp16.safetensors."""
+    folder, _, name = path.rpartition("/")
+    parts = name[: -len(".safetensors")].split(".")
+    base, variant = (".".join(parts[:-1]), parts[-1]) if len(parts) > 1 else (parts[0], "")
+    return f"{folder}/{base}" if folder else base, variant
+
+
+def pick_hub_files(files: list[str], fp16: bool) -> list[str]:
+    """The files a pipeline (or a lone VAE repo) needs: configs, tokenizers, one safetensors per weight.
+
+    Hub repos often carry .bin, .ckpt, EMA variants and whole-pipeline single files beside the
+    per-component safetensors (several GB each); only one copy of each weight is fetched: the
+    fp16 variant when asked for and present, else the plain one.
+    """
+    root_files = {"model_index.json", "config.json"}
+    needed = [f for f in files if f in root_files or "/" in f and f.split("/", 1)[0] in _HUB_FOLDERS
+              or "/" not in f and f.startswith("diffusion_pytorch_model.") and f.endswith(".safetensors")]
+    chosen = [f for f in needed if not f.endswith(_WEIGHT_SUFFIXES)]
+    versions: dict[str, dict[str, str]] = {}
+    for f in needed:
+        if f.endswith(".safetensors"):
+            base, variant = _variant_of(f)
+            versions.setdefault(base, {})[variant] = f
+    for by_variant in versions.values():
+        preferred = ("fp16", "") if fp16 else ("", "fp16")
+        pick = next((by_variant[v] for v in preferred if v in by_variant), None)
+        chosen.append(pick or sorted(by_variant.values())[0])
+    return sorted(chosen)
+
+
+def _download(repo_id: str, fp16: bool) -> Path:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        # A model cached by an earlier run loads with no network at all (a venue without internet).
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as exc:  # not cached (the hub raises several types for that)
+        log.debug("%s is not in the local cache: %s", repo_id, exc)
+    log.info("fetching %s from the Hugging Face hub (cached after the first time)", repo_id)
+    try:
+        files = pick_hub_files(HfApi().list_repo_files(repo_id), fp16)
+        return Path(snapshot_download(repo_id, allow_patterns=files))
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"model {repo_id!r} was not found on the Hugging Face hub "
+                             f"(check the id, or log in with `hf auth login` for gated models)") from None
+    except Exception as exc:  # network stacks raise many types; all mean "not reachable now"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"cannot download model {repo_id!r} ({reason}); connect to the internet once "
+                             f"to cache it, or pass a local diffusers folder, or use --model tiny") from None
+
+
+def load_model(spec: str, family: str | Family | None = None, vae: str | None = None,
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> ModelParts:
+    """Load `spec` onto `device`: "tiny", "tiny-sdxl", "sd-turbo-random" (built in code, offline),
+    a diffusers folder, a .safetensors file or a Hugging Face id."""
+    wanted = parse_family(family)
+    if spec in TINY_NAMES:
+        built_family = TINY_NAMES[spec]
+        if wanted is not None and wanted is not built_family:
+            raise ModelLoadError(f"model {spec!r} is {built_family.value}-shaped; family {wanted.value} was asked for")
+        components = build_tiny_components(built_family)
+        parts = ModelParts(family=built_family, source=spec, **components)
+    elif spec in RANDOM_MODELS:
+        built_family, build = RANDOM_MODELS[spec]
+        if wanted is not None and wanted is not built_family:
+            raise ModelLoadError(f"model {spec!r} is {built_family.value}-shaped; family {wanted.value} was asked for")
+        parts = ModelParts(family=built_family, source=spec, **build(device))
+    elif spec.endswith(".safetensors"):
+        from engine.models.single_file import load_single_file
+
+        parts = load_single_file(Path(spec).expanduser(), family=wanted, dtype=dtype)
+    else:
+        parts = load_folder(_resolve_folder(spec, fp16=dtype == torch.float16), family=wanted, dtype=dtype)
+    if vae:
+        parts.vae = load_vae(vae, dtype=dtype)
+    return parts.to(device, dtype)

@@ -1,0 +1,356 @@
+"""SpoutSource/SpoutSink against a fake SpoutGL + OpenGL.GL injected at the import boundary.
+
+The fake mimics the SDK behaviour the bridge relies on: the call that connects (or sees a
+new size) reports isUpdated() and copies nothing; pixels arrive in the requested GL order
+only when it matches the sender's texture format (a mismatch hands over native bytes, the
+red/blue-swap bug); a receiver that knew a sender stays stuck after that sender restarts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+import types
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from bridges.video.spout import SpoutSink, SpoutSource
+from engine.errors import BridgeUnavailable, FrameError
+from engine.realtime.frames import FrameSink, FrameSource
+
+GL_RGBA = 0x1908
+GL_BGRA = 0x80E1
+_instance_ids = itertools.count(1)
+
+
+class FakeSender:
+    def __init__(self, width: int, height: int, fmt: int = 28) -> None:
+        self.instance = next(_instance_ids)
+        self.fmt = fmt
+        self.count = 0
+        self.pixels = np.zeros((height, width, 4), dtype=np.uint8)
+
+    def publish(self, seed: int) -> np.ndarray:
+        h, w = self.pixels.shape[:2]
+        rng = np.random.default_rng(seed)
+        self.pixels = rng.integers(0, 256, size=(h, w, 4), dtype=np.uint8)
+        self.count += 1
+        return self.pixels.copy()
+
+    def resize(self, width: int, height: int) -> None:
+        self.pixels = np.zeros((height, width, 4), dtype=np.uint8)
+
+
+class World:
+    def __init__(self) -> None:
+        self.senders: dict[str, FakeSender] = {}
+        self.receivers: list[FakeReceiver] = []
+        self.spout_senders: list[FakeSpoutSender] = []
+        self.send_ok = True
+
+
+class FakeReceiver:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        world.receivers.append(self)
+        self.name = ""
+        self.bound: int | None = None
+        self.size = (0, 0)
+        self.fmt = 0
+        self.updated = False
+        self.connected = False
+        self.new = False
+        self.last_count = -1
+        self.requested: list[int] = []
+        self.released = False
+        self.gl_open = False
+
+    def createOpenGL(self) -> bool:
+        self.gl_open = True
+        return True
+
+    def closeOpenGL(self) -> bool:
+        self.gl_open = False
+        return True
+
+    def setReceiverName(self, name: str) -> None:
+        self.name = name
+
+    def releaseReceiver(self) -> None:
+        self.released = True
+
+    def _sender(self) -> tuple[str, FakeSender] | None:
+        if self.name:
+            sender = self.world.senders.get(self.name)
+            return (self.name, sender) if sender else None
+        return next(iter(self.world.senders.items()), None)
+
+    def receiveImage(self, buf: np.ndarray | None, gl_format: int, invert: bool, fbo: int) -> bool:
+        assert invert is False and fbo == 0
+        self.requested.append(gl_format)
+        found = self._sender()
+        if found is None or (self.bound is not None and found[1].instance != self.bound):
+            self.connected = False  # gone, or restarted: this receiver is stuck
+            return False
+        _, sender = found
+        self.connected = True
+        h, w = sender.pixels.shape[:2]
+        if self.bound is None or (w, h) != self.size or sender.fmt != self.fmt:
+            self.bound, self.size, self.fmt = sender.instance, (w, h), sender.fmt
+            self.updated = True
+            return True
+        if buf is None:
+            return True
+        assert buf.shape == (h, w, 4) and buf.flags.c_contiguous
+        native_bgra = sender.fmt == 87
+        wants_bgra = gl_format == GL_BGRA
+        data = sender.pixels[..., [2, 1, 0, 3]] if (native_bgra or wants_bgra) else sender.pixels
+        buf[...] = data
+        self.new = sender.count != self.last_count
+        self.last_count = sender.count
+        return True
+
+    def isUpdated(self) -> bool:
+        updated, self.updated = self.updated, False
+        return updated
+
+    def isConnected(self) -> bool:
+        return self.connected
+
+    def isFrameNew(self) -> bool:
+        return self.new
+
+    def getSenderWidth(self) -> int:
+        return self.size[0]
+
+    def getSenderHeight(self) -> int:
+        return self.size[1]
+
+    def getSenderFormat(self) -> int:
+        return self.fmt
+
+    def getSenderName(self) -> int:
+        return self.size[0]  # the real binding's bug: this returns the width
+
+    def getActiveSender(self) -> str:
+        return next(iter(self.world.senders), "")
+
+
+class FakeSpoutSender:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        world.spout_senders.append(self)
+        self.name = ""
+        self.sent: list[tuple[np.ndarray, int, int, int, bool, int]] = []
+        self.syncs: list[str] = []
+        self.released = False
+
+    def createOpenGL(self) -> bool:
+        return True
+
+    def closeOpenGL(self) -> bool:
+        return True
+
+    def setSenderName(self, name: str) -> None:
+        self.name = name
+
+    def sendImage(
+        self, buf: np.ndarray, width: int, height: int, gl_format: int, invert: bool, fbo: int
+    ) -> bool:
+        assert buf.flags.c_contiguous and buf.nbytes >= width * height * 4
+        self.sent.append((buf.copy(), width, height, gl_format, invert, fbo))
+        return self.world.send_ok
+
+    def setFrameSync(self, name: str) -> None:
+        self.syncs.append(name)
+
+    def releaseSender(self) -> None:
+        self.released = True
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 50.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> World:
+    w = World()
+    spoutgl = types.ModuleType("SpoutGL")
+    spoutgl.SpoutReceiver = lambda: FakeReceiver(w)  # type: ignore[attr-defined]
+    spoutgl.SpoutSender = lambda: FakeSpoutSender(w)  # type: ignore[attr-defined]
+    opengl = types.ModuleType("OpenGL")
+    gl = types.ModuleType("OpenGL.GL")
+    gl.GL_RGBA = GL_RGBA  # type: ignore[attr-defined]
+    gl.GL_BGRA = GL_BGRA  # type: ignore[attr-defined]
+    opengl.GL = gl  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "SpoutGL", spoutgl)
+    monkeypatch.setitem(sys.modules, "OpenGL", opengl)
+    monkeypatch.setitem(sys.modules, "OpenGL.GL", gl)
+    return w
+
+
+def test_unavailable_without_spoutgl(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "SpoutGL", None)
+    for cls in (SpoutSource, SpoutSink):
+        ok, message = cls.is_available()
+        assert not ok and "pip install 'streamvj[spout]'" in message and "\n" not in message
+        with pytest.raises(BridgeUnavailable, match="spout"):
+            cls().open()
+
+
+def test_source_lifecycle(
+    world: World, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="streamvj.spout")
+    clock = FakeClock()
+    src = SpoutSource("TDOut", retry_s=1.0, stale_s=100.0, clock=clock)
+    assert isinstance(src, FrameSource)
+    src.open()
+    assert world.receivers == []  # created on the polling thread, at the first read
+
+    # No sender yet.
+    assert src.read_latest() is None
+    assert world.receivers[0].gl_open and world.receivers[0].name == "TDOut"
+    assert logged("waiting for Spout sender 'TDOut'")
+
+    # Sender appears: the update call returns nothing, the next call the frame.
+    sender = FakeSender(4, 2)
+    world.senders["TDOut"] = sender
+    expected = sender.publish(1)
+    assert src.read_latest() is None
+    a = src.read_latest()
+    assert a is not None and a.shape == (2, 4, 4) and np.array_equal(a, expected)
+    assert src.read_latest() is None  # nothing new
+
+    # Next frame lands in the other buffer; the first stays intact.
+    expected_b = sender.publish(2)
+    b = src.read_latest()
+    assert b is not a and np.array_equal(b, expected_b) and np.array_equal(a, expected)
+
+    # Size change: reallocate to the sender's size.
+    sender.resize(6, 3)
+    expected_c = sender.publish(3)
+    assert src.read_latest() is None
+    c = src.read_latest()
+    assert c.shape == (3, 6, 4) and np.array_equal(c, expected_c)
+    assert len(world.receivers) == 1
+
+    # Sender vanishes: None, and one warning however long it stays away.
+    del world.senders["TDOut"]
+    for _ in range(5):
+        assert src.read_latest() is None
+        clock.t += 0.6
+    assert len(logged("Spout sender 'TDOut' vanished")) == 1
+    assert world.receivers[0].released and not world.receivers[0].gl_open
+
+    # It restarts as BGRA: a fresh receiver connects, asks for BGRA and swaps once.
+    restarted = FakeSender(5, 2, fmt=87)
+    world.senders["TDOut"] = restarted
+    expected_d = restarted.publish(4)
+    assert src.read_latest() is None
+    d = src.read_latest()
+    assert d is not None and np.array_equal(d, expected_d)
+    assert world.receivers[-1].requested[-1] == GL_BGRA
+    assert len(world.receivers) == 2
+    assert logged("Spout sender 'TDOut' is back")
+    assert logged("BGRA, swapped to RGBA")
+    assert len(logged("vanished")) == 1
+    src.close()
+    assert world.receivers[-1].released
+
+
+def test_source_recreates_a_receiver_that_went_stale(
+    world: World, logged: Callable[[str], list[str]]
+) -> None:
+    clock = FakeClock()
+    sender = FakeSender(2, 2)
+    world.senders["A"] = sender
+    sender.publish(1)
+    src = SpoutSource("A", stale_s=5.0, clock=clock)
+    src.open()
+    src.read_latest()
+    assert src.read_latest() is not None
+    for _ in range(3):
+        clock.t += 2.0
+        assert src.read_latest() is None
+    assert world.receivers[0].released  # quietly released after 5 s without a new frame
+    assert not logged("vanished")
+    expected = sender.publish(2)
+    assert src.read_latest() is None  # a fresh receiver's update call
+    assert len(world.receivers) == 2
+    assert np.array_equal(src.read_latest(), expected)
+
+
+def test_source_without_name_uses_active_sender(
+    world: World, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
+) -> None:
+    caplog.set_level(logging.INFO, logger="streamvj.spout")
+    world.senders["Resolume Out"] = FakeSender(3, 3)
+    world.senders["Resolume Out"].publish(7)
+    src = SpoutSource("", clock=FakeClock())
+    src.open()
+    src.read_latest()
+    assert src.read_latest() is not None
+    assert world.receivers[0].name == ""
+    assert logged("Spout sender 'Resolume Out' is 3x3")
+
+
+def test_sink_sends_rgba_and_frame_sync(world: World) -> None:
+    sink = SpoutSink("streamvj-out", clock=FakeClock())
+    assert isinstance(sink, FrameSink)
+    sink.open()
+    frame = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    sink.send(frame)
+    sink.send(np.zeros((5, 7, 4), dtype=np.uint8))
+    spout = world.spout_senders[0]
+    assert spout.name == "streamvj-out"
+    buf, w, h, fmt, invert, fbo = spout.sent[0]
+    assert np.array_equal(buf, frame) and (w, h, fmt, invert, fbo) == (3, 2, GL_RGBA, False, 0)
+    assert spout.sent[1][1:3] == (7, 5)
+    assert spout.syncs == ["streamvj-out", "streamvj-out"]
+    with pytest.raises(FrameError):
+        sink.send(np.zeros((2, 3, 4), dtype=np.float32))
+    sink.close()
+    assert spout.released
+
+
+def test_sink_failure_is_logged_once_and_recreated(
+    world: World, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
+) -> None:
+    caplog.set_level(logging.INFO, logger="streamvj.spout")
+    clock = FakeClock()
+    sink = SpoutSink("out", retry_s=1.0, clock=clock)
+    sink.open()
+    frame = np.zeros((2, 2, 4), dtype=np.uint8)
+    world.send_ok = False
+    for _ in range(4):
+        sink.send(frame)
+        clock.t += 0.4
+    assert len(logged("could not send")) == 1
+    assert world.spout_senders[0].released
+    failed_senders = len(world.spout_senders)
+    assert 1 < failed_senders <= 3  # recreated at most once per retry_s
+    world.send_ok = True
+    clock.t += 1.0
+    sink.send(frame)
+    assert logged("sending again")
+
+
+@pytest.mark.windows
+@pytest.mark.skipif(sys.platform != "win32", reason="Spout is Windows-only")
+def test_real_spout_loopback(assert_loopback: Callable[..., None]) -> None:
+    pytest.importorskip("SpoutGL")
+    sink = SpoutSink("streamvj-test-loopback")
+    src = SpoutSource("streamvj-test-loopback")
+    sink.open()
+    src.open()
+    frame = np.zeros((64, 96, 4), dtype=np.uint8)
+    frame[..., 0], frame[..., 3] = 200, 255
+    assert_loopback(sink, src, frame, tries=200)

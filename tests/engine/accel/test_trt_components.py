@@ -1,0 +1,117 @@
+"""TensorRT components with the fake TensorRT: export -> build -> cache -> load, and fallbacks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine.accel.trt_engine as trt_engine
+from engine.accel.onnx_export import OnnxExportError, OnnxGraph, TensorSpec, unet_input_specs
+from engine.accel.trt_cache import TrtCache
+from engine.accel.trt_engine import TrtBuildError, build_trt_components, select_backend
+from tests.engine.accel.fake_tensorrt import write_graph
+
+# ---- components: export -> build -> cache -> load, with the fake TensorRT -----------------------------
+
+
+@pytest.fixture
+def fake_exports(monkeypatch):
+    """Export stand-ins writing fake ONNX files with the real input specs; records what was exported."""
+    exported = []
+
+    def dump(specs: dict[str, TensorSpec]):
+        return [[n, list(s.shape), str(s.dtype).removeprefix("torch.")] for n, s in specs.items()]
+
+    def export_unet(unet, path, batch, height, width, tokens):
+        specs = unet_input_specs(unet, batch, height, width, tokens)
+        exported.append("unet")
+        out = {"noise_pred": specs["sample"]}
+        write_graph(Path(path), dump(specs), dump(out))
+        return OnnxGraph(Path(path), "unet", specs, out)
+
+    def export_vae(component, in_name, out_name, in_shape, out_shape):
+        def export(vae, path, batch, height, width):
+            exported.append(component)
+            specs = {in_name: TensorSpec((batch, *in_shape(height, width)), torch.float32)}
+            out = {out_name: TensorSpec((batch, *out_shape(height, width)), torch.float32)}
+            write_graph(Path(path), dump(specs), dump(out))
+            return OnnxGraph(Path(path), component, specs, out)
+        return export
+
+    def latent(h, w):
+        return (4, h // 8, w // 8)
+
+    def image(h, w):
+        return (3, h, w)
+
+    monkeypatch.setattr(trt_engine, "export_unet", export_unet)
+    monkeypatch.setattr(trt_engine, "export_vae_decoder",
+                        export_vae("vae_decoder", "latents", "images", latent, image))
+    monkeypatch.setattr(trt_engine, "export_vae_encoder",
+                        export_vae("vae_encoder", "images", "latents", image, latent))
+    return exported
+
+
+def components(parts, cache, **kwargs):
+    return build_trt_components(parts, width=64, height=64, unet_batch=2, frame_buffer_size=1, device="cuda",
+                                dtype=torch.float32, cache=cache, **kwargs)
+
+
+def test_components_build_once_then_load_from_the_cache(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path,
+                                                       caplog):
+    cache = TrtCache(tmp_path / "trt")
+    built = components(tiny_parts, cache)
+    assert fake_exports == ["unet", "vae_decoder", "vae_encoder"] and fake_trt.build_count == 3
+    assert len(cache.entries()) == 3
+    assert not any(p.name.startswith(".onnx-") for p in cache.root.iterdir())  # the ONNX temp dirs are gone
+    assert built.unet.engine.inputs == ["sample", "timestep", "encoder_hidden_states"]
+    assert built.vae_decoder.buffers["images"].shape == (1, 3, 64, 64)
+    assert built.vae_encoder.buffers["latents"].shape == (1, 4, 8, 8)
+    fake_trt.on_execute = lambda: built.unet.engine.buffers["noise_pred"].copy_(built.unet.engine.buffers["sample"])
+    x = torch.randn(built.unet.engine.buffers["sample"].shape)
+    torch.testing.assert_close(built.unet(x, torch.tensor([999, 400]), torch.randn(
+        built.unet.engine.buffers["encoder_hidden_states"].shape)), x)
+
+    with caplog.at_level(logging.INFO, logger="streamvj.trt_engine"):
+        again = components(tiny_parts, cache)
+    assert fake_exports == ["unet", "vae_decoder", "vae_encoder"] and fake_trt.build_count == 3  # nothing rebuilt
+    assert caplog.text.count("loaded from") == 3 and "not cached" not in caplog.text
+    assert again.vae_decoder.outputs == ["images"]
+
+
+def test_txt2img_components_have_no_encoder(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path):
+    built = components(tiny_parts, TrtCache(tmp_path), txt2img=True)
+    assert built.vae_encoder is None and fake_exports == ["unet", "vae_decoder"]
+
+
+def test_engine_that_cannot_be_cached_still_runs(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path,
+                                                 monkeypatch, caplog):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TrtCache, "store", disk_full)
+    with caplog.at_level(logging.WARNING, logger="streamvj.trt_engine"):
+        built = components(tiny_parts, TrtCache(tmp_path), txt2img=True)
+    assert built.unet.engine.outputs == ["noise_pred"]
+    assert caplog.text.count("could not be cached") == 2 and "No space left" in caplog.text
+
+
+def test_export_failure_is_a_build_error(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path, monkeypatch):
+    def broken_export(*args, **kwargs):
+        raise OnnxExportError("ONNX export of unet failed: unsupported op")
+
+    monkeypatch.setattr(trt_engine, "export_unet", broken_export)
+    with pytest.raises(TrtBuildError, match="unsupported op"):
+        components(tiny_parts, TrtCache(tmp_path))
+    assert fake_trt.build_count == 0
+
+
+def test_failed_build_falls_back_with_the_reason(tiny_parts, fake_trt, fake_cuda, fake_exports, cuda_visible,
+                                                 tmp_path):
+    fake_trt.fail_build = True
+    backend, reason = select_backend("tensorrt", "cuda", build=lambda: components(tiny_parts, TrtCache(tmp_path)))
+    assert backend == "compile" and "could not build unet.onnx" in reason
+    assert TrtCache(tmp_path).entries() == []  # nothing half-built is cached

@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.config.presets import (
+    LIVE_SPECS,
+    SMOOTHABLE,
+    LiveParams,
+    Preset,
+    diff_load_time,
+    list_presets,
+    load_preset,
+    parse_preset,
+    resolve_preset,
+)
+from engine.errors import ConfigError
+from tests.paths import PRESETS
+
+MINIMAL = "name: t\nload:\n  model: tiny\n"
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse_preset(text, "looks/t.yaml")
+    return str(exc.value)
+
+
+@pytest.mark.parametrize("path", sorted(PRESETS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_preset_validates(path: Path) -> None:
+    preset = load_preset(path)
+    assert preset.description, "each shipped preset says what it looks like and needs"
+    assert path.stem == preset.name
+
+
+def test_shipped_presets_cover_the_catalogue() -> None:
+    assert {"tiny", "sd-turbo", "sdxl-turbo", "sd15-lcm", "txt2img"} <= set(list_presets(PRESETS))
+    assert load_preset(PRESETS / "tiny.yaml").load.model == "tiny"
+    assert load_preset(PRESETS / "txt2img.yaml").load.mode == "txt2img"
+
+
+def test_minimal_preset_gets_defaults() -> None:
+    p = parse_preset(MINIMAL, "t.yaml")
+    assert p.live == LiveParams()
+    assert p.steps == 2
+    assert p.osc.host == "127.0.0.1"
+    assert p.midi.port is None
+
+
+def test_bad_yaml_names_line_and_column() -> None:
+    msg = error_of("name: t\nload:\n  model: [tiny\n")
+    assert msg.startswith("looks/t.yaml:4:1: invalid YAML")
+
+
+def test_unknown_key_names_path_and_suggests() -> None:
+    msg = error_of(MINIMAL + "  widht: 512\n")
+    assert "looks/t.yaml:4: load.widht: unknown key (did you mean 'width'?)" in msg
+    assert "allowed: model" in msg
+
+
+def test_out_of_range_names_path_value_and_limit() -> None:
+    msg = error_of(MINIMAL + "live:\n  guidance_scale: 25\n")
+    assert msg == "looks/t.yaml:5: live.guidance_scale: Input should be less than or equal to 20 (got 25)"
+
+
+def test_wrong_type_is_not_coerced() -> None:
+    msg = error_of(MINIMAL + "live:\n  guidance_scale: '1.5'\n  seed: true\n")
+    assert "live.guidance_scale: Input should be a valid number (got '1.5')" in msg
+    assert "live.seed: Input should be a valid integer (got True)" in msg
+    assert len(msg.splitlines()) == 2  # one line per problem
+
+
+def test_missing_required() -> None:
+    msg = error_of("load: {model: tiny}\n")
+    assert "looks/t.yaml:1: name: required key is missing" in msg
+    assert "load.model: required key is missing" in error_of("name: t\nload: {}\n")
+
+
+def test_duplicate_key_is_an_error() -> None:
+    assert "looks/t.yaml:4: load.model: duplicate key" in error_of(MINIMAL + "  model: other\n")
+
+
+def test_not_a_mapping() -> None:
+    assert "must be a mapping" in error_of("- a\n- b\n")
+    assert "must be a mapping" in error_of("")
+
+
+@pytest.mark.parametrize(
+    "snippet, fragment",
+    [
+        ("live:\n  t_index_list: [45, 32]\n", "live.t_index_list: must be strictly increasing"),
+        ("live:\n  t_index_list: [50]\n", "live.t_index_list[0]: Input should be less than or equal to 49"),
+        ("live:\n  prompt_blend: [[a, 0], [b, 0]]\n", "live.prompt_blend: weights must not all be zero"),
+        (
+            "live:\n  prompt_blend: [[a, -1]]\n",
+            "live.prompt_blend[0][1]: Input should be greater than or equal to 0",
+        ),
+        ("live:\n  seed: 4294967296\n", "live.seed: Input should be less than or equal to 4294967295"),
+        ("live:\n  smoothing: {seed: 1}\n", "live.smoothing: cannot smooth seed"),
+        ("live:\n  prompt_interp: cubic\n", "live.prompt_interp: Input should be 'linear' or 'slerp'"),
+        ("live:\n  fx_hue: .nan\n", "live.fx_hue: Input should be a finite number"),
+        ("live:\n  prompt: " + "x" * 4001 + "\n", "live.prompt: String should have at most 4000 characters"),
+    ],
+)
+def test_live_field_errors(snippet: str, fragment: str) -> None:
+    assert fragment in error_of(MINIMAL + snippet)
+
+
+@pytest.mark.parametrize(
+    "snippet, fragment",
+    [
+        ("  width: 500\n", "load.width: Input should be a multiple of 8"),
+        ("  height: 4096\n", "load.height: Input should be less than or equal to 2048"),
+        ("  cfg_type: half\n", "load.cfg_type: Input should be 'none', 'full', 'self' or 'initialize'"),
+        ("  device: gpu\n", "load.device: String should match pattern"),
+        ("  family: sd3\n", "load.family: Input should be 'sd15', 'sd21' or 'sdxl'"),
+        ("  frame_buffer_size: 9\n", "load.frame_buffer_size"),
+        ("  lora: [{path: x, scale: 9}]\n", "load.lora[0].scale"),
+        ("  lora: [{id: x}]\n", "load.lora[0].id: unknown key"),
+        ("  sinks: ['Spout TD']\n", "load.sinks[0]: String should match pattern"),
+    ],
+)
+def test_load_field_errors(snippet: str, fragment: str) -> None:
+    assert fragment in error_of(MINIMAL + snippet)
+
+
+@pytest.mark.parametrize(
+    "snippet, fragment",
+    [
+        ("midi:\n  mappings: [{param: prompt, cc: 1}]\n", "param 'prompt' cannot be driven by a CC"),
+        (
+            "midi:\n  mappings: [{param: delta, cc: 40, bits: 14}]\n",
+            "14-bit mappings use the MSB controller 0-31",
+        ),
+        ("midi:\n  mappings: [{param: delta, cc: 1, channel: 0}]\n", "midi.mappings[0].channel"),
+        ("midi:\n  mappings: [{param: t_index_list, cc: 1}]\n", "t_index_list needs `index`"),
+        ("midi:\n  mappings: [{param: delta, cc: 1, max: 9}]\n", "outside delta's range 0.0..5.0"),
+        ("osc:\n  allow: [localhost]\n", "osc.allow: 'localhost' is not an IP address"),
+        ("osc:\n  port: 70000\n", "osc.port"),
+        ("osc:\n  feedback: {host: 127.0.0.1}\n", "osc.feedback.port: required key is missing"),
+    ],
+)
+def test_control_field_errors(snippet: str, fragment: str) -> None:
+    assert fragment in error_of(MINIMAL + snippet)
+
+
+def test_load_preset_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read preset"):
+        load_preset(tmp_path / "missing.yaml")
+
+
+def test_diff_load_time() -> None:
+    a = parse_preset(MINIMAL, "a")
+    assert diff_load_time(a, a) == []
+    live_only = parse_preset(MINIMAL + "live:\n  prompt: other\n  t_index_list: [20, 40]\n", "b")
+    assert diff_load_time(a, live_only) == []
+    b = parse_preset(
+        "name: u\nload:\n  model: stabilityai/sd-turbo\n  width: 768\nlive:\n  t_index_list: [35]\n", "c"
+    )
+    assert diff_load_time(a, b) == ["load.model", "load.width", "steps"]
+
+
+def test_live_specs_generated_from_schema() -> None:
+    assert list(LIVE_SPECS) == list(LiveParams.model_fields)
+    g = LIVE_SPECS["guidance_scale"]
+    assert (g.kind, g.min, g.max, g.default) == ("float", 0.0, 20.0, 1.2)
+    assert LIVE_SPECS["prompt_interp"].choices == ("linear", "slerp")
+    assert (LIVE_SPECS["t_index_list"].kind, LIVE_SPECS["t_index_list"].max) == ("int_list", 49)
+    assert LIVE_SPECS["seed"].max == 2**32 - 1
+    assert LIVE_SPECS["fx_hue"].unit == "deg"
+    assert all(LIVE_SPECS[n].doc for n in LIVE_SPECS)
+    assert "guidance_scale" in SMOOTHABLE and "seed" not in SMOOTHABLE
+
+
+@pytest.mark.parametrize(
+    "name", ["../etc/passwd", "a/b", "..", "", "x" * 65, "tiny.yaml", "/abs", "ti ny", "ü"]
+)
+def test_resolve_preset_rejects_paths(name: str) -> None:
+    with pytest.raises(ConfigError, match="use 1-64 letters"):
+        resolve_preset(PRESETS, name)
+
+
+def test_resolve_preset(tmp_path: Path) -> None:
+    assert resolve_preset(PRESETS, "tiny") == (PRESETS / "tiny.yaml").resolve()
+    with pytest.raises(ConfigError, match="no nope.yaml"):
+        resolve_preset(PRESETS, "nope")
+    # A symlink pointing out of the folder is not followed.
+    outside = tmp_path / "outside.yaml"
+    outside.write_text(MINIMAL)
+    inner = tmp_path / "presets"
+    inner.mkdir()
+    (inner / "evil.yaml").symlink_to(outside)
+    with pytest.raises(ConfigError):
+        resolve_preset(inner, "evil")
+
+
+def test_preset_model_is_strict() -> None:
+    with pytest.raises(Exception, match="Extra inputs"):
+        Preset.model_validate({"name": "x", "load": {"model": "tiny"}, "bogus": 1})
+
+
+def _yaml_blocks(doc: str) -> list[str]:
+    text = (PRESETS.parent / "docs" / doc).read_text()
+    return [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+
+
+def test_docs_presets_example_validates() -> None:
+    (example,) = _yaml_blocks("presets.md")
+    preset = parse_preset(example, "docs/presets.md")
+    assert preset.osc.query_port == 9002 and preset.load.lora[0].scale == 1.0
+
+
+def test_docs_midi_examples_validate() -> None:
+    for block in _yaml_blocks("midi.md"):
+        parse_preset("name: doc\nload: {model: tiny}\n" + block, "docs/midi.md")
