@@ -86,7 +86,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _preset_path(value: str, presets_dir: Path) -> Path:
-    from engine.config.presets import resolve_preset
+    from engine.config.preset_files import resolve_preset
 
     path = Path(value)
     return path if path.suffix in (".yaml", ".yml") and path.is_file() else resolve_preset(presets_dir, value)
@@ -96,7 +96,8 @@ def _apply_overrides(preset, args: argparse.Namespace):
     """CLI flags win over the preset's load section (validated through the same schema)."""
     from pydantic import ValidationError
 
-    from engine.config.presets import Preset, format_validation_error
+    from engine.config.preset_files import format_validation_error
+    from engine.config.schema import Preset
     from engine.errors import ConfigError
 
     data = preset.model_dump()
@@ -175,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bridges.control.osc import OscServer
     from bridges.control.osc_feedback import OscFeedback
     from bridges.video.registry import make_sink, make_source
-    from engine.config.presets import load_preset
+    from engine.config.preset_files import load_preset
     from engine.errors import StreamVJError
     from engine.live.params import ParamStore
     from engine.live.player import LivePlayer
@@ -280,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from engine.config.presets import list_presets, load_preset, resolve_preset
+    from engine.config.preset_files import list_presets, load_preset, resolve_preset
     from engine.errors import StreamVJError
 
     presets_dir = Path(args.presets_dir)

@@ -26,7 +26,7 @@ from pythonosc.udp_client import SimpleUDPClient  # noqa: E402
 
 from bridges.control.osc import OscServer  # noqa: E402
 from bridges.video.pattern import PatternSource  # noqa: E402
-from engine.config.presets import LiveParams  # noqa: E402
+from engine.config.schema import LiveParams  # noqa: E402
 from engine.core.pipeline import StreamPipeline, StreamSettings  # noqa: E402
 from engine.live.params import ParamStore  # noqa: E402
 from engine.live.player import LivePlayer  # noqa: E402

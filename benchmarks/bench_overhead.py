@@ -190,7 +190,7 @@ def bench_control_path(frames: int) -> dict[str, Any]:
 
     import torch
 
-    from engine.config.presets import load_preset
+    from engine.config.preset_files import load_preset
     from engine.core.pipeline import StreamPipeline, StreamSettings
     from engine.live.params import ParamStore
     from engine.live.player import LivePlayer

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.config.presets import LIVE_SPECS, MIDI_MAPPABLE, MidiMapping, MidiSettings
+from engine.config.schema import LIVE_SPECS, MIDI_MAPPABLE, MidiMapping, MidiSettings
 from engine.errors import BridgeUnavailable, ConfigError
 from engine.live.params import ParamStore
 from engine.live.tempo import Tempo

@@ -29,7 +29,8 @@ from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import BlockingOSCUDPServer
 
 from bridges.control.osc_feedback import OscFeedback
-from engine.config.presets import LIVE_SPECS, MIDI_MAPPABLE, SMOOTHABLE, OscSettings, resolve_preset
+from engine.config.preset_files import resolve_preset
+from engine.config.schema import LIVE_SPECS, MIDI_MAPPABLE, SMOOTHABLE, OscSettings
 from engine.errors import ConfigError
 from engine.live.params import ParamStore
 from engine.live.tempo import BPM_MAX, BPM_MIN, Tempo

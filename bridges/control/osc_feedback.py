@@ -15,7 +15,7 @@ from typing import Any
 
 from pythonosc.udp_client import SimpleUDPClient
 
-from engine.config.presets import OscSettings
+from engine.config.schema import OscSettings
 from engine.errors import ConfigError
 from engine.realtime.log_limit import LogLimiter
 from engine.realtime.periodic import Periodic

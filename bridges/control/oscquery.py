@@ -35,7 +35,8 @@ from bridges.control.websocket import (
     check_handshake,
     origin_allowed,
 )
-from engine.config.presets import LIVE_SPECS, MIDI_MAPPABLE, list_presets
+from engine.config.preset_files import list_presets
+from engine.config.schema import LIVE_SPECS, MIDI_MAPPABLE
 from engine.errors import ConfigError
 from engine.live.params import ParamStore
 from engine.realtime.log_limit import LogLimiter

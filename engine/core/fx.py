@@ -37,7 +37,7 @@ HUE_SIN = (
     (-(1.0 - LUMA_R), LUMA_G, LUMA_B),
 )
 
-# name -> (LiveParams field, neutral value, low, high); ranges match engine/config/presets.py.
+# name -> (LiveParams field, neutral value, low, high); ranges match engine/config/schema.py.
 UNIFORMS: dict[str, tuple[str, float, float, float]] = {
     "feedback": ("fx_feedback", 0.0, 0.0, 1.0),
     "blend": ("fx_blend", 0.0, 0.0, 1.0),

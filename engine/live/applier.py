@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from engine.config.presets import LiveParams
+from engine.config.schema import LiveParams
 from engine.core.pipeline import StreamPipeline
 from engine.errors import StreamVJError
 

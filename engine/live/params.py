@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from engine.config.presets import LIVE_SPECS, MAX_BLEND, SMOOTHABLE, LiveParams, format_validation_error
+from engine.config.preset_files import format_validation_error
+from engine.config.schema import LIVE_SPECS, MAX_BLEND, SMOOTHABLE, LiveParams
 from engine.errors import ConfigError
 from engine.live.smoothing import Crossfade, Curve, Ramp, merge_weights, retarget
 from engine.live.tempo import Quantum, Tempo

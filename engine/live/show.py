@@ -18,15 +18,8 @@ from typing import Any, Protocol
 
 import torch
 
-from engine.config.presets import (
-    LiveParams,
-    LoadSettings,
-    Preset,
-    diff_load_time,
-    list_presets,
-    load_preset,
-    resolve_preset,
-)
+from engine.config.preset_files import diff_load_time, list_presets, load_preset, resolve_preset
+from engine.config.schema import LiveParams, LoadSettings, Preset
 from engine.core.pipeline import StreamPipeline, StreamSettings
 from engine.errors import ConfigError, StreamVJError
 from engine.live.params import ParamStore

@@ -10,7 +10,7 @@ import pytest
 
 from bridges.control import midi as midi_mod
 from bridges.control.midi import INSTALL_HINT, MidiInput, MidiMapper, apply_curve, is_available, load_backend
-from engine.config.presets import LiveParams, MidiMapping, MidiSettings
+from engine.config.schema import LiveParams, MidiMapping, MidiSettings
 from engine.errors import BridgeUnavailable, ConfigError
 from engine.live.params import ParamStore
 from engine.live.tempo import Tempo

@@ -19,7 +19,7 @@ from pythonosc.udp_client import SimpleUDPClient
 from bridges.control.osc import RCVBUF_BYTES, OscServer, address_table, check_packet, main
 from bridges.control.osc_docs import osc_markdown
 from bridges.control.osc_feedback import OscFeedback
-from engine.config.presets import LIVE_SPECS, LiveParams, OscSettings
+from engine.config.schema import LIVE_SPECS, LiveParams, OscSettings
 from engine.errors import ConfigError
 from engine.live.params import ParamStore
 from engine.live.tempo import Tempo

@@ -29,7 +29,7 @@ from bridges.control.websocket import (
     encode_frame,
     parse_close,
 )
-from engine.config.presets import LiveParams
+from engine.config.schema import LiveParams
 from engine.live.params import ParamStore
 from tests.paths import PRESETS
 

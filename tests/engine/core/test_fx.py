@@ -4,7 +4,7 @@ import annotated_types
 import pytest
 import torch
 
-from engine.config.presets import LiveParams
+from engine.config.schema import LiveParams
 from engine.core.fx import (
     LUMA_B,
     LUMA_G,

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import torch
 
-from engine.config.presets import LiveParams
+from engine.config.schema import LiveParams
 from engine.core.pipeline import StreamPipeline, StreamSettings
 from engine.live.applier import LiveApplier
 

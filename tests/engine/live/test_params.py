@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from engine.config.presets import LIVE_SPECS, LiveParams
+from engine.config.schema import LIVE_SPECS, LiveParams
 from engine.errors import ConfigError
 from engine.live.params import ParamStore
 from engine.live.tempo import Tempo

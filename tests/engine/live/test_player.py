@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.config.presets import LiveParams
+from engine.config.schema import LiveParams
 from engine.core.pipeline import StreamPipeline, StreamSettings
 from engine.live.params import ParamStore
 from engine.live.player import LivePlayer

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.config.presets import load_preset
+from engine.config.preset_files import load_preset
 from engine.live.params import ParamStore
 from engine.live.player import LivePlayer
 from engine.live.show import Show, build_pipeline

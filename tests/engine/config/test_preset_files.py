@@ -4,17 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.presets import (
-    LIVE_SPECS,
-    SMOOTHABLE,
-    LiveParams,
-    Preset,
-    diff_load_time,
-    list_presets,
-    load_preset,
-    parse_preset,
-    resolve_preset,
-)
+from engine.config.preset_files import diff_load_time, list_presets, load_preset, parse_preset, resolve_preset
+from engine.config.schema import LIVE_SPECS, SMOOTHABLE, LiveParams, Preset
 from engine.errors import ConfigError
 from tests.paths import PRESETS
 
