@@ -36,7 +36,7 @@ def quiet_libraries() -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from engine.bench import BenchOptions, bench_autopipeline, bench_stream, format_table
     from engine.errors import StreamVJError
-    from engine.live.show import resolve_device, resolve_dtype
+    from engine.live.show import resolve_acceleration, resolve_device, resolve_dtype
     from engine.models.load import load_model
 
     quiet_libraries()
@@ -53,7 +53,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.model = "sd-turbo-random" if device.type == "cuda" else "tiny"
     opts = BenchOptions(width=args.width, height=args.height, t_index_list=tuple(args.t_index), cfg_type=args.cfg,
                         frame_buffer_size=args.frame_buffer_size, frames=args.frames, warmup=args.warmup,
-                        acceleration=args.acceleration or ("compile" if args.compile else "none"), mode=args.mode)
+                        acceleration=resolve_acceleration("compile" if args.compile else args.acceleration, device),
+                        mode=args.mode)
     try:
         parts = load_model(args.model, family=args.family, vae=args.vae, device=device, dtype=dtype)
         stream = bench_stream(parts, opts, device, dtype)
@@ -315,11 +316,20 @@ def cmd_osc(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from typing import get_args
+
+    from engine.config.schema import ACCELERATIONS, CFG_TYPES, DTYPES, FAMILIES, MODES
+    from engine.live.tempo import Quantum
+
+    # -v works before or after the command (`run_engine.py -v run` and `run_engine.py run -v`);
+    # SUPPRESS keeps a subcommand's unset -v from overwriting the top-level one.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     parser = argparse.ArgumentParser(prog="run_engine.py", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command")
 
-    run = sub.add_parser("run", help="play a preset live (the default command)")
+    run = sub.add_parser("run", parents=[common], help="play a preset live (the default command)")
     run.add_argument("--preset", default="tiny", help="preset name in the presets folder or a .yaml path (default: tiny)")
     run.add_argument("--presets-dir", default=str(PRESETS_DIR),
                      help="folder of presets that /preset/load, next and prev choose from (default: presets/)")
@@ -327,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--width", type=int, help="override the model width")
     run.add_argument("--height", type=int, help="override the model height")
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    run.add_argument("--acceleration", choices=["auto", "none", "compile", "tensorrt"],
+    run.add_argument("--acceleration", choices=ACCELERATIONS,
                      help="per-frame backend (docs/acceleration.md); default from the preset")
     run.add_argument("--source", help="frame source, e.g. pattern, shm:streamvj_in, spout:TDOut, ndi:NAME, image:x.png")
     run.add_argument("--sink", action="append", help="frame sink (repeatable), e.g. shm:streamvj_out, spout:streamvj")
@@ -338,40 +348,40 @@ def build_parser() -> argparse.ArgumentParser:
                      help="send status (state, fps, latency, errors, heartbeat) to this OSC address")
     run.add_argument("--oscquery-port", type=int, help="serve OSCQuery (HTTP) on this port (0 = any free port)")
     run.add_argument("--no-osc", action="store_true", help="do not open the OSC port")
-    run.add_argument("--switch-on", choices=["beat", "bar"], help="quantise preset switches to the next beat/bar")
+    run.add_argument("--switch-on", choices=get_args(Quantum), help="quantise preset switches to the next beat/bar")
     run.add_argument("--transition", type=float, default=0.0,
                      help="seconds to crossfade prompt/seed on a preset switch (0 = cut)")
     run.add_argument("--frames", type=int, default=0, help="stop after this many frames (0 = run until Ctrl-C)")
     run.add_argument("--timeout", type=float, default=600.0, help="with --frames: give up after this many seconds")
     run.set_defaults(func=cmd_run)
 
-    presets = sub.add_parser("presets", help="list the presets in presets/")
+    presets = sub.add_parser("presets", parents=[common], help="list the presets in presets/")
     presets.add_argument("--presets-dir", default=str(PRESETS_DIR))
     presets.set_defaults(func=cmd_presets)
-    bridges = sub.add_parser("bridges", help="which frame sources/sinks work on this machine")
+    bridges = sub.add_parser("bridges", parents=[common], help="which frame sources/sinks work on this machine")
     bridges.set_defaults(func=cmd_bridges)
-    osc = sub.add_parser("osc", help="print the OSC address table (markdown)")
+    osc = sub.add_parser("osc", parents=[common], help="print the OSC address table (markdown)")
     osc.set_defaults(func=cmd_osc)
 
-    bench = sub.add_parser("bench", help="measure frame rate and latency of the stream pipeline")
+    bench = sub.add_parser("bench", parents=[common], help="measure frame rate and latency of the stream pipeline")
     bench.add_argument("--model", default="auto",
                        help="auto (tiny on a CPU, sd-turbo-random on a GPU) | tiny | tiny-sdxl | sd-turbo-random | "
                             "a Hugging Face id | a folder | a .safetensors")
-    bench.add_argument("--family", choices=["sd15", "sd21", "sdxl"], help="override the family read from the model")
+    bench.add_argument("--family", choices=FAMILIES, help="override the family read from the model")
     bench.add_argument("--vae", help="VAE id or folder (e.g. madebyollin/taesd)")
     bench.add_argument("--width", type=int, default=512)
     bench.add_argument("--height", type=int, default=512)
     bench.add_argument("--t-index", type=_int_list, default=[32, 45], help="comma-separated, e.g. 32,45")
-    bench.add_argument("--cfg", choices=["none", "full", "self", "initialize"], default="self")
-    bench.add_argument("--mode", choices=["img2img", "txt2img"], default="img2img")
+    bench.add_argument("--cfg", choices=CFG_TYPES, default="self")
+    bench.add_argument("--mode", choices=MODES, default="img2img")
     bench.add_argument("--frame-buffer-size", type=int, default=1)
     bench.add_argument("--frames", type=int, default=50)
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    bench.add_argument("--dtype", choices=["auto", "float16", "float32", "bfloat16"], default="auto")
+    bench.add_argument("--dtype", choices=DTYPES, default="auto")
     bench.add_argument("--compile", action="store_true", help="same as --acceleration compile")
-    bench.add_argument("--acceleration", choices=["none", "compile", "tensorrt"],
-                       help="per-frame backend (default none; compile adds CUDA graphs on a GPU)")
+    bench.add_argument("--acceleration", choices=ACCELERATIONS, default="auto",
+                       help="per-frame backend, as in presets (docs/acceleration.md); compile adds CUDA graphs on a GPU")
     bench.add_argument("--baseline", choices=["none", "autopipeline"], default="none",
                        help="also run diffusers' AutoPipelineForImage2Image in the same run")
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout (table on stderr)")
@@ -379,15 +389,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def with_default_command(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`run` is the default command: `run_engine.py --preset tiny` means `run_engine.py run --preset tiny`.
+
+    Only top-level help stays top-level; any other first argument that is not a command
+    (an option of `run`, or nothing at all) is run's."""
+    commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = [a for a in argv if a not in ("-v", "--verbose")]
+    if options[:1] in (["-h"], ["--help"]) or any(a in commands for a in options[:1]):
+        return argv
+    return ["run", *argv]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(with_default_command(argv, parser))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.command is None:
-        verbose = args.verbose
-        args = parser.parse_args(["run"])
-        args.verbose = verbose
     try:
         return args.func(args)
     except BrokenPipeError:  # `run_engine.py presets | head`: the reader left, nothing is wrong

@@ -21,6 +21,23 @@ MAX_TEXT = 4000  # chars per prompt: far above CLIP's 77 tokens, small enough to
 MAX_BLEND = 16  # prompt/seed blend entries
 SEED_MAX = 2**32 - 1
 
+# Every list of allowed values, once. Argparse choices, the stream batch, backend selection,
+# OSCQuery and docs derive from these (`CFG_TYPES`, ...), never retype them.
+CfgType = Literal["none", "full", "self", "initialize"]
+Mode = Literal["img2img", "txt2img"]
+Acceleration = Literal["auto", "none", "compile", "tensorrt"]  # auto: engine/accel/backend.py picks
+CompileMode = Literal["default", "max-autotune"]
+FamilyName = Literal["sd15", "sd21", "sdxl"]
+DtypeName = Literal["auto", "float16", "float32", "bfloat16"]
+PromptInterp = Literal["linear", "slerp"]
+CFG_TYPES: tuple[str, ...] = get_args(CfgType)
+MODES: tuple[str, ...] = get_args(Mode)
+ACCELERATIONS: tuple[str, ...] = get_args(Acceleration)
+BACKENDS: tuple[str, ...] = tuple(a for a in ACCELERATIONS if a != "auto")  # what "auto" resolves to
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
+FAMILIES: tuple[str, ...] = get_args(FamilyName)
+DTYPES: tuple[str, ...] = get_args(DtypeName)
+
 # Strict scalars: YAML and OSC both deliver typed values, so "1.5" for a float or
 # `true` for a number is a mistake to report, not to coerce. int -> float is allowed.
 Flt = Annotated[float, Strict(), Field(allow_inf_nan=False)]
@@ -58,7 +75,7 @@ class LiveParams(_Strict):
         description="Weighted prompts [[text, weight], ...]; weights are relative; empty = use prompt",
         json_schema_extra=_unit("", "prompt_blend"),
     )
-    prompt_interp: Literal["linear", "slerp"] = Field(
+    prompt_interp: PromptInterp = Field(
         "linear", description="How prompt_blend embeddings are mixed"
     )
     guidance_scale: Flt = Field(1.2, ge=0.0, le=20.0, description="Classifier-free guidance scale")
@@ -140,7 +157,7 @@ class LoadSettings(_Strict):
     model: Annotated[str, Strict(), Field(min_length=1, max_length=1000)] = Field(
         description='"tiny", "tiny-sdxl", "sd-turbo-random", a Hugging Face id, a local diffusers folder or a .safetensors file'
     )
-    family: Literal["sd15", "sd21", "sdxl"] | None = Field(
+    family: FamilyName | None = Field(
         None, description="Model family; absent = from the model's config"
     )
     vae: Annotated[str, Strict(), Field(min_length=1, max_length=1000)] | None = Field(
@@ -150,12 +167,12 @@ class LoadSettings(_Strict):
     width: Int = Field(512, ge=64, le=2048, multiple_of=8)
     height: Int = Field(512, ge=64, le=2048, multiple_of=8)
     frame_buffer_size: Int = Field(1, ge=1, le=8)
-    cfg_type: Literal["none", "full", "self", "initialize"] = "self"
-    mode: Literal["img2img", "txt2img"] = "img2img"
-    acceleration: Literal["auto", "none", "compile", "tensorrt"] = "auto"
-    compile_mode: Literal["default", "max-autotune"] = "default"
+    cfg_type: CfgType = "self"
+    mode: Mode = "img2img"
+    acceleration: Acceleration = "auto"
+    compile_mode: CompileMode = "default"
     device: Annotated[str, Strict(), Field(pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")] = "auto"
-    dtype: Literal["auto", "float16", "float32", "bfloat16"] = "auto"
+    dtype: DtypeName = "auto"
     source: SourceSpec = Field(
         "pattern", description='Frame source spec, e.g. "pattern", "shm:streamvj_in", "spout:TDOut"'
     )

@@ -118,3 +118,33 @@ def test_presets_dir_points_at_the_users_own_folder(tmp_path):
     assert result.returncode == 0
     lines = {line.split()[0]: line for line in result.stdout.splitlines()}
     assert set(lines) == {"mine", "bad"} and "INVALID" in lines["bad"] and "INVALID" not in lines["mine"]
+
+
+@pytest.mark.parametrize(("argv", "command", "verbose"), [
+    ([], "run", False),
+    (["--preset", "tiny"], "run", False),  # README's bare form: run's options without `run`
+    (["-v"], "run", True),
+    (["-v", "run"], "run", True),
+    (["run", "-v"], "run", True),
+    (["bench", "-v"], "bench", True),
+    (["presets"], "presets", False),
+])
+def test_run_is_the_default_command_and_verbose_goes_anywhere(argv, command, verbose):
+    import run_engine
+
+    parser = run_engine.build_parser()
+    args = parser.parse_args(run_engine.with_default_command(argv, parser))
+    assert (args.command, args.verbose) == (command, verbose)
+
+
+def test_option_lists_come_from_the_settings_schema():
+    from typing import get_args
+
+    import run_engine
+    from engine.config.schema import Acceleration, CfgType
+
+    subparsers = next(a for a in run_engine.build_parser()._actions if a.dest == "command").choices
+    by_flag = {flag: a for name in ("run", "bench") for a in subparsers[name]._actions
+               for flag in a.option_strings if name == "bench" or flag == "--acceleration"}
+    assert tuple(by_flag["--cfg"].choices) == get_args(CfgType)
+    assert tuple(by_flag["--acceleration"].choices) == get_args(Acceleration)
