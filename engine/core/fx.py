@@ -9,9 +9,8 @@ recompile. Whether FX run at all is decided on the host from the Python floats
 Order (see docs/fx.md): input -> feedback_mix -> encode/stream/decode -> grade -> temporal_blend.
 grade is, in this order: contrast around mid-grey, brightness offset, saturation around
 Rec.709 luma, hue rotation with the luminance-preserving RGB matrix (Haeberli 1993, the one
-behind SVG/CSS `hue-rotate`, here with Rec.709 weights). shaders/*.frag do the same math in
-[0,1] texture space: u = (pm1 + 1) / 2, so mid-grey is pm1 0 = u 0.5 and a brightness of b
-(in [0,1] display units) is an offset of 2b in pm1.
+behind SVG/CSS `hue-rotate`, here with Rec.709 weights). A brightness of b (in [0,1] display
+units) is an offset of 2b in pm1.
 """
 
 from __future__ import annotations
