@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv and installs streamvj with its dev extras on a fresh machine.
-# CPU machines get the CPU torch wheel first (an unpinned torch would pull a multi-GB CUDA build);
-# set STREAMVJ_TORCH to another spec (e.g. "torch" on a CUDA machine) to change that.
+# Makes .venv and installs streamvj with its dev extras: README's first command on Linux and macOS.
+# The work (which torch build, which extras, and why) is scripts/install.py, which Windows runs
+# directly; arguments pass through (e.g. --dry-run). STREAMVJ_TORCH overrides the torch step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "${STREAMVJ_TORCH:-torch==2.13.0}"
-.venv/bin/python -m pip install -q -e ".[dev,ndi,midi,gl]"
+exec "${PYTHON:-python3}" scripts/install.py --dev "$@"
