@@ -36,8 +36,20 @@ while True:
 def start_writer(name: str, value: int) -> subprocess.Popen:
     code = WRITER.format(clients=str(ROOT / "clients"), name=name)
     proc = subprocess.Popen([sys.executable, "-c", code, str(value)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    except BaseException:
+        proc.kill()  # never leave a writer running after a failed start
+        proc.wait(10)
+        raise
     return proc
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+    if proc is not None:
+        proc.wait(10)
 
 
 def collect(reader: client.ShmReader, count: int, timeout: float = 60.0) -> list[tuple[int, int, np.ndarray]]:
@@ -52,16 +64,29 @@ def collect(reader: client.ShmReader, count: int, timeout: float = 60.0) -> list
     return got
 
 
-def test_frames_flow_through_the_engine_and_survive_peers_restarting():
+@pytest.fixture
+def names():
+    """(input, output) block names; both are unlinked afterwards, also when the test fails.
+
+    The test SIGKILLs writers on purpose, and a killed writer cannot remove its block.
+    """
     tag = f"{os.getpid()}_{time.monotonic_ns() % 100000}"
-    name_in, name_out = f"e2e_in_{tag}", f"e2e_out_{tag}"
+    made = (f"e2e_in_{tag}", f"e2e_out_{tag}")  # prefixes known to tests/conftest.py's leak check
+    yield made
+    for name in made:
+        client._unlink(name)
+
+
+def test_frames_flow_through_the_engine_and_survive_peers_restarting(names):
+    name_in, name_out = names
     writer = start_writer(name_in, 40)
-    engine = subprocess.Popen(
-        [sys.executable, str(ROOT / "run_engine.py"), "run", "--source", f"shm:{name_in}", "--sink",
-         f"shm:{name_out}", "--width", "64", "--height", "64", "--no-osc"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    reader = client.ShmReader(name_out)
+    engine = reader = other = None
     try:
+        engine = subprocess.Popen(
+            [sys.executable, str(ROOT / "run_engine.py"), "run", "--source", f"shm:{name_in}", "--sink",
+             f"shm:{name_out}", "--width", "64", "--height", "64", "--no-osc"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        reader = client.ShmReader(name_out)
         frames = collect(reader, 10)
         assert all(f.shape == (64, 64, 4) and f.dtype == np.uint8 for _, _, f in frames)
         indices = [i for i, _, _ in frames]
@@ -92,14 +117,16 @@ def test_frames_flow_through_the_engine_and_survive_peers_restarting():
         collect(reader, 5)
         assert engine.poll() is None, "engine exited"
     finally:
-        reader.close()
-        engine.send_signal(signal.SIGTERM)
-        try:
-            _, err = engine.communicate(timeout=60)
-        finally:
-            if engine.poll() is None:
-                engine.kill()
-            writer.kill()
-            writer.wait(10)
+        if reader is not None:
+            reader.close()
+        stop(other)
+        err = ""
+        if engine is not None:
+            engine.send_signal(signal.SIGTERM)  # the engine removes its output block on the way out
+            try:
+                _, err = engine.communicate(timeout=60)
+            finally:
+                stop(engine)
+        stop(writer)
     assert engine.returncode == 0, err
     assert "Traceback" not in err
