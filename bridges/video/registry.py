@@ -1,18 +1,16 @@
-"""Frame bridges by short kind name, and the CLI spec parser: "kind" or "kind:argument".
+"""Frame bridges by short kind name: a checked spec ("kind" or "kind:argument") -> a bridge object.
 
-    pattern | pattern:640x360 | pattern:640x360@60      image:path.png     video:clip.mp4
-    shm:streamvj_in    spout | spout:TDSyphonSpoutOut    ndi:MY-PC (TouchDesigner)
-    syphon | syphon:Name    png:out/frames    null
-
-The spec splits at the first ':' only, so arguments keep theirs ("image:C:\\img.png",
-"ndi:MY-PC (TD)"). The shared-memory bridge is imported only when asked for.
+The syntax rules of every kind (which kinds exist in which direction, what argument each
+takes, valid shm names, pattern sizes, paths) live in engine/config/transport_specs.py,
+the same rules the preset schema applies at load time; this module maps each kind to its
+class and builds it from a spec those rules accepted. The shared-memory bridge is imported
+only when asked for.
 """
 
 from __future__ import annotations
 
 import importlib
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,16 +19,27 @@ from bridges.video.ndi import NdiSink, NdiSource
 from bridges.video.pattern import PatternSource
 from bridges.video.spout import SpoutSink, SpoutSource
 from bridges.video.syphon import SyphonSink, SyphonSource
-from engine.errors import BridgeUnavailable, ConfigError
+from engine.config.transport_specs import (
+    SINK,
+    SINK_KINDS,
+    SOURCE,
+    SOURCE_KINDS,
+    TransportSpec,
+    UnknownTransportError,
+    check_transports,
+    parse_spec,
+    pattern_args,
+    split_spec,
+)
+from engine.errors import BridgeUnavailable
 from engine.realtime.frames import FrameSink, FrameSource
 
-DEFAULT_PATTERN_SIZE = (512, 512)
-DEFAULT_PATTERN_FPS = 30.0
-_PATTERN_ARG = re.compile(r"^(\d+)x(\d+)(?:@(\d+(?:\.\d+)?))?$")
+__all__ = [
+    "SINK_KINDS", "SOURCE_KINDS", "UnknownBridgeError", "bridge_status", "make_sink", "make_source",
+    "preflight", "sink_class", "source_class", "split_spec",
+]
 
-
-class UnknownBridgeError(ConfigError):
-    """A frame bridge spec names a kind that does not exist (or not in that direction)."""
+UnknownBridgeError = UnknownTransportError  # the name callers and tests know
 
 
 def _shm_class(attr: str) -> Callable[[], type]:
@@ -53,107 +62,99 @@ def _fixed(cls: type) -> Callable[[], type]:
 @dataclass(frozen=True)
 class _Kind:
     load: Callable[[], type]
-    build: Callable[[type, str, str], Any]  # (class, argument, full spec) -> bridge
-    usage: str
+    build: Callable[[type, str], Any]  # (class, checked argument) -> bridge
 
 
-def _require(arg: str, spec: str, what: str) -> str:
-    if not arg:
-        raise ConfigError(f"frame bridge spec {spec!r} needs {what} after the ':'")
-    return arg
+def _pattern(cls: type, arg: str) -> Any:
+    w, h, fps = pattern_args(arg)
+    return cls(w, h, fps=fps)
 
 
-def _pattern(cls: type, arg: str, spec: str) -> Any:
-    if not arg:
-        return cls(*DEFAULT_PATTERN_SIZE, fps=DEFAULT_PATTERN_FPS)
-    match = _PATTERN_ARG.match(arg)
-    if match is None:
-        raise ConfigError(f"pattern spec {spec!r}: expected 'pattern', 'pattern:WxH' or 'pattern:WxH@FPS'")
-    fps = float(match.group(3)) if match.group(3) else DEFAULT_PATTERN_FPS
-    return cls(int(match.group(1)), int(match.group(2)), fps=fps)
+def _named(cls: type, arg: str) -> Any:
+    """Optional name: the class's own default when the spec has none."""
+    return cls(arg) if arg else cls()
 
 
+# Keys must be exactly transport_specs' kinds (tests/bridges/video/test_registry.py checks it).
 _SOURCES: dict[str, _Kind] = {
-    "pattern": _Kind(_fixed(PatternSource), _pattern, "pattern[:WxH[@FPS]]"),
-    "image": _Kind(_fixed(ImageFileSource), lambda c, a, s: c(_require(a, s, "a file path")), "image:PATH"),
-    "video": _Kind(_fixed(VideoFileSource), lambda c, a, s: c(_require(a, s, "a file path")), "video:PATH"),
-    "shm": _Kind(
-        _shm_class("ShmSource"), lambda c, a, s: c(_require(a, s, "a shared-memory name")), "shm:NAME"
-    ),
-    "spout": _Kind(_fixed(SpoutSource), lambda c, a, s: c(a), "spout[:SENDER]"),
-    "ndi": _Kind(_fixed(NdiSource), lambda c, a, s: c(_require(a, s, "an NDI source name")), "ndi:SOURCE"),
-    "syphon": _Kind(_fixed(SyphonSource), lambda c, a, s: c(a), "syphon[:SERVER]"),
+    "pattern": _Kind(_fixed(PatternSource), _pattern),
+    "image": _Kind(_fixed(ImageFileSource), lambda c, a: c(a)),
+    "video": _Kind(_fixed(VideoFileSource), lambda c, a: c(a)),
+    "shm": _Kind(_shm_class("ShmSource"), lambda c, a: c(a)),
+    "spout": _Kind(_fixed(SpoutSource), lambda c, a: c(a)),
+    "ndi": _Kind(_fixed(NdiSource), lambda c, a: c(a)),
+    "syphon": _Kind(_fixed(SyphonSource), lambda c, a: c(a)),
 }
 
 _SINKS: dict[str, _Kind] = {
-    "png": _Kind(
-        _fixed(PngSequenceSink), lambda c, a, s: c(_require(a, s, "an output folder")), "png:FOLDER"
-    ),
-    "null": _Kind(_fixed(NullSink), lambda c, a, s: c(), "null"),
-    "shm": _Kind(
-        _shm_class("ShmSink"), lambda c, a, s: c(_require(a, s, "a shared-memory name")), "shm:NAME"
-    ),
-    "spout": _Kind(_fixed(SpoutSink), lambda c, a, s: c(a) if a else c(), "spout[:SENDER]"),
-    "ndi": _Kind(_fixed(NdiSink), lambda c, a, s: c(a) if a else c(), "ndi[:NAME]"),
-    "syphon": _Kind(_fixed(SyphonSink), lambda c, a, s: c(a) if a else c(), "syphon[:SERVER]"),
+    "png": _Kind(_fixed(PngSequenceSink), lambda c, a: c(a)),
+    "null": _Kind(_fixed(NullSink), lambda c, a: c()),
+    "shm": _Kind(_shm_class("ShmSink"), lambda c, a: c(a)),
+    "spout": _Kind(_fixed(SpoutSink), _named),
+    "ndi": _Kind(_fixed(NdiSink), _named),
+    "syphon": _Kind(_fixed(SyphonSink), _named),
 }
-
-SOURCE_KINDS: tuple[str, ...] = tuple(_SOURCES)
-SINK_KINDS: tuple[str, ...] = tuple(_SINKS)
+_TABLES = {SOURCE: _SOURCES, SINK: _SINKS}
 
 
-def split_spec(spec: str) -> tuple[str, str]:
-    """("kind", "argument") from "kind:argument"; the kind is case-insensitive."""
-    kind, _, arg = spec.strip().partition(":")
-    return kind.strip().lower(), arg.strip()
-
-
-def _entry(table: dict[str, _Kind], other: dict[str, _Kind], kind: str, spec: str, role: str) -> _Kind:
-    entry = table.get(kind)
-    if entry is None:
-        usages = ", ".join(k.usage for k in table.values())
-        if kind in other:
-            raise UnknownBridgeError(f"{kind!r} cannot be a frame {role} (spec {spec!r}); {role}s: {usages}")
-        raise UnknownBridgeError(f"unknown frame {role} kind {kind!r} in spec {spec!r}; {role}s: {usages}")
-    return entry
-
-
-def _lookup_class(table: dict[str, _Kind], other: dict[str, _Kind], kind: str, role: str) -> type:
-    return _entry(table, other, kind.strip().lower(), kind, role).load()
-
-
-def _lookup(
-    table: dict[str, _Kind], other: dict[str, _Kind], spec: str, role: str
-) -> tuple[_Kind, type, str]:
-    kind, arg = split_spec(spec)
-    entry = _entry(table, other, kind, spec, role)
-    cls = entry.load()
+def _available_class(checked: TransportSpec) -> type:
+    cls = _TABLES[checked.role][checked.kind].load()
     ok, message = cls.is_available()
     if not ok:
         raise BridgeUnavailable(message)
-    return entry, cls, arg
+    return cls
+
+
+def _make(spec: str, role: str) -> Any:
+    checked = parse_spec(spec, role)
+    cls = _available_class(checked)
+    return _TABLES[role][checked.kind].build(cls, checked.arg)
+
+
+def _class_of(kind: str, role: str) -> type:
+    entry = _TABLES[role].get(kind.strip().lower())
+    if entry is None:
+        parse_spec(kind, role)  # raises UnknownTransportError listing the kinds
+        raise AssertionError(f"{kind!r} passed transport_specs but has no bridge")
+    return entry.load()
 
 
 def source_class(kind: str) -> type:
     """The FrameSource class for `kind` (the shm one imported on demand)."""
-    return _lookup_class(_SOURCES, _SINKS, kind, "source")
+    return _class_of(kind, SOURCE)
 
 
 def sink_class(kind: str) -> type:
     """The FrameSink class for `kind` (the shm one imported on demand)."""
-    return _lookup_class(_SINKS, _SOURCES, kind, "sink")
+    return _class_of(kind, SINK)
 
 
 def make_source(spec: str) -> FrameSource:
     """A FrameSource (not yet opened) from a CLI spec such as "spout:TDSyphonSpoutOut"."""
-    entry, cls, arg = _lookup(_SOURCES, _SINKS, spec, "source")
-    return entry.build(cls, arg, spec)
+    return _make(spec, SOURCE)
 
 
 def make_sink(spec: str) -> FrameSink:
     """A FrameSink (not yet opened) from a CLI spec such as "png:out/frames"."""
-    entry, cls, arg = _lookup(_SINKS, _SOURCES, spec, "sink")
-    return entry.build(cls, arg, spec)
+    return _make(spec, SINK)
+
+
+def preflight(source: str | None, sinks: Sequence[str]) -> None:
+    """Check every spec before anything heavy happens (model loading takes seconds to minutes).
+
+    Syntax (transport_specs' rules) and whether each kind's platform library is installed;
+    nothing is opened or created. `source` None: txt2img, no source. Raises ConfigError or
+    BridgeUnavailable naming every problem at once.
+    """
+    checked = check_transports(source, sinks)
+    missing: list[str] = []
+    for spec in checked:
+        try:
+            _available_class(spec)
+        except BridgeUnavailable as exc:
+            missing.append(f"{spec.role} {spec.spec!r}: {exc}")
+    if missing:
+        raise BridgeUnavailable("\n".join(missing))
 
 
 def bridge_status() -> list[tuple[str, str, bool, str]]:

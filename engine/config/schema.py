@@ -15,7 +15,9 @@ from itertools import pairwise
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+
+from engine.config.transport_specs import check_sink_spec, check_source_spec
 
 MAX_TEXT = 4000  # chars per prompt: far above CLIP's 77 tokens, small enough to bound a datagram
 MAX_BLEND = 16  # prompt/seed blend entries
@@ -48,9 +50,11 @@ Text = Annotated[str, Strict(), Field(max_length=MAX_TEXT)]
 Weight = Annotated[float, Strict(), Field(ge=0.0, le=1000.0, allow_inf_nan=False)]
 Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
 TIndex = Annotated[int, Strict(), Field(ge=0, le=49)]
-SourceSpec = Annotated[
-    str, Strict(), Field(min_length=1, max_length=256, pattern=r"^[a-z][a-z0-9_]*(:\S.*)?$")
-]
+# Frame transport specs: the rules of each kind live in engine/config/transport_specs.py, the
+# same ones the bridge registry applies, so a preset is refused at load time for a spec the
+# engine would refuse later.
+SourceSpec = Annotated[str, Strict(), AfterValidator(check_source_spec)]
+SinkSpec = Annotated[str, Strict(), AfterValidator(check_sink_spec)]
 
 
 def _unit(unit: str, kind: str | None = None) -> dict[str, str]:
@@ -176,7 +180,7 @@ class LoadSettings(_Strict):
     source: SourceSpec = Field(
         "pattern", description='Frame source spec, e.g. "pattern", "shm:streamvj_in", "spout:TDOut"'
     )
-    sinks: list[SourceSpec] = Field(default_factory=lambda: ["shm:streamvj_out"], max_length=8)
+    sinks: list[SinkSpec] = Field(default_factory=lambda: ["shm:streamvj_out"], max_length=8)
     target_fps: Annotated[float, Strict(), Field(gt=0.0, le=240.0, allow_inf_nan=False)] | None = None
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bridges.video import registry
 from bridges.video.files import ImageFileSource, NullSink, PngSequenceSink, VideoFileSource
 from bridges.video.ndi import NdiSink, NdiSource
 from bridges.video.pattern import PatternSource
@@ -16,12 +17,14 @@ from bridges.video.registry import (
     bridge_status,
     make_sink,
     make_source,
+    preflight,
     sink_class,
     source_class,
     split_spec,
 )
 from bridges.video.spout import SpoutSink, SpoutSource
 from bridges.video.syphon import SyphonSource
+from engine.config import transport_specs
 from engine.errors import BridgeUnavailable, ConfigError
 
 
@@ -145,3 +148,33 @@ def test_classes_and_status(fake_shm: types.ModuleType) -> None:
     assert {(role, kind) for role, kind, _, _ in rows} == {("source", k) for k in SOURCE_KINDS} | {
         ("sink", k) for k in SINK_KINDS
     }
+
+
+def test_registry_covers_exactly_the_kinds_the_rules_define() -> None:
+    assert tuple(registry._SOURCES) == transport_specs.SOURCE_KINDS == SOURCE_KINDS
+    assert tuple(registry._SINKS) == transport_specs.SINK_KINDS == SINK_KINDS
+
+
+def test_bridges_refuse_what_the_preset_schema_refuses() -> None:
+    for bad in ("shm:../../etc/x", "pattern:4x4", "image:a\nb"):
+        with pytest.raises(ConfigError, match="frame source spec"):
+            make_source(bad)
+    with pytest.raises(ConfigError, match="takes no argument"):
+        make_sink("null:x")
+    with pytest.raises(UnknownBridgeError, match="'file'"):
+        make_sink("file:/tmp/x")
+
+
+def test_preflight_checks_every_spec_without_opening_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "never"
+    preflight(f"shm:svj_preflight_{id(folder)}", [f"png:{folder}", "null", "shm:out"])
+    assert not folder.exists()  # nothing was created (a png sink makes its folder on open)
+    with pytest.raises(ConfigError) as info:
+        preflight("shm:../x", ["file:/tmp/x", "null"])
+    assert len(str(info.value).splitlines()) == 2
+    preflight(None, ["null"])  # txt2img: no source
+    monkeypatch.setitem(sys.modules, "SpoutGL", None)
+    with pytest.raises(BridgeUnavailable, match=r"sink 'spout'.*streamvj\[spout\]"):
+        preflight("pattern", ["null", "spout"])

@@ -109,7 +109,11 @@ def test_live_field_errors(snippet: str, fragment: str) -> None:
         ("  frame_buffer_size: 9\n", "load.frame_buffer_size"),
         ("  lora: [{path: x, scale: 9}]\n", "load.lora[0].scale"),
         ("  lora: [{id: x}]\n", "load.lora[0].id: unknown key"),
-        ("  sinks: ['Spout TD']\n", "load.sinks[0]: String should match pattern"),
+        ("  sinks: ['Spout TD']\n", "load.sinks[0]: unknown frame sink kind 'spout td'"),
+        ("  sinks: ['file:/tmp/x']\n", "load.sinks[0]: unknown frame sink kind 'file'"),
+        ("  source: 'shm:../../etc/x'\n", "load.source: frame source spec 'shm:../../etc/x': shared-memory name"),
+        ("  source: 'png:out'\n", "load.source: 'png' cannot be a frame source"),
+        ("  sinks: ['null', 'shm:a/b']\n", "load.sinks[1]: frame sink spec 'shm:a/b'"),
     ],
 )
 def test_load_field_errors(snippet: str, fragment: str) -> None:
