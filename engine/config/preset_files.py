@@ -3,12 +3,22 @@
 An error names the file, the line, the key path, the bad value and what is allowed.
 Preset names that arrive over the network are plain ids resolved inside the presets
 folder, never paths.
+
+Hostile files are refused cheaply, before anything is built from them: a preset is at most
+MAX_PRESET_BYTES, and its YAML may nest at most MAX_YAML_DEPTH deep and expand (aliases
+counted as often as they are used) to at most MAX_YAML_NODES nodes, checked on PyYAML's
+event stream with a counter per anchor, so a 500-byte "billion laughs" costs a few kB.
+Preset files are regular files: a symbolic link is refused, never followed (a preset name
+sent over OSC could otherwise read any file the link points at, and echo parts of it back
+in validation errors).
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 import types
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
@@ -20,6 +30,50 @@ from engine.config.schema import LoadSettings, Preset
 from engine.errors import ConfigError
 
 PRESET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PRESET_EXTENSIONS = (".yaml", ".yml")
+MAX_PRESET_BYTES = 64 * 1024  # the shipped presets are ~1 kB; a large MIDI map stays far below
+MAX_YAML_NODES = 20_000  # after alias expansion; 256 MIDI mappings of 8 keys are ~4,500
+MAX_YAML_DEPTH = 32  # presets nest 4 deep; PyYAML's composer recurses once per level
+
+_COLLECTION_START = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_COLLECTION_END = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _check_yaml_bounds(text: str, source_name: str) -> None:
+    """Refuse YAML that nests too deep or expands (through aliases) to too many nodes.
+
+    Walks the event stream once (PyYAML's parser keeps an explicit stack, it does not
+    recurse): each anchor's expanded size is recorded when its node ends, and an alias adds
+    that size, so nested aliases are counted without expanding anything.
+    """
+    sizes: dict[str, int] = {}  # anchor -> expanded node count
+    open_nodes: list[tuple[str | None, int]] = []  # (anchor, expanded count when it started)
+    total = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        where = f"{source_name}:{event.start_mark.line + 1}"
+        if isinstance(event, yaml.AliasEvent):
+            if any(anchor == event.anchor for anchor, _ in open_nodes):
+                raise ConfigError(f"{where}: alias *{event.anchor} refers to a node that contains it")
+            total += sizes.get(event.anchor, 0)  # undefined: the composer reports it with its position
+        elif isinstance(event, yaml.ScalarEvent):
+            total += 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        elif isinstance(event, _COLLECTION_START):
+            total += 1
+            open_nodes.append((event.anchor, total - 1))
+            sizes.pop(event.anchor, None)  # a re-used anchor names this node from here on
+            if len(open_nodes) > MAX_YAML_DEPTH:
+                raise ConfigError(f"{where}: YAML nests deeper than {MAX_YAML_DEPTH} levels; a preset needs 4")
+        elif isinstance(event, _COLLECTION_END):
+            anchor, started = open_nodes.pop()
+            if anchor is not None:
+                sizes[anchor] = total - started
+        if total > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{where}: YAML expands to more than {MAX_YAML_NODES} values (aliases counted each time "
+                "they are used); refusing it"
+            )
 
 
 def _yaml_positions(text: str) -> tuple[dict[tuple[Any, ...], int], list[str]]:
@@ -114,7 +168,10 @@ def format_validation_error(
 
 def parse_preset(text: str, source_name: str) -> Preset:
     """Parse and validate preset YAML; every problem raises ConfigError naming file, key path and value."""
+    if len(text) > MAX_PRESET_BYTES:
+        raise ConfigError(f"{source_name}: preset is {len(text)} characters; at most {MAX_PRESET_BYTES}")
     try:
+        _check_yaml_bounds(text, source_name)
         lines, dups = _yaml_positions(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -134,13 +191,49 @@ def parse_preset(text: str, source_name: str) -> Preset:
         raise ConfigError(format_validation_error(err, source_name, lines)) from None
 
 
-def load_preset(path: str | Path) -> Preset:
-    path = Path(path)
+def _file_problem(path: Path) -> str | None:
+    """Why `path` cannot be a preset file (a link, not a regular file, too large), or None."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read preset: {exc}") from None
-    return parse_preset(text, str(path))
+        st = path.lstat()
+    except OSError as exc:
+        return f"cannot read preset: {exc.strerror or exc}"
+    if stat.S_ISLNK(st.st_mode):
+        return (
+            "is a symbolic link; presets must be regular files (a link would let a preset name "
+            "read any file it points at): copy the file here instead"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_size > MAX_PRESET_BYTES:
+        return f"is {st.st_size} bytes; a preset file is at most {MAX_PRESET_BYTES} bytes"
+    return None
+
+
+def _read_text(path: Path) -> str:
+    # O_NOFOLLOW: the file cannot be swapped for a link between the check and the read.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    problem = _file_problem(path)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        problem = _file_problem(path) or f"cannot read preset: {exc}"
+        raise ConfigError(f"{path}: {problem}") from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_PRESET_BYTES + 1)
+    if len(data) > MAX_PRESET_BYTES:
+        raise ConfigError(f"{path}: a preset file is at most {MAX_PRESET_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read preset: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def load_preset(path: str | Path) -> Preset:
+    """Read and validate one preset file (a regular file, never a symbolic link)."""
+    path = Path(path)
+    return parse_preset(_read_text(path), str(path))
 
 
 def resolve_preset(presets_dir: str | Path, name: str) -> Path:
@@ -148,23 +241,36 @@ def resolve_preset(presets_dir: str | Path, name: str) -> Path:
     if not isinstance(name, str) or not PRESET_NAME_RE.fullmatch(name):
         raise ConfigError(f"preset name {_short(name)}: use 1-64 letters, digits, '_' or '-'")
     root = Path(presets_dir).resolve()
-    for ext in (".yaml", ".yml"):
-        candidate = (root / f"{name}{ext}").resolve()
-        if candidate.parent == root and candidate.is_file():
+    problems = []
+    for ext in PRESET_EXTENSIONS:
+        candidate = root / f"{name}{ext}"
+        if not os.path.lexists(candidate):
+            continue
+        problem = _file_problem(candidate)
+        if problem is None:
             return candidate
+        problems.append(f"{candidate.name} {problem}")
+    if problems:
+        raise ConfigError(f"preset {name!r} in {root}: {'; '.join(problems)}")
     raise ConfigError(
         f"preset {name!r}: no {name}.yaml in {root}; available: {', '.join(list_presets(root)) or 'none'}"
     )
 
 
 def list_presets(presets_dir: str | Path) -> list[str]:
+    """Names `resolve_preset` accepts: regular files (no links), valid names, not too large.
+
+    Whether their contents validate is `load_preset`'s answer (the `presets` command shows it).
+    """
     root = Path(presets_dir)
-    names = {
-        p.stem
-        for p in root.glob("*.y*ml")
-        if p.suffix in (".yaml", ".yml") and PRESET_NAME_RE.fullmatch(p.stem)
-    }
-    return sorted(names)
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return []
+    return sorted({
+        p.stem for p in entries
+        if p.suffix in PRESET_EXTENSIONS and PRESET_NAME_RE.fullmatch(p.stem) and _file_problem(p) is None
+    })
 
 
 def diff_load_time(a: Preset, b: Preset) -> list[str]:

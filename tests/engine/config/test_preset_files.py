@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,62 @@ def test_docs_presets_example_validates() -> None:
 def test_docs_midi_examples_validate() -> None:
     for block in _yaml_blocks("midi.md"):
         parse_preset("name: doc\nload: {model: tiny}\n" + block, "docs/midi.md")
+
+
+def _alias_bomb(levels: int, fan: int = 10) -> str:
+    """A "billion laughs" preset: each level is a list of `fan` aliases of the level below."""
+    lines = ["name: t", "load: {model: tiny}", 'l0: &l0 "lol"']
+    for i in range(1, levels + 1):
+        lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * fan)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [6, 9])
+def test_alias_bomb_is_refused_cheaply(levels: int) -> None:
+    text = _alias_bomb(levels)  # 10^6 / 10^9 values from ~500 bytes
+    assert len(text) < 800
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match="expands to more than 20000 values") as info:
+            parse_preset(text, "looks/bomb.yaml")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(info.value).startswith("looks/bomb.yaml:")
+    assert peak < 2_000_000, f"refusing the file allocated {peak} bytes"
+
+
+def test_yaml_bounds_let_real_presets_through_and_refuse_recursion_and_depth() -> None:
+    ok = parse_preset(MINIMAL + "live:\n  t_index_list: &steps [20, 40]\n  seed_blend: [[1, 1.0]]\n", "a")
+    assert ok.live.t_index_list == [20, 40]
+    small = "name: t\nbase: &b {model: tiny}\nload: *b\n"  # a harmless alias is fine (then refused as a key)
+    assert "base: unknown key" in error_of(small)
+    assert "refers to a node that contains it" in error_of("name: t\nload: &a {model: tiny, x: [*a]}\n")
+    deep = "name: t\nload: {model: tiny}\nlive: " + "[" * 40 + "]" * 40 + "\n"
+    assert "nests deeper than 32 levels" in error_of(deep)
+    assert "at most 65536" in error_of(MINIMAL + "description: '" + "x" * 70_000 + "'\n")
+
+
+def test_symlinked_presets_are_refused_with_the_reason_and_never_listed(tmp_path: Path) -> None:
+    outside = tmp_path / "passwd.yaml"
+    outside.write_text(MINIMAL)
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "good.yaml").write_text(MINIMAL)
+    (folder / "evil.yaml").symlink_to(outside)
+    (folder / "alias.yaml").symlink_to(folder / "good.yaml")  # even a link inside the folder
+    (folder / "dir.yaml").mkdir()
+    (folder / "huge.yaml").write_text(MINIMAL + "#" * 70_000)
+    assert list_presets(folder) == ["good"]
+    for name in ("evil", "alias"):
+        with pytest.raises(ConfigError, match="is a symbolic link; presets must be regular files"):
+            resolve_preset(folder, name)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        load_preset(folder / "evil.yaml")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        resolve_preset(folder, "dir")
+    with pytest.raises(ConfigError, match="at most 65536 bytes"):
+        load_preset(folder / "huge.yaml")
+    assert load_preset(resolve_preset(folder, "good")).name == "t"
+    for name in list_presets(PRESETS):  # whatever is listed loads
+        load_preset(resolve_preset(PRESETS, name))
