@@ -43,7 +43,7 @@ CPU_INDEX = f"{TORCH_INDEX}/cpu"
 CUDA_BUILDS = (((13, 0), "cu130"), ((12, 0), "cu126"))
 MIN_PYTHON = (3, 10)
 PROBE_TIMEOUT_S = 5.0  # an unreachable index must cost seconds, not pip's minutes of retries
-BASE_EXTRAS = ("ndi", "midi", "gl")
+BASE_EXTRAS = ("ndi", "midi")
 PLATFORM_EXTRAS = {"Windows": ("spout",), "Darwin": ("syphon",)}
 ENV_OVERRIDE = "STREAMVJ_TORCH"
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def decide(facts: Facts, torch_override: str | None = None, dev: bool = False) -
         reasons.append("extra spout: Windows, so Spout (SpoutGL) for TouchDesigner and Resolume")
     elif facts.system == "Darwin":
         reasons.append("extra syphon: macOS, so Syphon for TouchDesigner and Resolume")
-    reasons.append("extras ndi, midi, gl: NDI video, MIDI controllers, the GL shader stage (all platforms)")
+    reasons.append("extras ndi, midi: NDI video and MIDI controllers (all platforms)")
     if dev:
         reasons.append("extra dev: test tools (pytest, ruff, onnxruntime, ...)")
     if torch_override:

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = None
+
 from tests.paths import REPO
 
 _spec = importlib.util.spec_from_file_location("streamvj_install", REPO / "scripts" / "install.py")
@@ -31,7 +36,7 @@ def test_windows_with_nvidia_gets_the_cuda_build_and_spout():
     plan = install.decide(Facts("Windows", "AMD64", ("NVIDIA GeForce RTX 4090",), (13, 0)))
     assert indexes(plan) == ["https://download.pytorch.org/whl/cu130"]  # PyPI's Windows torch is CPU-only
     assert plan.torch[0].args == (SPEC,)
-    assert plan.extras == ("ndi", "midi", "gl", "spout")
+    assert plan.extras == ("ndi", "midi", "spout")
     assert "RTX 4090" in plan.reasons[0] and "CUDA 13.0" in plan.reasons[0]
 
 
@@ -56,9 +61,9 @@ def test_windows_without_gpu_gets_pypi_which_is_cpu_only_there():
 def test_macos_arm64_gets_the_default_build_and_syphon():
     plan = install.decide(Facts("Darwin", "arm64"), dev=True)
     assert indexes(plan) == [None] and plan.torch[0].args == (SPEC,)
-    assert plan.extras == ("ndi", "midi", "gl", "syphon", "dev")
+    assert plan.extras == ("ndi", "midi", "syphon", "dev")
     assert "MPS" in plan.reasons[0]
-    assert plan.requirement() == ".[ndi,midi,gl,syphon,dev]"
+    assert plan.requirement() == ".[ndi,midi,syphon,dev]"
 
 
 def test_an_intel_mac_is_told_plainly_that_torch_has_no_build_for_it():
@@ -73,13 +78,13 @@ def test_linux_cpu_tries_the_cpu_index_then_the_default_index():
     assert indexes(plan) == ["https://download.pytorch.org/whl/cpu", None]
     assert all(s.args == (SPEC,) for s in plan.torch)
     assert "several GB" in plan.torch[1].what  # the fallback says what it costs
-    assert plan.extras == ("ndi", "midi", "gl", "dev")
+    assert plan.extras == ("ndi", "midi", "dev")
 
 
 def test_linux_with_nvidia_tries_the_cuda_index_then_pypi_whose_linux_build_uses_cuda():
     plan = install.decide(Facts("Linux", "x86_64", H200, (13, 0)))
     assert indexes(plan) == ["https://download.pytorch.org/whl/cu130", None]
-    assert plan.extras == ("ndi", "midi", "gl")
+    assert plan.extras == ("ndi", "midi")
     assert "H200" in plan.reasons[0]
 
 
@@ -94,6 +99,13 @@ def test_the_environment_override_wins_and_passes_pip_options_through():
     assert len(plan.torch) == 1
     assert plan.torch[0].args == ("torch==2.13.0", "--index-url", "https://example.invalid/cu126")
     assert "STREAMVJ_TORCH" in plan.reasons[0]
+
+
+@pytest.mark.skipif(tomllib is None, reason="tomllib is Python 3.11+")
+def test_every_extra_the_installer_names_exists_in_pyproject():
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    named = set(install.BASE_EXTRAS) | {"dev"}.union(*install.PLATFORM_EXTRAS.values())
+    assert named <= set(declared), f"not in pyproject.toml: {named - set(declared)}"
 
 
 NVIDIA_SMI_Q = """
@@ -236,4 +248,4 @@ def test_dry_run_prints_the_plan_and_commands_and_changes_nothing(monkeypatch, c
     assert "no NVIDIA GPU was found (faked)" in out
     assert "cannot reach https://download.pytorch.org/whl/cpu (faked: offline)" in out
     assert f"-m pip install -q {SPEC}\n" in out
-    assert "'.[ndi,midi,gl,dev]'" in out
+    assert "'.[ndi,midi,dev]'" in out
