@@ -1,0 +1,166 @@
+"""Every number in README's Speed section, from `run_engine.py bench`, with the machine named.
+
+Runs the bench command line as a subprocess (`--json`) for each row, so it measures what a user's
+command measures: the tiny model on the CPU, fp32, cfg `self`, each size and step count beside
+diffusers' AutoPipelineForImage2Image on the same weights (`--baseline autopipeline`), and
+torch.compile against the eager row of the same size and steps. It records the machine (CPU
+model, logical CPUs, torch threads, torch version, date, load average before and after: the
+numbers mean little on a busy machine) and prints a markdown table for README, then one JSON object.
+
+    .venv/bin/python benchmarks/readme_speed.py                 # all rows, 50 frames each
+    .venv/bin/python benchmarks/readme_speed.py --frames 20     # cheaper; the caption says so
+    .venv/bin/python benchmarks/readme_speed.py --json          # the JSON object only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Row:
+    width: int
+    height: int
+    t_index: tuple[int, ...]
+    acceleration: str = "none"
+    baseline: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.width}x{self.height}, {len(self.t_index)} step(s), {self.acceleration}"
+
+
+# README's Speed section, top to bottom: the table, then the torch.compile sentence.
+TABLE_ROWS = tuple(Row(s, s, t) for s in (256, 512) for t in ((32,), (32, 45)))
+COMPILE_ROW = Row(256, 256, (32, 45), acceleration="compile", baseline=False)
+
+
+def bench_command(row: Row, frames: int, warmup: int, python: str = sys.executable) -> list[str]:
+    cmd = [python, str(ROOT / "run_engine.py"), "bench", "--model", "tiny", "--device", "cpu", "--dtype", "float32",
+           "--cfg", "self", "--width", str(row.width), "--height", str(row.height),
+           "--t-index", ",".join(map(str, row.t_index)), "--frames", str(frames), "--warmup", str(warmup), "--json"]
+    if row.acceleration != "none":
+        cmd += ["--acceleration", row.acceleration]
+    if row.baseline:
+        cmd += ["--baseline", "autopipeline"]
+    return cmd
+
+
+def run_row(row: Row, frames: int, warmup: int, timeout: float) -> dict:
+    done = subprocess.run(bench_command(row, frames, warmup), cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"bench failed for {row.label} (exit {done.returncode}):\n{tail}")
+    return json.loads(lines[-1])
+
+
+def cpu_model() -> str:
+    if sys.platform == "darwin":
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True)
+        return out.stdout.strip() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # Windows has none
+        return None
+
+
+def machine() -> dict:
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "system": f"{platform.system()} {platform.machine()}",
+            "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def measure(frames: int, warmup: int, with_compile: bool, timeout: float,
+            log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    result = {"machine": machine(), "load_before": load_average(), "frames": frames, "warmup": warmup, "rows": []}
+    for row in TABLE_ROWS + ((COMPILE_ROW,) if with_compile else ()):
+        log(f"readme_speed: {row.label} ...")
+        result["rows"].append({"row": {**asdict(row), "t_index": list(row.t_index)},
+                               **run_row(row, frames, warmup, timeout)})
+    result["load_after"] = load_average()
+    first = result["rows"][0]
+    result["machine"] |= {"torch": first["torch"], "torch_threads": first["threads"]}
+    return result
+
+
+def _eager_twin(result: dict, row: dict) -> dict | None:
+    for other in result["rows"]:
+        r = other["row"]
+        if r["acceleration"] == "none" and (r["width"], r["height"], r["t_index"]) == (
+                row["row"]["width"], row["row"]["height"], row["row"]["t_index"]):
+            return other
+    return None
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    load = result["load_before"], result["load_after"]
+    lines = [
+        f"Measured on {m['cpu']} ({m['logical_cpus']} logical CPUs, torch {m['torch']} with "
+        f"{m['torch_threads']} threads, no GPU), {m['date']}, by `benchmarks/readme_speed.py`: tiny model, fp32, "
+        f"cfg `self`, {result['frames']} frames after {result['warmup']} warm-up"
+        + (f"; 1-minute load average {load[0][0]} before, {load[1][0]} after" if load[0] and load[1] else "")
+        + ".",
+        "",
+        "| size | steps (`t_index_list`) | streamvj fps | ms median / p90 | UNet ms | "
+        "AutoPipelineForImage2Image fps | speed-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    extra = []
+    for row in result["rows"]:
+        r = row["row"]
+        steps = f"{len(r['t_index'])} (`{','.join(map(str, r['t_index']))}`)"
+        if r["acceleration"] == "none":
+            base = row.get("baseline", {})
+            lines.append(f"| {r['width']}x{r['height']} | {steps} | {row['fps']:.1f} | {row['ms_median']:.1f} / "
+                         f"{row['ms_p90']:.1f} | {row['unet_ms_median']:.1f} | "
+                         f"{base.get('fps', float('nan')):.1f} | {row.get('speedup_vs_baseline', float('nan')):.2f}x |")
+            continue
+        eager = _eager_twin(result, row)
+        if eager is None:
+            continue
+        extra.append(f"`--acceleration {r['acceleration']}` on the same CPU, {r['width']}x{r['height']}, {steps} "
+                     f"steps: {row['fps']:.1f} fps against {eager['fps']:.1f} eager ({row['ms_median']:.1f} vs "
+                     f"{eager['ms_median']:.1f} ms median), {eager['ms_median'] / row['ms_median']:.2f}x.")
+    return "\n".join(lines + ([""] + extra if extra else []))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=50, help="timed frames per row (README's rows: 50)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (it compiles first)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per row before giving up")
+    parser.add_argument("--json", action="store_true", help="print only the JSON object")
+    args = parser.parse_args(argv)
+    result = measure(args.frames, args.warmup, not args.no_compile, args.timeout)
+    if not args.json:
+        print(markdown(result), end="\n\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

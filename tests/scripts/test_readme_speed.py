@@ -1,0 +1,67 @@
+"""benchmarks/readme_speed.py: the bench command per README row, the README table it writes, and one real
+(tiny, 64x64) row through `run_engine.py bench --json` so the script keeps up with the command's output."""
+
+from __future__ import annotations
+
+import sys
+
+from tests.paths import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import readme_speed as rs  # noqa: E402
+
+
+def test_the_rows_are_readmes_table_then_the_compile_comparison():
+    assert [(r.width, r.t_index) for r in rs.TABLE_ROWS] == [(256, (32,)), (256, (32, 45)), (512, (32,)),
+                                                             (512, (32, 45))]
+    assert all(r.baseline and r.acceleration == "none" for r in rs.TABLE_ROWS)
+    twin = [r for r in rs.TABLE_ROWS if (r.width, r.t_index) == (rs.COMPILE_ROW.width, rs.COMPILE_ROW.t_index)]
+    assert len(twin) == 1  # the compile sentence compares against a row measured in the same run
+
+
+def test_bench_command_asks_for_exactly_readmes_configuration():
+    cmd = rs.bench_command(rs.TABLE_ROWS[1], frames=20, warmup=3, python="py")
+    assert cmd[:3] == ["py", str(REPO / "run_engine.py"), "bench"]
+    flags = dict(zip(cmd[3:-3:2], cmd[4:-3:2]))
+    assert flags == {"--model": "tiny", "--device": "cpu", "--dtype": "float32", "--cfg": "self", "--width": "256",
+                     "--height": "256", "--t-index": "32,45", "--frames": "20", "--warmup": "3"}
+    assert cmd[-3:] == ["--json", "--baseline", "autopipeline"]
+    compiled = rs.bench_command(rs.COMPILE_ROW, frames=20, warmup=3)
+    assert compiled[-3:] == ["--json", "--acceleration", "compile"] and "--baseline" not in compiled
+
+
+def fake_result() -> dict:
+    def row(r: rs.Row, fps: float, ms: float, **extra) -> dict:
+        return {"row": {"width": r.width, "height": r.height, "t_index": list(r.t_index),
+                        "acceleration": r.acceleration, "baseline": r.baseline},
+                "fps": fps, "ms_median": ms, "ms_p90": ms * 1.1, "unet_ms_median": ms / 2, "torch": "2.13.0+cpu",
+                "threads": 2, **extra}
+
+    rows = [row(r, 1000 / (10 * (i + 1)), 10.0 * (i + 1), baseline={"fps": 5.0}, speedup_vs_baseline=1.5)
+            for i, r in enumerate(rs.TABLE_ROWS)]
+    rows.append(row(rs.COMPILE_ROW, 80.0, 12.5))
+    return {"machine": {"cpu": "Test CPU 9000", "logical_cpus": 2, "torch": "2.13.0+cpu", "torch_threads": 2,
+                        "date": "2026-01-01 00:00 UTC"},
+            "load_before": [0.5, 0.4, 0.3], "load_after": [1.0, 0.5, 0.3], "frames": 20, "warmup": 3, "rows": rows}
+
+
+def test_markdown_names_the_machine_and_gives_every_row():
+    text = rs.markdown(fake_result())
+    assert "Test CPU 9000 (2 logical CPUs, torch 2.13.0+cpu with 2 threads, no GPU)" in text
+    assert "20 frames after 3 warm-up" in text and "load average 0.5 before, 1.0 after" in text
+    assert "| 256x256 | 2 (`32,45`) | 50.0 | 20.0 / 22.0 | 10.0 | 5.0 | 1.50x |" in text
+    assert text.count("\n| 512x512 |") == 2
+    # compile 12.5 ms against the 256x256 2-step eager row's 20.0 ms
+    assert "80.0 fps against 50.0 eager (12.5 vs 20.0 ms median), 1.60x." in text
+
+
+def test_one_real_row_through_the_bench_command():
+    row = rs.Row(64, 64, (32,))
+    got = rs.run_row(row, frames=2, warmup=1, timeout=600)
+    for key in ("fps", "ms_median", "ms_p90", "unet_ms_median", "torch", "threads", "speedup_vs_baseline"):
+        assert key in got, f"bench --json lost {key!r}"
+    assert got["width"] == 64 and got["frames"] == 2 and got["baseline"]["fps"] > 0
+    assert "64x64" in rs.markdown({"machine": {**rs.machine(), "torch": got["torch"], "torch_threads": 2},
+                                   "load_before": None, "load_after": None, "frames": 2, "warmup": 1,
+                                   "rows": [{"row": {"width": 64, "height": 64, "t_index": [32],
+                                                     "acceleration": "none", "baseline": True}, **got}]})
