@@ -9,7 +9,7 @@ TouchDesigner (put this file next to the .toe or on TD's Python path):
     import streamvj_shm_client as svj
     w = op('null_out')
     if 'writer' not in me.storage:
-        me.storage['writer'] = svj.ShmWriter('td_to_streamvj', w.width, w.height)
+        me.storage['writer'] = svj.ShmWriter('streamvj_in', w.width, w.height)
     me.storage['writer'].write(w.numpyArray(), bottom_up=True)   # float32 0..1, bottom-up
 
     # Script TOP receiving streamvj's output, in onCook(scriptOp):
