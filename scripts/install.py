@@ -144,7 +144,7 @@ def _torch_sources(facts: Facts) -> tuple[tuple[TorchSource, ...], str]:
 
 def _cpu_sources(system: str) -> tuple[TorchSource, ...]:
     if system == "Windows":
-        return (TorchSource((TORCH_SPEC,), None, f"{TORCH_SPEC} from PyPI (CPU-only on Windows, ~250 MB)"),)
+        return (TorchSource((TORCH_SPEC,), None, f"{TORCH_SPEC} from PyPI (PyPI's Windows build is CPU-only)"),)
     cpu = TorchSource((TORCH_SPEC,), CPU_INDEX, f"{TORCH_SPEC} CPU-only build (~200 MB) from {CPU_INDEX}")
     # Where that index cannot be reached, PyPI still has torch: on Linux x86_64 that is the CUDA build
     # (it works on a CPU, but downloads several GB of CUDA libraries), or a local CPU wheel where
