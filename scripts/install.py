@@ -116,7 +116,8 @@ def _torch_sources(facts: Facts) -> tuple[tuple[TorchSource, ...], str]:
         if facts.machine != "arm64":
             raise PlanError(
                 f"torch {TORCH_VERSION} has no build for Intel Macs (PyTorch's last was 2.2), so streamvj "
-                f"needs Apple silicon; to try another torch anyway, set {ENV_OVERRIDE} to its pip spec")
+                f"needs Apple silicon and an arm64 Python (this Python is {facts.machine}: on Apple silicon "
+                f"that means it runs under Rosetta); to try another torch anyway, set {ENV_OVERRIDE}")
         return (pypi_default,), "macOS on Apple silicon: PyPI's build is the one with the Metal (MPS) backend"
     if facts.system not in ("Linux", "Windows"):
         return (pypi_default,), f"{facts.system} is not a platform streamvj knows; PyPI's default build"
