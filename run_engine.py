@@ -34,9 +34,9 @@ def quiet_libraries() -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from engine.accel.backend import resolve_acceleration, resolve_device, resolve_dtype
     from engine.bench import BenchOptions, bench_autopipeline, bench_stream, format_table
     from engine.errors import StreamVJError
-    from engine.live.show import resolve_acceleration, resolve_device, resolve_dtype
     from engine.models.load import load_model
 
     quiet_libraries()
@@ -178,10 +178,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bridges.control.osc_feedback import OscFeedback
     from bridges.video.registry import make_sink, make_source
     from engine.config.preset_files import load_preset
+    from engine.core.build import build_pipeline
     from engine.errors import StreamVJError
     from engine.live.params import ParamStore
     from engine.live.player import LivePlayer
-    from engine.live.show import Show, build_pipeline
+    from engine.live.show import Show
     from engine.live.tempo import Tempo
     from engine.realtime.gpu_stats import GpuStats
     from engine.realtime.runtime import Runtime

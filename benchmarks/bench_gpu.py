@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from engine.accel.cuda_graphs import GraphedStep  # noqa: E402
 from engine.bench import BenchOptions, bench_autopipeline, moving_frames, summarise  # noqa: E402
-from engine.core.pipeline import StreamPipeline, StreamSettings  # noqa: E402
+from engine.config.schema import LiveParams, LoadSettings  # noqa: E402
+from engine.core.pipeline import StreamPipeline  # noqa: E402
 from engine.models.load import ModelParts, load_model, load_vae  # noqa: E402
 
 log = logging.getLogger("streamvj.bench_gpu")
@@ -109,11 +110,11 @@ def time_pipelined(pipe: StreamPipeline, frames: list[np.ndarray], warmup: int, 
     return {"fps_pipelined": round(count / (time.perf_counter() - start), 1)}
 
 
-def make_pipeline(parts: ModelParts, size: int, steps: int, cfg: str, acceleration: str, device: torch.device,
-                  dtype: torch.dtype, **settings: object) -> StreamPipeline:
-    stream_settings = StreamSettings(width=size, height=size, t_index_list=T_INDEX[steps], cfg_type=cfg,
-                                     acceleration=acceleration, **settings)
-    return StreamPipeline(parts, stream_settings, device=device, dtype=dtype)
+def make_pipeline(parts: ModelParts, size: int, steps: int, cfg: str, backend: str, device: torch.device,
+                  dtype: torch.dtype, compile_mode: str = "default", **live: object) -> StreamPipeline:
+    load = LoadSettings(model=parts.source or "bench", width=size, height=size, cfg_type=cfg, compile_mode=compile_mode)
+    return StreamPipeline(parts, load, LiveParams(t_index_list=T_INDEX[steps], **live), device=device, dtype=dtype,
+                          backend=backend)
 
 
 def use_graph(pipe: StreamPipeline) -> GraphedStep:
@@ -128,7 +129,7 @@ def use_tensorrt(pipe: StreamPipeline, parts: ModelParts, size: int) -> None:
     from engine.accel.trt_engine import build_trt_components
 
     trt = build_trt_components(parts, width=size, height=size, unet_batch=pipe.stream.unet_batch_size(),
-                               frame_buffer_size=pipe.settings.frame_buffer_size, device=pipe.device,
+                               frame_buffer_size=pipe.load.frame_buffer_size, device=pipe.device,
                                dtype=pipe.dtype)
     scale, shift = pipe._vae_scale, pipe._vae_shift
     pipe.stream.unet_fn = trt.unet

@@ -26,8 +26,8 @@ from pythonosc.udp_client import SimpleUDPClient  # noqa: E402
 
 from bridges.control.osc import OscServer  # noqa: E402
 from bridges.video.pattern import PatternSource  # noqa: E402
-from engine.config.schema import LiveParams  # noqa: E402
-from engine.core.pipeline import StreamPipeline, StreamSettings  # noqa: E402
+from engine.config.schema import LiveParams, LoadSettings  # noqa: E402
+from engine.core.pipeline import StreamPipeline  # noqa: E402
 from engine.live.params import ParamStore  # noqa: E402
 from engine.live.player import LivePlayer  # noqa: E402
 from engine.models.load import load_model  # noqa: E402
@@ -72,8 +72,7 @@ def main() -> int:
     args = parser.parse_args()
 
     live = LiveParams(t_index_list=[32, 45])
-    pipe = StreamPipeline(load_model("tiny"), StreamSettings(width=args.size, height=args.size,
-                                                             t_index_list=[32, 45]))
+    pipe = StreamPipeline(load_model("tiny"), LoadSettings(model="tiny", width=args.size, height=args.size), live)
     store = ParamStore(live)
     player = LivePlayer(pipe, store)
     watcher = GreyWatcher()

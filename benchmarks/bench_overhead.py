@@ -149,11 +149,13 @@ def bench_shm_path(w: int, h: int, frames: int, fps: float) -> dict[str, Any]:
 def bench_tiny_model(size: int, frames: int) -> dict[str, Any]:
     import torch
 
-    from engine.core.pipeline import StreamPipeline, StreamSettings
+    from engine.config.schema import LiveParams, LoadSettings
+    from engine.core.pipeline import StreamPipeline
     from engine.models.load import load_model
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    pipe = StreamPipeline(load_model("tiny"), StreamSettings(width=size, height=size, t_index_list=[20, 40]))
+    pipe = StreamPipeline(load_model("tiny"), LoadSettings(model="tiny", width=size, height=size),
+                          LiveParams(t_index_list=[20, 40]))
     warm = np.zeros((size, size, 4), np.uint8)
     for _ in range(2):
         pipe(warm)
@@ -177,7 +179,7 @@ def bench_tiny_model(size: int, frames: int) -> dict[str, Any]:
         "latency_p99_ms": stats["latency_p99_ms"],
         "overhead_ms": sum(stats["stages"][s]["median_ms"] for s in ("receive", "preprocess", "postprocess", "send")),
         "dropped_input": stats["dropped_input"],
-        "latency_frames": len(pipe.settings.t_index_list) - 1,
+        "latency_frames": pipe.stream.n - 1,
     }
 
 
@@ -191,7 +193,8 @@ def bench_control_path(frames: int) -> dict[str, Any]:
     import torch
 
     from engine.config.preset_files import load_preset
-    from engine.core.pipeline import StreamPipeline, StreamSettings
+    from engine.config.schema import LiveParams, LoadSettings
+    from engine.core.pipeline import StreamPipeline
     from engine.live.params import ParamStore
     from engine.live.player import LivePlayer
     from engine.models.load import load_model
@@ -217,7 +220,7 @@ def bench_control_path(frames: int) -> dict[str, Any]:
             return (latents[:, :3].repeat_interleave(8, 2).repeat_interleave(8, 3),)
 
     parts.unet, parts.vae = NullUnet(), NullVae()
-    pipe = StreamPipeline(parts, StreamSettings(width=64, height=64, t_index_list=[20, 40]))
+    pipe = StreamPipeline(parts, LoadSettings(model="tiny", width=64, height=64), LiveParams(t_index_list=[20, 40]))
     player = LivePlayer(pipe, ParamStore(load_preset(ROOT / "presets" / "tiny.yaml").live))
     frame = np.zeros((64, 64, 4), np.uint8)
     threads = torch.get_num_threads()

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.core.pipeline import StreamPipeline, StreamSettings
+from engine.config.schema import LiveParams, LoadSettings
+from engine.core.pipeline import StreamPipeline
 from engine.models.load import ModelParts
 
 
@@ -58,10 +59,10 @@ def summarise(ms: list[float]) -> dict:
 
 
 def bench_stream(parts: ModelParts, opts: BenchOptions, device: torch.device, dtype: torch.dtype) -> dict:
-    settings = StreamSettings(width=opts.width, height=opts.height, t_index_list=list(opts.t_index_list),
-                              frame_buffer_size=opts.frame_buffer_size, cfg_type=opts.cfg_type, mode=opts.mode,
-                              acceleration=opts.acceleration)
-    pipe = StreamPipeline(parts, settings, device=device, dtype=dtype)
+    load = LoadSettings(model=parts.source or "bench", width=opts.width, height=opts.height,
+                        frame_buffer_size=opts.frame_buffer_size, cfg_type=opts.cfg_type, mode=opts.mode)
+    live = LiveParams(t_index_list=list(opts.t_index_list))
+    pipe = StreamPipeline(parts, load, live, device=device, dtype=dtype, backend=opts.acceleration)
     inputs = moving_frames(8, opts.height, opts.width)
     if opts.frame_buffer_size > 1:
         inputs = [np.stack([inputs[(i + j) % 8] for j in range(opts.frame_buffer_size)]) for i in range(8)]

@@ -10,7 +10,7 @@ there the engine runs on its own side stream, ordered by events. Because nothing
 allocated and nothing syncs, an engine call can sit inside a captured CUDA graph
 (`engine.accel.cuda_graphs.GraphedStep`).
 
-`tensorrt` is imported lazily: without it, `select_backend` falls back to the
+`tensorrt` is imported lazily: without it, engine/accel/backend.py falls back to the
 torch.compile / CUDA-graph path and says why, naming `pip install 'streamvj[tensorrt]'`.
 """
 
@@ -42,7 +42,6 @@ from engine.errors import ConfigError, StreamVJError
 log = logging.getLogger("streamvj.trt_engine")
 
 INSTALL_HINT = "pip install 'streamvj[tensorrt]'"
-BACKENDS = ("auto", "none", "compile", "tensorrt")
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
 SDXL_INPUTS = ("text_embeds", "time_ids")
 
@@ -70,48 +69,6 @@ def tensorrt_status() -> tuple[bool, str]:
         return True, str(import_tensorrt().__version__)
     except TensorRTUnavailable as exc:
         return False, str(exc)
-
-
-# ---- backend choice ---------------------------------------------------------------------------------
-
-
-def select_backend(requested: str, device: torch.device | str,
-                   build: Callable[[], object] | None = None) -> tuple[str, str]:
-    """("tensorrt" | "compile" | "none", reason) for a preset's `acceleration` on `device`.
-
-    TensorRT is chosen only when the library imports, the device is CUDA and `build` (the
-    engine build/load, when given) succeeds. Otherwise: on CUDA, torch.compile + CUDA
-    graphs; on a CPU, eager (compiling there takes minutes per graph for little gain,
-    matching what `auto` does). `compile` and `none` are honoured as asked.
-    """
-    if requested not in BACKENDS:
-        raise ConfigError(f"unknown acceleration {requested!r}: allowed {', '.join(BACKENDS)}")
-    device = torch.device(device)
-    cuda = device.type == "cuda" and torch.cuda.is_available()
-    if requested == "none":
-        return "none", "acceleration off: eager PyTorch"
-    if requested == "compile":
-        return "compile", "torch.compile with CUDA graphs" if cuda else "torch.compile (inductor, CPU)"
-    fallback = ("compile", "torch.compile with CUDA graphs") if cuda else ("none", "eager PyTorch")
-    explicit = requested == "tensorrt"
-
-    def fall_back(why: str) -> tuple[str, str]:
-        reason = f"{why}; using {fallback[1]}"
-        (log.warning if explicit else log.info)("acceleration %s: %s", requested, reason)
-        return fallback[0], reason
-
-    if not cuda:
-        return fall_back(f"TensorRT needs an NVIDIA GPU (device is {device})")
-    ok, detail = tensorrt_status()
-    if not ok:
-        return fall_back(detail)
-    if build is not None:
-        try:
-            build()
-        except (StreamVJError, RuntimeError, OSError) as exc:  # OSError: disk full writing the cache
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return fall_back(f"TensorRT engine build failed ({first})")
-    return "tensorrt", f"TensorRT {detail} engines"
 
 
 # ---- build ------------------------------------------------------------------------------------------

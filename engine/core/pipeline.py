@@ -12,12 +12,13 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from engine.config.schema import LiveParams, LoadSettings
 from engine.core.blend import blend
 from engine.core.fit import fit_into
 from engine.core.fx import FxUniforms, feedback_mix, post_fx
@@ -34,47 +35,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streamvj.pipeline")
 
-ACCELERATIONS = ("none", "compile", "tensorrt")
 # preset name -> torch.compile mode. Never inductor's own CUDA graphs ("reduce-overhead"):
 # GraphedStep captures the whole frame step, FX modes included, itself.
 COMPILE_MODES = {"default": None, "max-autotune": "max-autotune-no-cudagraphs"}
-MODES = ("img2img", "txt2img")
 VAE_FACTOR = 8
 
-
-@dataclass
-class StreamSettings:
-    """What a pipeline is built for. `t_index_list`'s length, sizes, cfg and mode are load-time."""
-
-    width: int = 512
-    height: int = 512
-    t_index_list: list[int] = field(default_factory=lambda: [32, 45])
-    frame_buffer_size: int = 1
-    cfg_type: str = "self"
-    mode: str = "img2img"
-    acceleration: str = "none"
-    compile_mode: str = "default"  # torch.compile: default, or max-autotune (slower compile, maybe faster frames)
-    prompt: str = "a psychedelic neon landscape, highly detailed"
-    negative_prompt: str = ""
-    guidance_scale: float = 1.2
-    delta: float = 1.0
-    seed: int = 2
-    similarity_enabled: bool = False
-    similarity_threshold: float = 0.98
-    similarity_max_skip: int = 10
-    fit_input: bool = False  # accept frames of any size and cover-fit them on the device
-
-    def check(self) -> None:
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 64 <= value <= 4096 or value % VAE_FACTOR:
-                raise ConfigError(f"{name} must be a multiple of {VAE_FACTOR} in 64..4096, got {value!r}")
-        if self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}: allowed {', '.join(MODES)}")
-        if self.acceleration not in ACCELERATIONS:
-            raise ConfigError(f"unknown acceleration {self.acceleration!r}: allowed {', '.join(ACCELERATIONS)}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"unknown compile_mode {self.compile_mode!r}: allowed {', '.join(COMPILE_MODES)}")
+# Live fields the pipeline applies together (one setter call per group), for LiveApplier and __init__.
+LIVE_GROUPS: dict[str, tuple[str, ...]] = {
+    "prompt": ("prompt", "negative_prompt", "prompt_blend", "prompt_interp"),
+    "seed": ("seed", "seed_blend"),
+    "guidance": ("guidance_scale", "delta"),
+    "t_index": ("t_index_list",),
+    "similarity": ("similarity_enabled", "similarity_threshold", "similarity_max_skip"),
+    "fx": ("fx_feedback", "fx_blend", "fx_brightness", "fx_contrast", "fx_saturation", "fx_hue"),
+}
 
 
 @dataclass
@@ -88,15 +62,8 @@ class PipelineCounters:
         return self.skipped / self.frames_in if self.frames_in else 0.0
 
 
-def check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    return seed
-
-
 def seed_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     """The noise of one seed, from a CPU generator so every device draws the same numbers."""
-    check_seed(seed)
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
 
 
@@ -116,24 +83,28 @@ SEED_CACHE = 16  # seeds kept on the device: a seed crossfade reuses them every 
 
 
 class StreamPipeline:
-    def __init__(self, parts: ModelParts, settings: StreamSettings, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, rng: random.Random | None = None):
-        settings.check()
-        self.parts, self.settings = parts, settings
+    """Built for one preset's load settings, starting from its live values (both validated by
+    engine/config/schema.py). `backend` is the resolved acceleration: none, compile or tensorrt.
+    `fit_input`: accept frames of any size and cover-fit them on the device."""
+
+    def __init__(self, parts: ModelParts, load: LoadSettings, live: LiveParams, *,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, backend: str = "none",
+                 fit_input: bool = False, rng: random.Random | None = None):
+        self.parts, self.load, self.fit_input, self.acceleration = parts, load, fit_input, backend
         self.device, self.dtype = torch.device(device), dtype
-        self.txt2img = settings.mode == "txt2img"
-        f, h, w = settings.frame_buffer_size, settings.height, settings.width
+        self.txt2img = load.mode == "txt2img"
+        f, h, w = load.frame_buffer_size, load.height, load.width
         latent_shape = (parts.unet.config.in_channels, h // VAE_FACTOR, w // VAE_FACTOR)
         if self.device.type == "cuda":
             parts.unet.to(memory_format=torch.channels_last)
         sdxl = parts.family is Family.SDXL
         self.stream = StreamBatch(
-            self._unet_fn, parts.scheduler_config, settings.t_index_list, latent_shape,
-            frame_buffer_size=f, cfg_type=settings.cfg_type, txt2img=self.txt2img, device=self.device,
+            self._unet_fn, parts.scheduler_config, list(live.t_index_list), latent_shape,
+            frame_buffer_size=f, cfg_type=load.cfg_type, txt2img=self.txt2img, device=self.device,
             dtype=dtype, pooled=sdxl, time_ids=(h, w, 0, 0, h, w) if sdxl else None)
         self.prompts = PromptEncoder(parts, self.device, dtype)
-        self.similarity = SimilarityFilter(settings.similarity_threshold, settings.similarity_max_skip, rng,
-                                           enabled=settings.similarity_enabled)
+        self.similarity = SimilarityFilter(live.similarity_threshold, live.similarity_max_skip, rng,
+                                           enabled=live.similarity_enabled)
         self.counters = PipelineCounters()
         self.input_u8 = torch.zeros(f, h, w, 4, dtype=torch.uint8, device=self.device)
         # Two output buffers, written in turn: the download of frame k (its own stream) reads
@@ -158,7 +129,7 @@ class StreamPipeline:
 
             self._uploader = DeviceUpload(self.device)
         self._trt = None
-        if settings.acceleration == "tensorrt":
+        if backend == "tensorrt":
             from engine.accel.trt_engine import build_trt_components
 
             self._trt = build_trt_components(parts, width=w, height=h, unet_batch=self.stream.unet_batch_size(),
@@ -167,15 +138,16 @@ class StreamPipeline:
             self.stream.unet_fn = self._trt.unet
         self._step = self._frame_step
         self.compile_error: str | None = None
-        if settings.acceleration == "compile":
+        if backend == "compile":
             allow_compiled_variants(COMPILED_VARIANTS)
             self._step = self._compiled_or_eager(torch.compile(self._frame_step, dynamic=False, fullgraph=False,
-                                                               mode=COMPILE_MODES[settings.compile_mode]))
-        if self.device.type == "cuda" and settings.acceleration != "none":
+                                                               mode=COMPILE_MODES[load.compile_mode]))
+        if self.device.type == "cuda" and backend != "none":
             self.use_graphs()
-        self.set_prompt(settings.prompt, settings.negative_prompt)
-        self.set_guidance(settings.guidance_scale, settings.delta)
-        self.set_seed(settings.seed)
+        self.negative_prompt = live.negative_prompt
+        self.guidance_scale, self.delta = live.guidance_scale, live.delta
+        for group in LIVE_GROUPS:
+            self.apply_live(group, live)
 
     def _compiled_or_eager(self, compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """The compiled step, or the eager one for good once compiling fails.
@@ -210,7 +182,7 @@ class StreamPipeline:
         in a log line scrolled away)."""
         if self._trt is not None:
             name = "tensorrt"
-        elif self.settings.acceleration == "compile":
+        elif self.acceleration == "compile":
             name = "eager (compile failed)" if self.compile_error else "compile"
         else:
             name = "eager"
@@ -279,9 +251,9 @@ class StreamPipeline:
                          negative_prompt: str | None = None) -> None:
         """Weighted prompt mix; only texts not in the cache are encoded. Applies on the next frame."""
         if negative_prompt is not None:
-            self.settings.negative_prompt = negative_prompt
+            self.negative_prompt = negative_prompt
         cond = self.prompts.blend(prompts, method)
-        uncond = self.prompts.encode(self.settings.negative_prompt)
+        uncond = self.prompts.encode(self.negative_prompt)
         self.stream.set_conditioning(cond.hidden, uncond.hidden, cond.pooled, uncond.pooled)
 
     def set_seed(self, seed: int) -> None:
@@ -292,7 +264,6 @@ class StreamPipeline:
         so a crossfade that changes the weights every frame costs no draw and no host copy."""
         noises = []
         for seed, _ in seeds:
-            check_seed(seed)  # before the cache: True == 1 as a dict key would slip through
             noise = self._seed_cache.pop(seed, None)
             if noise is None:
                 noise = seed_noise(seed, tuple(self.stream.noise.shape)).to(self.device, self.dtype)
@@ -305,23 +276,36 @@ class StreamPipeline:
         self._txt_generator.manual_seed(seeds[0][0])
 
     def set_guidance(self, guidance_scale: float, delta: float | None = None) -> None:
-        for name, value, low, high in (("guidance_scale", guidance_scale, 0.0, 50.0),
-                                       ("delta", self.settings.delta if delta is None else delta, 0.0, 10.0)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-                raise ConfigError(f"{name} must be a number in {low}..{high}, got {value!r}")
-        self.settings.guidance_scale = float(guidance_scale)
-        self.settings.delta = float(self.settings.delta if delta is None else delta)
-        self.stream.set_guidance(self.settings.guidance_scale, self.settings.delta)
+        self.guidance_scale = float(guidance_scale)
+        self.delta = self.delta if delta is None else float(delta)
+        self.stream.set_guidance(self.guidance_scale, self.delta)
 
     def set_t_index_list(self, t_index_list: list[int]) -> None:
         self.stream.set_t_index_list(t_index_list)
-        self.settings.t_index_list = list(t_index_list)
 
     def set_similarity(self, enabled: bool, threshold: float, max_skip: int) -> None:
         self.similarity.configure(threshold, max_skip)
         if enabled and not self.similarity.enabled:
             self.similarity.reset()  # its reference frame is stale after a pause
         self.similarity.enabled = bool(enabled)
+
+    def apply_live(self, group: str, live: LiveParams) -> None:
+        """Apply one of LIVE_GROUPS from `live` (values already validated by the schema)."""
+        if group == "prompt":
+            blend = [(text, float(w)) for text, w in live.prompt_blend] or [(live.prompt, 1.0)]
+            self.set_prompt_blend(blend, live.prompt_interp, negative_prompt=live.negative_prompt)
+        elif group == "seed":
+            self.set_seed_blend([(int(s), float(w)) for s, w in live.seed_blend] or [(live.seed, 1.0)])
+        elif group == "guidance":
+            self.set_guidance(live.guidance_scale, live.delta)
+        elif group == "t_index":
+            self.set_t_index_list(list(live.t_index_list))
+        elif group == "fx":
+            self.fx.update({name: getattr(live, name) for name in LIVE_GROUPS["fx"]})
+        elif group == "similarity":
+            self.set_similarity(live.similarity_enabled, live.similarity_threshold, live.similarity_max_skip)
+        else:
+            raise ValueError(f"unknown live group {group!r}: groups are {', '.join(LIVE_GROUPS)}")
 
     def warm_up(self) -> float:
         """Run the frame step now, with and without FX, on a black frame; returns the seconds taken.
@@ -335,7 +319,7 @@ class StreamPipeline:
         mismatch would recompile on air.
         """
         started = time.monotonic()
-        if self.settings.acceleration == "compile":
+        if self.acceleration == "compile":
             log.info("warming up: torch.compile compiles the frame step now (minutes on a first run)")
         if not self.txt2img:
             self._upload(torch.zeros(self.input_u8.shape, dtype=torch.uint8))  # through the upload path
@@ -368,14 +352,14 @@ class StreamPipeline:
         The returned tensor is one of this pipeline's two output buffers, used in turn: copy
         (or send) it before the next call but one. txt2img takes no input.
         """
-        s = self.settings
+        load = self.load
         self.counters.frames_in += 1
         if self.txt2img:
             torch.randn(self.txt_noise.shape, generator=self._txt_generator, out=self.txt_noise)
         else:
             if frame is None:
                 raise ConfigError("img2img needs an input frame")
-            frames = as_frame_batch(frame, s.frame_buffer_size, s.height, s.width, any_size=s.fit_input)
+            frames = as_frame_batch(frame, load.frame_buffer_size, load.height, load.width, any_size=self.fit_input)
             if self.similarity.enabled and self.similarity.should_skip(self._similarity_sample(frames)) \
                     and self._has_output:
                 self.counters.skipped += 1
@@ -429,5 +413,5 @@ class StreamPipeline:
         fit_into(self._staging, self.input_u8)
 
     def _result(self, frame: np.ndarray | torch.Tensor | None) -> torch.Tensor:
-        single = frame is None and self.settings.frame_buffer_size == 1 or frame is not None and frame.ndim == 3
+        single = frame is None and self.load.frame_buffer_size == 1 or frame is not None and frame.ndim == 3
         return self.output_u8[0] if single else self.output_u8

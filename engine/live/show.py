@@ -16,17 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
 from engine.config.preset_files import diff_load_time, list_presets, load_preset, resolve_preset
-from engine.config.schema import LiveParams, LoadSettings, Preset
-from engine.core.pipeline import StreamPipeline, StreamSettings
+from engine.config.schema import Preset
+from engine.core.build import build_pipeline
+from engine.core.pipeline import StreamPipeline
 from engine.errors import ConfigError, StreamVJError
 from engine.live.params import ParamStore
 from engine.live.player import LivePlayer
 from engine.live.tempo import Tempo
-from engine.models.load import load_model
-from engine.models.lora import fuse_loras
 
 log = logging.getLogger("streamvj.show")
 
@@ -38,66 +35,6 @@ def _timer(delay_s: float, action: Callable[[], None]) -> None:
 
 # Load-time fields the render pipeline does not depend on: they need a restart, not a rebuild.
 BRIDGE_FIELDS = {"load.source", "load.sinks", "load.target_fps"}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for, but this torch build sees no CUDA GPU "
-                          f"(install a CUDA build of torch, or set device: cpu)")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        # CPU half-precision kernels run 10-100x slower than fp32; GPUs want fp16.
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
-def resolve_acceleration(name: str, device: torch.device) -> str:
-    """The backend a preset's `acceleration` gets here (engine.accel.trt_engine.select_backend decides)."""
-    from engine.accel.trt_engine import select_backend
-
-    backend, reason = select_backend(name, device)
-    log.info("acceleration %s on %s: %s", name, device, reason)
-    return backend
-
-
-def stream_settings(load: LoadSettings, live: LiveParams, device: torch.device) -> StreamSettings:
-    return StreamSettings(
-        width=load.width, height=load.height, t_index_list=list(live.t_index_list),
-        frame_buffer_size=load.frame_buffer_size, cfg_type=load.cfg_type, mode=load.mode,
-        acceleration=resolve_acceleration(load.acceleration, device), compile_mode=load.compile_mode,
-        prompt=live.prompt,
-        negative_prompt=live.negative_prompt, guidance_scale=live.guidance_scale, delta=live.delta, seed=live.seed,
-        similarity_enabled=live.similarity_enabled, similarity_threshold=live.similarity_threshold,
-        similarity_max_skip=live.similarity_max_skip, fit_input=True)
-
-
-def build_pipeline(preset: Preset) -> StreamPipeline:
-    """Load the preset's model, build its pipeline and warm it up (slow: run it off the render thread)."""
-    load = preset.load
-    device = resolve_device(load.device)
-    dtype = resolve_dtype(load.dtype, device)
-    parts = load_model(load.model, family=load.family, vae=load.vae, device=device, dtype=dtype)
-    fuse_loras(parts, [(lora.path, lora.scale, lora.weight_name) for lora in load.lora])
-    settings = stream_settings(load, preset.live, device)
-    try:
-        pipeline = StreamPipeline(parts, settings, device=device, dtype=dtype)
-    except Exception as exc:  # noqa: BLE001 - whatever a TensorRT version raises, the show falls back
-        if settings.acceleration != "tensorrt" or isinstance(exc, ConfigError):
-            raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        log.warning("TensorRT build failed (%s: %s); using torch.compile with CUDA graphs", type(exc).__name__, reason)
-        settings.acceleration = "compile"
-        pipeline = StreamPipeline(parts, settings, device=device, dtype=dtype)
-    # Compiling and capturing happen here, on the building thread, not on the first live frame.
-    seconds = pipeline.warm_up()
-    log.info("pipeline warmed up in %.1f s", seconds)
-    return pipeline
 
 
 class Controls(Protocol):

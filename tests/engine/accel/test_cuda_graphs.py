@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
 
 from engine.accel.cuda_graphs import CUDA_GRAPHS, GraphedStep
-from engine.core.pipeline import StreamPipeline, StreamSettings
+from engine.core.pipeline import StreamPipeline
 from tests.engine.accel.graph_emulator import EmulatedGraphs
+from tests.engine.core.pipelines import make_pipeline
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 SIZE = 64
@@ -89,8 +88,7 @@ def test_mode_arguments_pass_through_on_cpu():
 
 
 def make(parts, device: str = "cpu", **kwargs) -> StreamPipeline:
-    settings = dict(width=SIZE, height=SIZE, t_index_list=[20, 40], cfg_type="self")
-    return StreamPipeline(parts, StreamSettings(**{**settings, **kwargs}), device=device, rng=random.Random(0))
+    return make_pipeline(parts, device=device, **kwargs)
 
 
 def frames(n: int) -> list[np.ndarray]:

@@ -107,9 +107,9 @@ def test_vae_encoder_and_decoder_match_pytorch(tiny_parts, tmp_path, kind):
 
 
 def test_encoder_wrapper_is_what_the_pipeline_encodes(tiny_parts):
-    from engine.core.pipeline import StreamPipeline, StreamSettings
+    from tests.engine.core.pipelines import make_pipeline
 
-    pipe = StreamPipeline(tiny_parts, StreamSettings(width=SIZE, height=SIZE, t_index_list=[30]))
+    pipe = make_pipeline(tiny_parts, width=SIZE, height=SIZE, t_index_list=[30])
     images = torch.rand(1, 3, SIZE, SIZE) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(pipe.encode(images), VaeEncoderExport(tiny_parts.vae)(images) * pipe._vae_scale)

@@ -11,7 +11,7 @@ import torch
 import engine.accel.trt_engine as trt_engine
 from engine.accel.onnx_export import OnnxExportError, OnnxGraph, TensorSpec, unet_input_specs
 from engine.accel.trt_cache import TrtCache
-from engine.accel.trt_engine import TrtBuildError, build_trt_components, select_backend
+from engine.accel.trt_engine import TrtBuildError, build_trt_components
 from tests.engine.accel.fake_tensorrt import write_graph
 
 # ---- components: export -> build -> cache -> load, with the fake TensorRT -----------------------------
@@ -107,11 +107,3 @@ def test_export_failure_is_a_build_error(tiny_parts, fake_trt, fake_cuda, fake_e
     with pytest.raises(TrtBuildError, match="unsupported op"):
         components(tiny_parts, TrtCache(tmp_path))
     assert fake_trt.build_count == 0
-
-
-def test_failed_build_falls_back_with_the_reason(tiny_parts, fake_trt, fake_cuda, fake_exports, cuda_visible,
-                                                 tmp_path):
-    fake_trt.fail_build = True
-    backend, reason = select_backend("tensorrt", "cuda", build=lambda: components(tiny_parts, TrtCache(tmp_path)))
-    assert backend == "compile" and "could not build unet.onnx" in reason
-    assert TrtCache(tmp_path).entries() == []  # nothing half-built is cached

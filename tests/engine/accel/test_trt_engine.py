@@ -1,4 +1,4 @@
-"""TensorRT: backend choice and pure logic on CPU (library absent or faked); engines only on a GPU."""
+"""TensorRT: pure logic on CPU (library absent or faked); engines only on a GPU."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from engine.accel.trt_engine import (
     build_trt_components,
     import_tensorrt,
     network_flags,
-    select_backend,
 )
 from engine.errors import ConfigError
 from tests.engine.accel.fake_tensorrt import make_fake_trt, write_graph
@@ -50,55 +49,6 @@ def test_missing_library_is_one_line_naming_the_extra(no_tensorrt):
     message = str(info.value)
     assert INSTALL_HINT in message and "\n" not in message
     assert INSTALL_HINT == "pip install 'streamvj[tensorrt]'"
-
-
-@pytest.mark.parametrize(("requested", "device", "backend"), [
-    ("none", "cpu", "none"), ("compile", "cpu", "compile"), ("auto", "cpu", "none"), ("tensorrt", "cpu", "none"),
-])
-def test_choices_on_cpu(no_tensorrt, requested, device, backend):
-    chosen, reason = select_backend(requested, device)
-    assert chosen == backend and reason
-
-
-def test_tensorrt_on_cpu_says_it_needs_a_gpu(fake_tensorrt, caplog):
-    with caplog.at_level(logging.WARNING, logger="streamvj.trt_engine"):
-        assert select_backend("tensorrt", "cpu", build=lambda: pytest.fail("no build on a CPU"))[0] == "none"
-    assert "needs an NVIDIA GPU" in caplog.text
-
-
-def test_missing_library_on_cuda_falls_back_to_compile_with_the_hint(no_tensorrt, cuda_visible, caplog):
-    with caplog.at_level(logging.WARNING, logger="streamvj.trt_engine"):
-        backend, reason = select_backend("tensorrt", "cuda", build=lambda: pytest.fail("no build without TensorRT"))
-    assert backend == "compile"
-    assert INSTALL_HINT in reason and "CUDA graphs" in reason
-    assert len(caplog.records) == 1 and INSTALL_HINT in caplog.text
-
-
-def test_auto_without_library_is_quiet_compile(no_tensorrt, cuda_visible, caplog):
-    with caplog.at_level(logging.WARNING, logger="streamvj.trt_engine"):
-        assert select_backend("auto", "cuda")[0] == "compile"
-    assert not caplog.records  # auto falling back is expected, not a warning
-
-
-def test_build_failure_falls_back(fake_tensorrt, cuda_visible):
-    def failing_build():
-        raise TrtBuildError("TensorRT could not parse unet.onnx: unsupported op")
-
-    backend, reason = select_backend("tensorrt", "cuda", build=failing_build)
-    assert backend == "compile" and "build failed" in reason and "unsupported op" in reason
-
-
-def test_library_and_build_ok_selects_tensorrt(fake_tensorrt, cuda_visible):
-    built = []
-    for requested in ("tensorrt", "auto"):
-        backend, reason = select_backend(requested, "cuda", build=lambda: built.append(1))
-        assert backend == "tensorrt" and "10.9.0.34" in reason
-    assert built == [1, 1]
-
-
-def test_unknown_backend():
-    with pytest.raises(ConfigError, match="unknown acceleration"):
-        select_backend("warp", "cpu")
 
 
 def _fake_trt(version: str, fp16_flag: bool, strongly_typed: bool) -> SimpleNamespace:

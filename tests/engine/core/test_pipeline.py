@@ -1,15 +1,12 @@
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
 
-from engine.core.pipeline import StreamPipeline, StreamSettings
-from engine.errors import ConfigError, FrameError
-
-SIZE = 64
+from engine.core.pipeline import StreamPipeline
+from engine.errors import FrameError
+from tests.engine.core.pipelines import SIZE, make_pipeline
 
 
 def frame(seed: int) -> np.ndarray:
@@ -17,8 +14,7 @@ def frame(seed: int) -> np.ndarray:
 
 
 def make(parts, **kwargs) -> StreamPipeline:
-    settings = dict(width=SIZE, height=SIZE, t_index_list=[20, 40], cfg_type="self")
-    return StreamPipeline(parts, StreamSettings(**{**settings, **kwargs}), rng=random.Random(0))
+    return make_pipeline(parts, **kwargs)
 
 
 @pytest.mark.parametrize(("bad", "message"), [
@@ -33,19 +29,6 @@ def test_bad_frames_raise_frame_errors(tiny_parts, bad, message):
     with pytest.raises(FrameError, match=message):
         pipe(bad)
     assert pipe(frame(0)).shape == (SIZE, SIZE, 4)  # still usable afterwards
-
-
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"width": 100}, "multiple of 8"),
-    ({"height": True}, "multiple of 8"),
-    ({"mode": "video2video"}, "unknown mode"),
-    ({"acceleration": "warp"}, "unknown acceleration"),
-    ({"guidance_scale": -1.0}, "guidance_scale"),
-    ({"seed": -5}, "seed"),
-])
-def test_bad_settings_raise_config_errors(tiny_parts, kwargs, message):
-    with pytest.raises(ConfigError, match=message):
-        make(tiny_parts, **kwargs)
 
 
 def test_output_is_rgba_u8_with_opaque_alpha(tiny_parts):
@@ -131,7 +114,7 @@ def test_sdxl_shaped_model_runs_every_cfg(tiny_sdxl_parts):
 
 @pytest.mark.compile
 def test_compiled_step_matches_eager_including_live_updates(tiny_parts):
-    eager, compiled = make(tiny_parts), make(tiny_parts, acceleration="compile")
+    eager, compiled = make(tiny_parts), make(tiny_parts, backend="compile")
 
     def drive(pipe):
         outs = [pipe(frame(10)).clone(), pipe(frame(11)).clone()]
@@ -202,12 +185,6 @@ def test_seed_blend_reuses_each_seeds_noise_and_hits_its_endpoints(tiny_parts):
     assert all(pipe._seed_cache[k] is v for k, v in cached.items())  # drawn once, reused
 
 
-def test_bool_seed_is_rejected_even_when_its_int_is_cached(tiny_parts):
-    pipe = make(tiny_parts, seed=1)
-    with pytest.raises(ConfigError, match="seed"):
-        pipe.set_seed(True)
-
-
 def test_outputs_alternate_between_two_buffers_so_a_download_can_overlap_the_next_frame(tiny_parts):
     pipe = make(tiny_parts, similarity_enabled=True, similarity_threshold=0.5, similarity_max_skip=100)
     first = pipe(frame(1))
@@ -238,7 +215,7 @@ def test_a_compile_failure_on_the_first_frame_falls_back_to_eager_for_good(tiny_
     # No compiler, and no cached kernels from earlier tests that would make one unnecessary.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     torch._dynamo.reset()
-    eager, compiled = make(tiny_parts), make(tiny_parts, acceleration="compile")
+    eager, compiled = make(tiny_parts), make(tiny_parts, backend="compile")
     try:
         with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}), \
                 caplog.at_level("WARNING", logger="streamvj.pipeline"):
@@ -282,7 +259,7 @@ def test_warm_up_leaves_no_trace(tiny_parts):
 def test_warm_up_compiles_both_fx_variants_before_the_show(tiny_parts):
     from torch._dynamo.utils import counters
 
-    pipe = make(tiny_parts, acceleration="compile")
+    pipe = make(tiny_parts, backend="compile")
     before = counters["stats"]["unique_graphs"]
     pipe.warm_up()
     compiled = counters["stats"]["unique_graphs"] - before
@@ -311,9 +288,8 @@ def test_fp16_pipeline_stays_finite_and_close_to_fp32():
 
     half = load_model("tiny", dtype=torch.float16)
     full = load_model("tiny", dtype=torch.float32)
-    settings = StreamSettings(width=SIZE, height=SIZE, t_index_list=[20, 40], cfg_type="self")
-    p16 = StreamPipeline(half, settings, dtype=torch.float16, rng=random.Random(0))
-    p32 = StreamPipeline(full, StreamSettings(**vars(settings)), rng=random.Random(0))
+    p16 = make_pipeline(half, dtype=torch.float16)
+    p32 = make_pipeline(full)
     for i in range(3):
         a, b = p16(frame(30 + i)), p32(frame(30 + i))
         assert bool(torch.isfinite(p16.stream.x_buf).all())
@@ -329,13 +305,8 @@ def test_compile_mode_reaches_torch_compile_and_never_asks_for_inductor_graphs(t
         return fn
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    make(tiny_parts, acceleration="compile", compile_mode=name)
+    make(tiny_parts, backend="compile", compile_mode=name)
     assert seen["mode"] == mode and seen["dynamic"] is False
-
-
-def test_unknown_compile_mode_is_a_config_error(tiny_parts):
-    with pytest.raises(ConfigError, match="compile_mode"):
-        make(tiny_parts, compile_mode="reduce-overhead")
 
 
 def test_backend_says_what_runs_after_fallbacks(tiny_parts, monkeypatch):
@@ -346,7 +317,7 @@ def test_backend_says_what_runs_after_fallbacks(tiny_parts, monkeypatch):
     graphed.use_graphs(EmulatedGraphs())
     graphed.warm_up()
     assert graphed.backend == "eager + cuda graphs"
-    compiled = make(tiny_parts, acceleration="compile")
+    compiled = make(tiny_parts, backend="compile")
     assert compiled.backend == "compile"
     compiled.compile_error = "InvalidCxxCompiler: no compiler"
     assert compiled.backend == "eager (compile failed)"
@@ -367,5 +338,5 @@ def test_a_compiled_pipeline_lifts_dynamos_recompile_limit(tiny_parts, monkeypat
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
     # The config module's own patch(): monkeypatch's undo would delete the setting.
     with dynamo_config.patch(recompile_limit=8):
-        make(tiny_parts, acceleration="compile")
+        make(tiny_parts, backend="compile")
         assert dynamo_config.recompile_limit == COMPILED_VARIANTS >= 2 * 8

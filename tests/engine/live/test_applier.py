@@ -1,18 +1,17 @@
 from __future__ import annotations
 
 import logging
-import random
 
 import numpy as np
 import torch
 
 from engine.config.schema import LiveParams
-from engine.core.pipeline import StreamPipeline, StreamSettings
 from engine.live.applier import LiveApplier
+from tests.engine.core.pipelines import make_pipeline
 
 
 def make(parts):
-    return StreamPipeline(parts, StreamSettings(width=64, height=64, t_index_list=[20, 40]), rng=random.Random(0))
+    return make_pipeline(parts)
 
 
 def test_only_changed_groups_are_applied(tiny_parts):
@@ -46,7 +45,7 @@ def test_rejected_value_is_logged_once_and_the_old_value_stays(tiny_parts, caplo
         applier.apply(wrong_steps)
         applier.apply(wrong_steps)
     assert sum("needs a rebuild" in r.message for r in caplog.records) == 1
-    assert pipe.settings.t_index_list == [20, 40]
+    assert pipe.stream.t_index_list == [20, 40]
     assert pipe(np.zeros((64, 64, 4), np.uint8)).shape == (64, 64, 4)
 
 

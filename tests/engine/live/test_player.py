@@ -3,13 +3,13 @@ from __future__ import annotations
 import numpy as np
 
 from engine.config.schema import LiveParams
-from engine.core.pipeline import StreamPipeline, StreamSettings
 from engine.live.params import ParamStore
 from engine.live.player import LivePlayer
+from tests.engine.core.pipelines import make_pipeline
 
 
 def test_player_fits_frames_and_applies_params_on_the_next_frame(tiny_parts):
-    pipe = StreamPipeline(tiny_parts, StreamSettings(width=64, height=64, t_index_list=[20, 40], fit_input=True))
+    pipe = make_pipeline(tiny_parts, fit_input=True)
     now = [0.0]
     store = ParamStore(LiveParams(t_index_list=[20, 40]), clock=lambda: now[0])
     player = LivePlayer(pipe, store, clock=lambda: now[0])
@@ -24,8 +24,8 @@ def test_player_fits_frames_and_applies_params_on_the_next_frame(tiny_parts):
 
 def test_swap_puts_a_new_pipeline_on_air(tiny_parts):
     store = ParamStore(LiveParams(t_index_list=[20, 40]))
-    small = StreamPipeline(tiny_parts, StreamSettings(width=64, height=64, t_index_list=[20, 40], fit_input=True))
-    big = StreamPipeline(tiny_parts, StreamSettings(width=96, height=96, t_index_list=[20, 40], fit_input=True))
+    small = make_pipeline(tiny_parts, fit_input=True)
+    big = make_pipeline(tiny_parts, width=96, height=96, fit_input=True)
     player = LivePlayer(small, store)
     frame = np.zeros((64, 64, 4), np.uint8)
     assert player(frame).shape == (64, 64, 4)

@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.core.pipeline import StreamPipeline, StreamSettings
 from engine.errors import ModelLoadError
 from engine.models.family import Family, detect_family
 from engine.models.load import load_model, pick_hub_files, save_folder
-
-SETTINGS = dict(width=64, height=64, t_index_list=[20, 40], cfg_type="self")
+from tests.engine.core.pipelines import make_pipeline
 
 
 def render(parts, frames=3):
-    pipe = StreamPipeline(parts, StreamSettings(**SETTINGS))
+    pipe = make_pipeline(parts, seed_rng=None)
     gen = np.random.default_rng(0)
     return [pipe(gen.integers(0, 256, (64, 64, 4), dtype=np.uint8)).clone() for _ in range(frames)]
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
 
-from engine.core.pipeline import StreamPipeline, StreamSettings
 from engine.errors import ModelLoadError
 from engine.models.family import Family
 from engine.models.load import load_model
 from tests.engine.accel.graph_emulator import EmulatedGraphs
+from tests.engine.core.pipelines import make_pipeline
 
 SIZE = 64  # 8x8 latents: the real architecture at a size the CPU runs in seconds
 
@@ -40,9 +38,8 @@ def test_a_family_it_is_not_is_refused():
 
 def test_the_whole_frame_captures_with_no_host_sync_and_replays_like_eager(sd_turbo):
     """What bench_gpu.py times on a GPU is capturable: checked through the CUDA graph emulator."""
-    settings = dict(width=SIZE, height=SIZE, t_index_list=[16, 32], cfg_type="self")
-    eager = StreamPipeline(sd_turbo, StreamSettings(**settings), rng=random.Random(0))
-    graphed = StreamPipeline(sd_turbo, StreamSettings(**settings), rng=random.Random(0))
+    eager = make_pipeline(sd_turbo, width=SIZE, height=SIZE, t_index_list=[16, 32])
+    graphed = make_pipeline(sd_turbo, width=SIZE, height=SIZE, t_index_list=[16, 32])
     step = graphed.use_graphs(EmulatedGraphs())
     rng = np.random.default_rng(0)
     for i in range(3):

@@ -318,9 +318,9 @@ def test_bad_target_fps_is_a_config_error(fps):
 def test_tiny_model_end_to_end_from_the_test_pattern(runtimes, tiny_parts):
     from bridges.video.files import NullSink
     from bridges.video.pattern import PatternSource
-    from engine.core.pipeline import StreamPipeline, StreamSettings
+    from tests.engine.core.pipelines import make_pipeline
 
-    pipe = StreamPipeline(tiny_parts, StreamSettings(width=64, height=64, t_index_list=[20, 40]))
+    pipe = make_pipeline(tiny_parts, seed_rng=None)
     frames: list[np.ndarray] = []
 
     class KeepSink(CollectingSink):

@@ -144,17 +144,14 @@ def test_every_frame_a_sink_gets_is_one_whole_pipeline_output(device, runtimes):
     """The real pipeline under the runtime: on CUDA with graph replays, the upload stream, the
     alternating output buffers and downloads overlapping the next frame. A race anywhere in
     that chain shows up as a frame that is no pipeline output (a mix of two, or stale bytes)."""
-    import random
-
-    from engine.core.pipeline import StreamPipeline, StreamSettings
+    from engine.core.pipeline import StreamPipeline
     from engine.models.load import load_model
+    from tests.engine.core.pipelines import make_pipeline
 
     parts = load_model("tiny", device=device)
-    settings = dict(width=64, height=64, t_index_list=[20, 40], cfg_type="self", fit_input=True,
-                    acceleration="compile" if device == "cuda" else "none")
 
     def build() -> StreamPipeline:
-        pipe = StreamPipeline(parts, StreamSettings(**settings), device=device, rng=random.Random(0))
+        pipe = make_pipeline(parts, device=device, fit_input=True, backend="compile" if device == "cuda" else "none")
         pipe.warm_up()
         return pipe
 

@@ -1,0 +1,38 @@
+"""A pipeline from a preset: device, dtype, weights, LoRA, backend, warm-up (slow: off the render thread)."""
+
+from __future__ import annotations
+
+import logging
+
+from engine.accel.backend import resolve_acceleration, resolve_device, resolve_dtype
+from engine.config.schema import Preset
+from engine.core.pipeline import StreamPipeline
+from engine.errors import ConfigError
+from engine.models.load import load_model
+from engine.models.lora import fuse_loras
+
+log = logging.getLogger("streamvj.build")
+
+
+def build_pipeline(preset: Preset) -> StreamPipeline:
+    """Load the preset's model, build its pipeline and warm it up (run it off the render thread)."""
+    load = preset.load
+    device = resolve_device(load.device)
+    dtype = resolve_dtype(load.dtype, device)
+    backend = resolve_acceleration(load.acceleration, device)
+    parts = load_model(load.model, family=load.family, vae=load.vae, device=device, dtype=dtype)
+    fuse_loras(parts, [(lora.path, lora.scale, lora.weight_name) for lora in load.lora])
+    try:
+        pipeline = StreamPipeline(parts, load, preset.live, device=device, dtype=dtype, backend=backend,
+                                  fit_input=True)
+    except Exception as exc:  # noqa: BLE001 - whatever a TensorRT version raises, the show falls back
+        if backend != "tensorrt" or isinstance(exc, ConfigError):
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("TensorRT build failed (%s: %s); using torch.compile with CUDA graphs", type(exc).__name__, reason)
+        pipeline = StreamPipeline(parts, load, preset.live, device=device, dtype=dtype, backend="compile",
+                                  fit_input=True)
+    # Compiling and capturing happen here, on the building thread, not on the first live frame.
+    seconds = pipeline.warm_up()
+    log.info("pipeline warmed up in %.1f s", seconds)
+    return pipeline
