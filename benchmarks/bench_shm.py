@@ -25,7 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bridges.video.shm import ShmSink, ShmSource, _unlink  # noqa: E402
+from bridges.video.shm import ShmSink, ShmSource  # noqa: E402
+from bridges.video.shm_block import unlink as _unlink  # noqa: E402
 
 SIZES = [(512, 512), (1920, 1080)]
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from bridges.video import shm
+from bridges.video import shm_block
 
 if TYPE_CHECKING:
     from tests.bridges.video.test_shm import Proc
@@ -65,7 +65,7 @@ def new_name() -> Iterator[Callable[[], str]]:
 
     yield make
     for name in made:
-        shm._unlink(name)
+        shm_block.unlink(name)
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """ShmSink / ShmSource with real processes and real shared memory.
 
 Writers and readers in other processes are plain `python -c` subprocesses (their own
-interpreter and resource tracker, like TouchDesigner would be). Deadlines are generous
-waits, never measurements.
+interpreter and resource tracker, like TouchDesigner would be). Every wait is for a
+condition, with a generous deadline (WAIT_S), never a measurement or a fixed sleep.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import queue
-import struct
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from bridges.video import shm
+from bridges.video import shm_block, shm_sink
 from bridges.video import shm_protocol as p
 from bridges.video.shm import ShmSink, ShmSource
 from engine.errors import ConfigError, FrameError
@@ -54,16 +53,20 @@ while time.monotonic() < deadline:
 sink.close()
 """
 
-# Reads `want` frames whose R channel is uniformly index % 256, prints them as JSON,
-# then exits (mode "exit") or waits to be killed (mode "hang").
+WAIT_S = 30.0  # deadline for any condition; generous, so a loaded 2-core machine still passes
+
+# Reads `want` frames whose R channel is uniformly index % 256, prints them as JSON (with
+# the pid of its resource tracker, if one started), then exits (mode "exit") or waits to
+# be killed (mode "hang").
 SOURCE_READER = """
 import json, sys, time
+from multiprocessing import resource_tracker
 from bridges.video.shm import ShmSource
 name, want, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 src = ShmSource(name, retry_s=0.05)
 src.open()
 seen, ok, shape = [], True, None
-deadline = time.monotonic() + 15
+deadline = time.monotonic() + 30
 while len(seen) < want and time.monotonic() < deadline:
     f = src.read_latest()
     if f is None:
@@ -72,7 +75,8 @@ while len(seen) < want and time.monotonic() < deadline:
     seen.append(src.last_index)
     ok = ok and bool((f[..., 0] == src.last_index % 256).all())
     shape = list(f.shape)
-print(json.dumps({"indices": seen, "ok": ok, "shape": shape}), flush=True)
+tracker = resource_tracker._resource_tracker._pid
+print(json.dumps({"indices": seen, "ok": ok, "shape": shape, "tracker": tracker}), flush=True)
 if mode == "hang":
     time.sleep(60)
 src.close()
@@ -96,7 +100,7 @@ class Proc:
         for line in self.popen.stdout:
             self.lines.put(line.strip())
 
-    def line(self, timeout: float = 15.0) -> str:
+    def line(self, timeout: float = WAIT_S) -> str:
         try:
             return self.lines.get(timeout=timeout)
         except queue.Empty:
@@ -106,7 +110,44 @@ class Proc:
     def kill(self) -> None:
         if self.popen.poll() is None:
             self.popen.kill()  # SIGKILL on POSIX: no cleanup runs
-        self.popen.wait(timeout=10)
+        self.popen.wait(timeout=WAIT_S)
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
+    """Poll `condition` until it is true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def pid_gone(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def wait_for_tracker_exit(result: dict) -> None:
+    """A reader's resource tracker (if it had one) unlinks its blocks as it exits: wait for that."""
+    wait_for(lambda: pid_gone(result.get("tracker")), "the reader's resource tracker to exit")
+
+
+def raw_block(name: str, head: bytes, size: int = 1 << 16) -> shm_block.Block:
+    """A block written by hand (no ShmSink): for headers no honest writer makes."""
+    block = shm_block.Block(name, create_size=size)
+    block.io.write_from(0, np.frombuffer(head, np.uint8))
+    return block
+
+
+def read_u32(block: shm_block.Block, offset: int) -> int:
+    word = np.zeros(1, "<u4")
+    block.io.read_into(offset, word)
+    return int(word[0])
 
 
 def expected(h: int, w: int, k: int, marker: int) -> np.ndarray:
@@ -117,7 +158,7 @@ def expected(h: int, w: int, k: int, marker: int) -> np.ndarray:
     return out
 
 
-def poll(src: ShmSource, until: Callable[[np.ndarray], bool], timeout: float = 10.0) -> np.ndarray:
+def poll(src: ShmSource, until: Callable[[np.ndarray], bool], timeout: float = WAIT_S) -> np.ndarray:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         frame = src.read_latest()
@@ -148,7 +189,7 @@ def test_writer_process_to_source(new_name, procs) -> None:
     src = ShmSource(name)
     src.open()
     indices, stamps = [], []
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + WAIT_S
     while len(indices) < 20 and time.monotonic() < deadline:
         frame = src.read_latest()
         if frame is None:
@@ -168,7 +209,7 @@ def test_writer_process_to_source(new_name, procs) -> None:
 def _send_until(sink: ShmSink, proc: Proc, h: int, w: int) -> tuple[str, int]:
     """Send frames whose R channel is index % 256 until the reader process prints."""
     frame = np.zeros((h, w, 4), np.uint8)
-    k, deadline = 0, time.monotonic() + 15
+    k, deadline = 0, time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         k += 1
         frame[..., 0] = k % 256
@@ -201,9 +242,9 @@ def test_killed_or_exiting_readers_leave_the_writer_alone(new_name, procs) -> No
     procs += [killed, exiting]
     _send_until(sink, killed, 16, 16)
     killed.kill()
-    _send_until(sink, exiting, 16, 16)
-    exiting.popen.wait(timeout=10)  # normal exit: its resource tracker (if any) has run by now
-    time.sleep(0.2)
+    out, _ = _send_until(sink, exiting, 16, 16)
+    exiting.popen.wait(timeout=WAIT_S)
+    wait_for_tracker_exit(json.loads(out))  # a tracker would have unlinked the block by now
     src = ShmSource(name)
     src.open()
     assert src.connected, "a reader's exit destroyed the writer's block"
@@ -231,7 +272,7 @@ def test_writer_killed_and_restarted_is_picked_up(new_name, procs, caplog, old_n
     if old_name_removed:
         # As a tracked writer's resource tracker would: the new writer then finds no old
         # block to mark CLOSED, and the idle reader's name probe has to notice the takeover.
-        shm._unlink(name)
+        shm_block.unlink(name)
     second = start_writer(procs, name, 80, 40, marker=2)  # replaces the dead writer's block at once
     frame = poll(src, lambda f: f.shape == (40, 80, 4) and f[0, 0, 3] == 2)
     np.testing.assert_array_equal(frame, expected(40, 80, src.last_index, 2))
@@ -241,25 +282,51 @@ def test_writer_killed_and_restarted_is_picked_up(new_name, procs, caplog, old_n
     src.close()
 
 
+class StepClock:
+    """A monotonic clock that tests move forward by hand (retry and grace periods without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_dead_writer_is_detected_then_a_new_one_attached(new_name, procs, caplog, monkeypatch) -> None:
-    monkeypatch.setattr(shm, "STALE_S", 0.2)
+    monkeypatch.setattr(shm_block, "STALE_S", 0.2)
     caplog.set_level(logging.INFO, logger="streamvj.shm")
     name = new_name()
     first = start_writer(procs, name, 32, 32, marker=1)
-    src = ShmSource(name, retry_s=0.1)
+    clock = StepClock()
+    src = ShmSource(name, retry_s=0.1, clock=clock)
     src.open()
     poll(src, lambda f: True)
     first.kill()
-    deadline = time.monotonic() + 10
-    while src.connected and time.monotonic() < deadline:
-        assert src.read_latest() is None or src.connected
-        time.sleep(0.01)
-    assert not src.connected and f"writer pid {first.popen.pid} is gone" in caplog.text
-    for _ in range(5):  # the dead block is still there: skipped quietly, not re-attached
-        assert src.read_latest() is None
-        time.sleep(0.1)
+    first.popen.wait(timeout=WAIT_S)
+
+    def gone() -> bool:
+        clock.advance(0.1)  # each poll is a retry period later: the idle probe runs every time
+        src.read_latest()
+        return not src.connected
+
+    wait_for(gone, "the source to notice its writer died")  # the heartbeat must age STALE_S in real time
+    assert f"writer pid {first.popen.pid} is gone" in caplog.text
+    attaches = caplog.text.count("attached")
+    for _ in range(5):  # the dead block is still there: skipped quietly at every retry, not re-attached
+        clock.advance(0.2)
+        assert src.read_latest() is None and not src.connected
+    assert caplog.text.count("attached") == attaches
     start_writer(procs, name, 32, 32, marker=3)
-    poll(src, lambda f: f[0, 0, 3] == 3)
+
+    def new_frame() -> bool:
+        clock.advance(0.1)
+        frame = src.read_latest()
+        return frame is not None and frame[0, 0, 3] == 3
+
+    wait_for(new_frame, "a frame from the new writer")
     src.close()
 
 
@@ -269,8 +336,8 @@ def test_reader_racing_writer_never_sees_a_torn_frame(new_name, procs, slots: in
     start_writer(procs, name, 512, 512, marker=-1, period=0.0, slots=slots)
     src = ShmSource(name)
     src.open()
-    frames, deadline = 0, time.monotonic() + 3
-    while time.monotonic() < deadline and frames < 300:
+    frames, enough, deadline = 0, time.monotonic() + 3, time.monotonic() + WAIT_S
+    while frames < 300 and time.monotonic() < deadline and not (frames >= 20 and time.monotonic() > enough):
         f = src.read_latest()
         if f is None:
             continue
@@ -318,12 +385,6 @@ def test_returned_arrays_rotate_and_are_never_written_by_the_writer(new_name) ->
         s.close()
 
 
-def _raw_block(name: str, head: bytes, size: int = 1 << 16) -> shm._Block:
-    block = shm._Block(name, create_size=size)
-    block.buf[: len(head)] = head
-    return block
-
-
 @pytest.mark.parametrize(
     ("magic", "version", "width", "words"),
     [
@@ -337,7 +398,7 @@ def test_bad_blocks_are_logged_once_and_never_raise(new_name, caplog, magic, ver
     caplog.set_level(logging.INFO, logger="streamvj.shm")
     name = new_name()
     lay = p.ShmLayout(width, 16, p.PIXEL_RGBA8, 3, 256, 16 * 16 * 4)
-    block = _raw_block(name, p.pack_header(lay, 1, os.getpid(), p.STATE_LIVE, magic=magic, version=version))
+    block = raw_block(name, p.pack_header(lay, 1, os.getpid(), p.STATE_LIVE, magic=magic, version=version))
     src = ShmSource(name, retry_s=0.0)
     src.open()
     for _ in range(5):
@@ -362,7 +423,7 @@ def test_block_of_a_dead_writer_is_skipped_then_replaced(new_name, caplog) -> No
     name = new_name()
     lay = p.layout_for(8, 8, 3)
     pid = _dead_pid()
-    block = _raw_block(name, p.pack_header(lay, 5, pid, p.STATE_LIVE), lay.block_size)
+    block = raw_block(name, p.pack_header(lay, 5, pid, p.STATE_LIVE), lay.block_size)
     src = ShmSource(name, retry_s=0.0)
     src.open()
     assert src.read_latest() is None and not src.connected
@@ -373,7 +434,7 @@ def test_block_of_a_dead_writer_is_skipped_then_replaced(new_name, caplog) -> No
     assert f"replacing the block of dead writer pid {pid}" in caplog.text
     got = src.read_latest()
     assert got is not None and (got == 9).all()
-    assert struct.unpack_from("<I", block.buf, 28)[0] == p.STATE_CLOSED  # old readers were told
+    assert read_u32(block, 28) == p.STATE_CLOSED  # old readers were told
     block.close()
     sink.close()
     src.close()
@@ -404,7 +465,7 @@ def test_vanished_block_is_waited_for_quietly(new_name, caplog) -> None:
     sink = ShmSink(name)
     sink.send(np.zeros((4, 4, 4), np.uint8))
     assert src.read_latest() is not None
-    shm._unlink(name)  # someone removes the name under a live writer: keep reading the mapping
+    shm_block.unlink(name)  # someone removes the name under a live writer: keep reading the block
     sink.send(np.ones((4, 4, 4), np.uint8))
     got = src.read_latest()
     assert got is not None and (got == 1).all()
@@ -435,15 +496,15 @@ def test_block_still_held_by_old_readers_is_retried(new_name, caplog, monkeypatc
     caplog.set_level(logging.INFO, logger="streamvj.shm")
     name = new_name()
     lay = p.layout_for(8, 8, 3)
-    stale = _raw_block(name, p.pack_header(lay, 5, _dead_pid(), p.STATE_LIVE), lay.block_size)
-    monkeypatch.setattr(shm, "_unlink", lambda n: None)
-    monkeypatch.setattr(shm, "WRITER_RETRY_S", 0.0)
+    stale = raw_block(name, p.pack_header(lay, 5, _dead_pid(), p.STATE_LIVE), lay.block_size)
+    monkeypatch.setattr(shm_sink, "unlink", lambda n: None)
+    monkeypatch.setattr(shm_sink, "WRITER_RETRY_S", 0.0)
     sink = ShmSink(name)
     sink.send(np.zeros((8, 8, 4), np.uint8))  # dropped, not raised
     assert sink.generation == 0 and "still held by readers" in caplog.text
     stale.close()
     monkeypatch.undo()
-    shm._unlink(name)  # the last handle went away
+    shm_block.unlink(name)  # the last handle went away
     sink.send(np.zeros((8, 8, 4), np.uint8))
     assert sink.generation != 0
     sink.close()
@@ -464,7 +525,7 @@ def test_read_latest_into_fills_the_callers_buffer(new_name) -> None:
             shapes.append(shape)
             return mine
 
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + WAIT_S
         got = None
         while got is None and time.monotonic() < deadline:
             got = src.read_latest_into(acquire)

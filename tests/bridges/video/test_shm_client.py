@@ -16,9 +16,18 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from bridges.video import shm
+from bridges.video import shm_block
 from bridges.video.shm import ShmSink, ShmSource
-from tests.bridges.video.test_shm import ROOT, Proc, expected, poll, start_writer
+from tests.bridges.video.test_shm import (
+    ROOT,
+    WAIT_S,
+    Proc,
+    expected,
+    poll,
+    start_writer,
+    wait_for,
+    wait_for_tracker_exit,
+)
 
 CLIENT_PATH = ROOT / "clients" / "streamvj_shm_client.py"
 _spec = importlib.util.spec_from_file_location("streamvj_shm_client", CLIENT_PATH)
@@ -49,13 +58,14 @@ wr.close()
 # Reads `want` frames (R channel uniformly index % 256; mode "uniform": every byte index % 251).
 CLIENT_READER = """
 import json, sys, time
+from multiprocessing import resource_tracker
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 import streamvj_shm_client as c
 name, want, mode = sys.argv[2], int(sys.argv[3]), sys.argv[4]
 r = c.ShmReader(name)
 seen, ok, shape = [], True, None
-deadline = time.monotonic() + 15
+deadline = time.monotonic() + 30
 while len(seen) < want and time.monotonic() < deadline:
     f = r.read()
     if f is None:
@@ -68,7 +78,8 @@ while len(seen) < want and time.monotonic() < deadline:
         ok = ok and bool((f[..., 0] == r.index % 256).all())
     shape = list(f.shape)
 r.close()
-print(json.dumps({"indices": seen, "ok": ok, "shape": shape}), flush=True)
+tracker = resource_tracker._resource_tracker._pid
+print(json.dumps({"indices": seen, "ok": ok, "shape": shape, "tracker": tracker}), flush=True)
 """
 
 
@@ -120,7 +131,7 @@ def test_killed_client_writer_restarts_and_source_follows(new_name, procs) -> No
 
 
 def _send_until(sink: ShmSink, proc: Proc, frame_fn: Callable[[int], np.ndarray]) -> dict:
-    k, deadline = 0, time.monotonic() + 15
+    k, deadline = 0, time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         k += 1
         sink.send(frame_fn(k))
@@ -144,8 +155,8 @@ def test_sink_to_client_reader_process_and_block_survives_its_exit(new_name, pro
     result = _send_until(sink, reader, make)
     assert result["ok"] and result["shape"] == [36, 52, 4] and len(result["indices"]) == 10
     assert result["indices"] == sorted(set(result["indices"]))
-    reader.popen.wait(timeout=10)
-    time.sleep(0.2)
+    reader.popen.wait(timeout=WAIT_S)
+    wait_for_tracker_exit(result)  # a tracker would have unlinked the block by now
     src = ShmSource(name)
     src.open()
     assert src.connected, "the client reader's exit destroyed the block"
@@ -159,8 +170,8 @@ def test_client_reader_never_sees_a_torn_frame(new_name, procs) -> None:
     name = new_name()
     start_writer(procs, name, 512, 512, marker=-1, period=0.0, slots=2)
     reader = client.ShmReader(name)
-    frames, deadline = 0, time.monotonic() + 3
-    while time.monotonic() < deadline and frames < 200:
+    frames, enough, deadline = 0, time.monotonic() + 3, time.monotonic() + WAIT_S
+    while frames < 200 and time.monotonic() < deadline and not (frames >= 20 and time.monotonic() > enough):
         f = reader.read()
         if f is None:
             continue
@@ -215,14 +226,19 @@ def test_client_reader_probes_for_a_new_writer(new_name, monkeypatch) -> None:
     first.write(np.full((4, 4, 4), 1, np.uint8))
     reader = client.ShmReader(name)
     assert reader.read()[0, 0, 0] == 1
-    shm._unlink(name)  # the old block disappears without being marked CLOSED
+    shm_block.unlink(name)  # the old block disappears without being marked CLOSED
     second = client.ShmWriter(name, 4, 4)
     second.write(np.full((4, 4, 4), 2, np.uint8))
-    deadline, got = time.monotonic() + 10, None
-    while got is None and time.monotonic() < deadline:
-        got = reader.read()
-        time.sleep(0.01)
-    assert got is not None and got[0, 0, 0] == 2
+    got: list[np.ndarray] = []
+
+    def probed() -> bool:
+        frame = reader.read()  # the client's own RETRY_S paces its probes (real time)
+        if frame is not None:
+            got.append(frame.copy())
+        return bool(got)
+
+    wait_for(probed, "the client reader to follow the new writer")
+    assert got[0][0, 0, 0] == 2
     first.close()  # its block was replaced: the name (second's block) must survive
     assert reader.read() is None and not reader.error
     probe = client.ShmReader(name)
@@ -248,8 +264,8 @@ def test_client_rejects_bad_input(new_name, procs) -> None:
     with pytest.raises(ValueError, match="H x W x 4"):
         writer.write(np.zeros((4, 4, 4), np.int32))
     writer.close()
-    foreign = shm._Block(new_name(), create_size=4096)
-    foreign.buf[:8] = b"NOTOURS!"
+    foreign = shm_block.Block(new_name(), create_size=4096)
+    foreign.io.write_from(0, np.frombuffer(b"NOTOURS!", np.uint8))
     reader = client.ShmReader(foreign.name)
     assert reader.read() is None and "not a (ready) streamvj block" in reader.error
     with pytest.raises(RuntimeError, match="not a streamvj block"):

@@ -204,7 +204,8 @@ def _yaml_blocks(doc: str) -> list[str]:
 def test_docs_presets_example_validates() -> None:
     (example,) = _yaml_blocks("presets.md")
     preset = parse_preset(example, "docs/presets.md")
-    assert preset.osc.query_port == 9002 and preset.load.lora[0].scale == 1.0
+    assert preset.osc.query_port == 9001 and preset.osc.feedback.port == 9002
+    assert preset.load.lora[0].scale == 1.0
 
 
 def test_docs_midi_examples_validate() -> None:
