@@ -1,5 +1,9 @@
 """Shared-memory transport throughput: ShmSink -> ShmSource vs a plain np.copyto, same run.
 
+Access paths: one seqlock frame write and one read on the same block, through its file
+descriptor (preadv/pwritev with a size check: what the engine uses, since a peer that
+truncates a mapped block would kill it with SIGBUS) side by side with the same ShmView
+through a memory mapping (the path before), and a bare np.copyto of the frame.
 In one process, one frame through the bridge costs two copies (writer into its slot, reader
 out of it, seqlock-checked) plus the bookkeeping; the baseline is one np.copyto of the same
 frame. Across processes, a writer process publishes frames (free-running, then paced at
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import statistics
 import subprocess
@@ -26,7 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bridges.video.shm import ShmSink, ShmSource  # noqa: E402
+from bridges.video.shm_block import Block  # noqa: E402
 from bridges.video.shm_block import unlink as _unlink  # noqa: E402
+from bridges.video.shm_protocol import layout_for  # noqa: E402
+from bridges.video.shm_seqlock import BufferIO, ShmView, init_block  # noqa: E402
 
 SIZES = [(512, 512), (1920, 1080)]
 
@@ -61,6 +69,53 @@ def _best_ms(fn, iters: int, repeats: int = 5) -> float:
             fn()
         best = min(best, (time.perf_counter() - t0) / iters)
     return best * 1e3
+
+
+def _seqlock_ms(view: ShmView, frames: list[np.ndarray], out: np.ndarray, iters: int) -> tuple[float, float]:
+    """(write, read) ms per frame: seqlock-publish a frame; copy the newest one out (seqlock-checked)."""
+    k = [0]
+
+    def write() -> None:
+        k[0] += 1
+        view.write_frame(frames[k[0] % 2], k[0], k[0])
+
+    def read() -> None:
+        if view.read_frame(out, k[0] - 1) is None:  # the same newest frame, read again and again
+            raise RuntimeError("the newest frame was not there to read")
+
+    return _best_ms(write, iters), _best_ms(read, iters)
+
+
+def access_paths(w: int, h: int, iters: int) -> dict[str, float]:
+    """ms per seqlock write / read of one frame: through the fd (engine) vs through a mapping (before)."""
+    layout = layout_for(w, h)
+    frames = [np.full((h, w, 4), v, np.uint8) for v in (10, 200)]
+    out = np.empty_like(frames[0])
+    result: dict[str, float] = {}
+    for path in ("fd", "mmap"):
+        name = f"svjbenchio_{os.getpid()}_{path}_{w}x{h}"
+        block = Block(name, create_size=layout.block_size)
+        mapping = mapped = None
+        try:
+            if not hasattr(block.io, "fd"):
+                return {}  # macOS / Windows map blocks (they cannot shrink there): nothing to compare
+            io = block.io
+            if path == "mmap":
+                mapping = mmap.mmap(block.io.fd, layout.block_size)
+                io = mapped = BufferIO(memoryview(mapping))
+            view = init_block(io, layout, 7, os.getpid())
+            result[f"{path}_write_ms"], result[f"{path}_read_ms"] = _seqlock_ms(view, frames, out, iters)
+        finally:
+            if mapped is not None:
+                mapped.release()
+            if mapping is not None:
+                mapping.close()
+            block.close()
+            _unlink(name)
+    result["copyto_ms"] = _best_ms(lambda: np.copyto(out, frames[0]), iters)
+    fd_ms = result["fd_write_ms"] + result["fd_read_ms"]
+    result["fd_over_mmap"] = fd_ms / (result["mmap_write_ms"] + result["mmap_read_ms"])
+    return result
 
 
 def in_process(w: int, h: int, iters: int) -> dict[str, float]:
@@ -134,16 +189,23 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--seconds", type=float, default=2.0, help="duration of each cross-process run")
     args = ap.parse_args()
-    result: dict[str, dict] = {"in_process": {}, "cross_process_free": {}, "cross_process_60fps": {}}
+    result: dict[str, dict] = {"access": {}, "in_process": {}, "cross_process_free": {}, "cross_process_60fps": {}}
     for w, h in SIZES:
         key = f"{w}x{h}"
+        result["access"][key] = access_paths(w, h, iters=200 if w * h < 1e6 else 50)
         result["in_process"][key] = in_process(w, h, iters=200 if w * h < 1e6 else 50)
         result["cross_process_free"][key] = cross_process(w, h, 0.0, args.seconds)
         result["cross_process_60fps"][key] = cross_process(w, h, 60.0, args.seconds)
     if args.json:
         print(json.dumps(result))
         return
-    print("in one process: ShmSink.send + ShmSource.read_latest vs np.copyto (ms per frame)")
+    print("one seqlock frame write / read, same block: through the fd (engine) vs a mapping (before), ms")
+    print(f"{'size':>10} {'fd write':>9} {'fd read':>9} {'map write':>10} {'map read':>9} {'copyto':>8} {'fd/map':>7}")
+    for key, r in result["access"].items():
+        if r:
+            print(f"{key:>10} {r['fd_write_ms']:9.3f} {r['fd_read_ms']:9.3f} {r['mmap_write_ms']:10.3f} "
+                  f"{r['mmap_read_ms']:9.3f} {r['copyto_ms']:8.3f} {r['fd_over_mmap']:7.2f}")
+    print("\nin one process: ShmSink.send + ShmSource.read_latest vs np.copyto (ms per frame)")
     print(f"{'size':>10} {'send':>8} {'read':>8} {'shm':>8} {'copyto':>8} {'ratio':>6}")
     for key, r in result["in_process"].items():
         print(f"{key:>10} {r['send_ms']:8.3f} {r['read_ms']:8.3f} {r['shm_ms']:8.3f} "
