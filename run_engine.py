@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -127,156 +128,209 @@ def _apply_overrides(preset, args: argparse.Namespace):
 
 
 class StatusLine:
-    """One status line, redrawn in place on a terminal, logged every 10 s otherwise."""
+    """on_stats: the status to OSC feedback, and one line redrawn on a terminal (or logged every 10 s)."""
 
-    def __init__(self, feedback=None, gpu=None):
-        self.show, self.feedback, self.gpu = None, feedback, gpu
-        self.tty = sys.stderr.isatty()
+    def __init__(self, feedback=None, gpu=None, terminal=None):
+        self.show, self.feedback, self.gpu, self.terminal = None, feedback, gpu, terminal
         self._last_log = 0.0
 
     def __call__(self, stats: dict) -> None:
         import time
 
+        from bridges.control.status import status_payload, status_text
+
         if self.show is None:
             return
-        state = self.show.state if self.show.state == "building" else stats["state"]
-        state = "ready" if state == "stopped" else state  # feedback speaks the peers' state names
-        line = (f"{state:<8} {self.show.preset_name:<12} {stats.get('fps', 0.0):6.1f} fps  "
-                f"latency {stats.get('latency_ms', 0.0):6.1f} ms  skip {100 * stats.get('skip_ratio', 0.0):4.0f}%  "
-                f"in {stats.get('frames_received', 0)}  out {stats.get('frames_rendered', 0)}")
-        error = self.show.last_error or stats.get("error", "")
-        backend = self.show.player.pipeline.backend
-        line += f"  {backend}"
-        gpu = {k: v for k, v in self.gpu.read().items() if v is not None} if self.gpu is not None else {}
-        if "vram_mb" in gpu:
-            line += f"  {gpu['vram_mb']:.0f} MB"
-        if "gpu_power_w" in gpu:
-            line += f"  {gpu['gpu_power_w']:.0f} W"
-        if self.tty:
-            print("\r" + line[:150].ljust(150), end="", file=sys.stderr, flush=True)
+        gpu = self.gpu.read() if self.gpu is not None else {}
+        payload = status_payload(stats, self.show.status(), self.show.player.pipeline.backend, gpu)
+        if self.terminal is not None:
+            self.terminal.draw(status_text(payload, stats))
         elif time.monotonic() - self._last_log >= 10.0:
             self._last_log = time.monotonic()
-            log.info(line)
+            log.info(status_text(payload, stats))
         if self.feedback is not None:
-            self.feedback.publish({"state": state, "fps": float(stats.get("fps", 0.0)),
-                                   "latency_ms": float(stats.get("latency_ms", 0.0)),
-                                   "skip_ratio": float(stats.get("skip_ratio", 0.0)),
-                                   "preset": self.show.preset_name, "error": error, "backend": backend,
-                                   **{k: float(gpu[k]) for k in ("vram_mb", "gpu_power_w") if k in gpu}})
+            self.feedback.publish(payload)
 
 
 def _interrupt(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import signal
+@dataclass
+class _Run:
+    """What `run` started, in the order it is stopped in reverse (`closers`)."""
+
+    args: argparse.Namespace
+    closers: list = field(default_factory=list)
+    feedback: object = None
+    runtime: object = None
+
+
+def _load_run_preset(args: argparse.Namespace):
+    from engine.config.preset_files import load_preset
+
+    path = _preset_path(args.preset, Path(args.presets_dir))
+    preset = _apply_overrides(load_preset(path), args)
+    log.info("preset %s: model %s, %dx%d, steps %s, cfg %s", path.stem, preset.load.model, preset.load.width,
+             preset.load.height, list(preset.live.t_index_list), preset.load.cfg_type)
+    return preset, path.stem
+
+
+def _start_feedback(run: _Run, preset, name: str) -> None:
+    """Feedback first: peers see "loading" while weights load (minutes on a first run)."""
+    from bridges.control.osc_feedback import OscFeedback
+
+    run.feedback = OscFeedback.from_settings(preset.osc)
+    if run.feedback is not None:
+        run.feedback.start()
+        run.closers.append(run.feedback.stop)
+        run.feedback.publish({"state": "loading", "preset": name})
+
+
+def _build_pipeline(run: _Run, preset):
+    from engine.core.build import build_pipeline
+    from engine.realtime.gpu_stats import GpuStats
+
+    pipeline = build_pipeline(preset)
+    gpu = GpuStats.for_device(pipeline.device)
+    if gpu is not None:
+        run.closers.append(gpu.close)
+    log.info("pipeline ready on %s (%s); latency %d frame(s)", pipeline.device, str(pipeline.dtype)[6:],
+             pipeline.stream.n - 1)
+    return pipeline, gpu
+
+
+def _frame_bridges(preset):
+    from bridges.video.registry import make_sink, make_source
+
+    spec = preset.load.source
+    if spec == "pattern":
+        spec = f"pattern:{preset.load.width}x{preset.load.height}"
+    source = None if preset.load.mode == "txt2img" else make_source(spec)
+    sinks = [make_sink(s) for s in preset.load.sinks]
+    return spec, source, sinks
+
+
+def _terminal(run: _Run):
+    """The live status line on a terminal; log records then start on a cleared line."""
+    if not sys.stderr.isatty():
+        return None
+    from bridges.control.status import TerminalLine
+
+    terminal = TerminalLine(sys.stderr).install(logging.getLogger().handlers)
+    run.closers.append(terminal.close)
+    return terminal
+
+
+def _start_show(run: _Run, preset, name: str, pipeline, gpu, source, sinks):
+    from engine.live.params import ParamStore
+    from engine.live.player import LivePlayer
+    from engine.live.preset_watch import PresetWatch
+    from engine.live.quantise import Quantiser, now
+    from engine.live.show import Show
+    from engine.live.tempo import Tempo
+    from engine.realtime.runtime import Runtime
+
+    args = run.args
+    tempo = Tempo()
+    store = ParamStore(preset.live, tempo=tempo)
+    player = LivePlayer(pipeline, store)
+    status = StatusLine(run.feedback, gpu, _terminal(run))
+    run.runtime = Runtime(player, source, sinks, target_fps=preset.load.target_fps, on_stats=status)
+    on_the_beat = Quantiser(tempo, args.switch_on) if args.switch_on else now
+    show = status.show = Show(args.presets_dir, preset, name, store, player, run.runtime,
+                              transition_s=args.transition, on_the_beat=on_the_beat)
+    watch = PresetWatch(args.presets_dir, lambda: show.preset_name, show.switch).start()
+    run.closers.append(watch.stop)
+    return show, store, tempo
+
+
+def _start_osc(run: _Run, preset, show, store, tempo) -> None:
+    from bridges.control.osc import OscServer
+
+    server = OscServer.from_settings(preset.osc, store, show, tempo=tempo).start()
+    run.closers.append(server.stop)
+    log.info("OSC on udp://%s:%d%s (see docs/osc.md)", *server.address, preset.osc.prefix)
+    if preset.osc.query_port is not None:
+        from bridges.control.oscquery import OscQueryServer
+
+        query = OscQueryServer(store, osc_port=server.address[1], osc_host=server.address[0],
+                               prefix=preset.osc.prefix, host=preset.osc.host,
+                               port=preset.osc.query_port, presets_dir=run.args.presets_dir).start()
+        run.closers.append(query.stop)
+        log.info("OSCQuery on http://%s:%d/", *query.address)
+
+
+def _start_midi(run: _Run, preset, show, store, tempo) -> None:
+    from bridges.control.midi import MidiInput
+
+    midi = MidiInput.from_settings(preset.midi, store, tempo=tempo)
+    if midi is not None:
+        midi.start()
+        run.closers.append(midi.stop)
+        show.midi_learn = midi.mapper.learn
+        show.on_midi_mappings = midi.mapper.set_mappings
+
+
+def _play(run: _Run) -> bool:
+    """Render until a signal, or with --frames until that many frames (smoke runs, scripts)."""
     import threading
     import time
 
-    from bridges.control.osc import OscServer
-    from bridges.control.osc_feedback import OscFeedback
-    from bridges.video.registry import make_sink, make_source
-    from engine.config.preset_files import load_preset
-    from engine.core.build import build_pipeline
+    runtime, args = run.runtime, run.args
+    if not args.frames:
+        return runtime.run_until_signal()
+    wait = threading.Event()
+    deadline = time.monotonic() + args.timeout
+    while runtime.running and runtime.frames_rendered < args.frames and time.monotonic() < deadline:
+        wait.wait(0.05)
+    return runtime.frames_rendered >= args.frames
+
+
+def _stop(run: _Run) -> None:
+    if run.runtime is not None:
+        run.runtime.stop()
+    for close in reversed(run.closers):
+        close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
     from engine.errors import StreamVJError
-    from engine.live.params import ParamStore
-    from engine.live.player import LivePlayer
-    from engine.live.show import Show
-    from engine.live.tempo import Tempo
-    from engine.realtime.gpu_stats import GpuStats
-    from engine.realtime.runtime import Runtime
 
     # SIGTERM while loading (minutes for real weights) stops as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     quiet_libraries()
-    closers: list = []
-    runtime = None
-    feedback = None
+    run = _Run(args)
     ok = True
     try:
-        presets_dir = Path(args.presets_dir)
-        path = _preset_path(args.preset, presets_dir)
-        preset = _apply_overrides(load_preset(path), args)
-        log.info("preset %s: model %s, %dx%d, steps %s, cfg %s", path.stem, preset.load.model, preset.load.width,
-                 preset.load.height, list(preset.live.t_index_list), preset.load.cfg_type)
-        # Feedback first: peers see "loading" while weights load (minutes on a first run).
-        feedback = OscFeedback.from_settings(preset.osc)
-        if feedback is not None:
-            feedback.start()
-            closers.append(feedback.stop)
-            feedback.publish({"state": "loading", "preset": path.stem})
-        pipeline = build_pipeline(preset)
-        gpu = GpuStats.for_device(pipeline.device)
-        if gpu is not None:
-            closers.append(gpu.close)
-        log.info("pipeline ready on %s (%s); latency %d frame(s)", pipeline.device, str(pipeline.dtype)[6:],
-                 pipeline.stream.n - 1)
-        tempo = Tempo()
-        store = ParamStore(preset.live, tempo=tempo)
-        player = LivePlayer(pipeline, store)
-        spec = preset.load.source
-        if spec == "pattern":
-            spec = f"pattern:{preset.load.width}x{preset.load.height}"
-        source = None if preset.load.mode == "txt2img" else make_source(spec)
-        sinks = [make_sink(s) for s in preset.load.sinks]
-        status = StatusLine(feedback, gpu)
-        runtime = Runtime(player, source, sinks, target_fps=preset.load.target_fps, on_stats=status)
-        show = status.show = Show(presets_dir, preset, path.stem, store, player, runtime, tempo=tempo,
-                                  quantum=args.switch_on, transition_s=args.transition)
-        show.watch()
-        closers.append(show.stop_watching)
+        preset, name = _load_run_preset(args)
+        _start_feedback(run, preset, name)
+        pipeline, gpu = _build_pipeline(run, preset)
+        spec, source, sinks = _frame_bridges(preset)
+        show, store, tempo = _start_show(run, preset, name, pipeline, gpu, source, sinks)
         if not args.no_osc:
-            server = OscServer.from_settings(preset.osc, store, show, presets_dir=presets_dir, tempo=tempo).start()
-            closers.append(server.stop)
-            log.info("OSC on udp://%s:%d%s (see docs/osc.md)", *server.address, preset.osc.prefix)
-            if preset.osc.query_port is not None:
-                from bridges.control.oscquery import OscQueryServer
-
-                query = OscQueryServer(store, osc_port=server.address[1], osc_host=server.address[0],
-                                       prefix=preset.osc.prefix, host=preset.osc.host,
-                                       port=preset.osc.query_port, presets_dir=presets_dir).start()
-                closers.append(query.stop)
-                log.info("OSCQuery on http://%s:%d/", *query.address)
+            _start_osc(run, preset, show, store, tempo)
         if preset.midi.port:
-            from bridges.control.midi import MidiInput
-
-            midi = MidiInput.from_settings(preset.midi, store, tempo=tempo)
-            if midi is not None:
-                midi.start()
-                closers.append(midi.stop)
-                show.midi_learn = midi.mapper.learn
-                show.on_midi_mappings = midi.mapper.set_mappings
-        runtime.start()
+            _start_midi(run, preset, show, store, tempo)
+        run.runtime.start()
         log.info("running: source %s -> sinks %s (Ctrl-C to stop)", spec if source else "none (txt2img)",
                  ", ".join(preset.load.sinks) or "none")
-        if args.frames:
-            # Smoke runs and scripts: stop after N rendered frames (or on a signal).
-            wait = threading.Event()
-            deadline = time.monotonic() + args.timeout
-            while runtime.running and runtime.frames_rendered < args.frames and time.monotonic() < deadline:
-                wait.wait(0.05)
-            ok = runtime.frames_rendered >= args.frames
-        else:
-            ok = runtime.run_until_signal()
+        ok = _play(run)
     except StreamVJError as exc:
         print(f"streamvj: {exc}", file=sys.stderr)
-        if feedback is not None:
-            feedback.publish({"state": "error", "error": str(exc)})
+        if run.feedback is not None:
+            run.feedback.publish({"state": "error", "error": str(exc)})
         ok = None
     except KeyboardInterrupt:
         log.info("interrupted: stopping")
     finally:
-        if runtime is not None:
-            runtime.stop()
-        for close in reversed(closers):
-            close()
+        _stop(run)
     if ok is None:
         return 2
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    if runtime is not None:
-        stats = runtime.stats()
+    if run.runtime is not None:
+        stats = run.runtime.stats()
         log.info("stopped after %d frames (%.1f fps, %d skipped)", stats["frames_rendered"], stats.get("fps", 0.0),
                  stats.get("skipped", 0))
     return 0 if ok else 1
@@ -312,7 +366,7 @@ def cmd_bridges(args: argparse.Namespace) -> int:
 def cmd_osc(args: argparse.Namespace) -> int:
     from bridges.control.osc_docs import osc_markdown
 
-    print(osc_markdown())
+    print(osc_markdown(), end="")  # ends in one newline: `run_engine.py osc > docs/osc.md` is the file
     return 0
 
 

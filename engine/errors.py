@@ -19,3 +19,18 @@ class FrameError(StreamVJError):
 
 class BridgeUnavailable(StreamVJError):
     """An optional platform library (Spout, Syphon, NDI, MIDI) is not installed."""
+
+
+SHOWN_MAX = 80  # characters of a value quoted in an error or log line
+
+
+def shown(value: object, limit: int = SHOWN_MAX) -> str:
+    """`repr(value)` cut to `limit` characters: how every error and log line quotes a value.
+
+    Values come from the network and from files (a 60 KB OSC string, a huge list); a log
+    line quotes enough to recognise them, never the whole thing.
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 3]}... ({len(text)} chars)"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.config.schema import LIVE_SPECS, MIDI_MAPPABLE, MidiMapping, MidiSettings
-from engine.errors import BridgeUnavailable, ConfigError
+from engine.errors import BridgeUnavailable, ConfigError, shown
 from engine.live.params import ParamStore
 from engine.live.tempo import Tempo
 from engine.realtime.log_limit import LogLimiter
@@ -95,7 +95,7 @@ class MidiMapper:
     def learn(self, param: str, index: int | None = None) -> None:
         """Map the next CC moved to `param` (for t_index_list, step `index`, default 0)."""
         if param not in MIDI_MAPPABLE:
-            raise ConfigError(f"midi learn: cannot map {param!r}; mappable: {', '.join(MIDI_MAPPABLE)}")
+            raise ConfigError(f"midi learn: cannot map {shown(param)}; mappable: {', '.join(MIDI_MAPPABLE)}")
         if LIVE_SPECS[param].kind == "int_list" and index is None:
             index = 0  # the first step is the one that sets how much the input changes
         with self._lock:

@@ -16,7 +16,7 @@ from typing import Any
 from pythonosc.udp_client import SimpleUDPClient
 
 from engine.config.schema import OscSettings
-from engine.errors import ConfigError
+from engine.errors import ConfigError, shown
 from engine.realtime.log_limit import LogLimiter
 from engine.realtime.periodic import Periodic
 
@@ -57,17 +57,17 @@ class OscFeedback:
         for key, value in stats.items():
             if key in NUMBERS:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise ConfigError(f"feedback: {key} must be a finite number, got {value!r}")
+                    raise ConfigError(f"feedback: {key} must be a finite number, got {shown(value)}")
                 out[key] = float(value)
             elif key in TEXTS:
                 if not isinstance(value, str):
-                    raise ConfigError(f"feedback: {key} must be a string, got {value!r}")
+                    raise ConfigError(f"feedback: {key} must be a string, got {shown(value)}")
                 if key == "state" and value not in STATES:
-                    raise ConfigError(f"feedback: state must be one of {', '.join(STATES)}, got {value!r}")
+                    raise ConfigError(f"feedback: state must be one of {', '.join(STATES)}, got {shown(value)}")
                 # Error texts can be long tracebacks; a status line only needs the start.
                 out[key] = value if len(value) <= MAX_TEXT else value[: MAX_TEXT - 1] + "…"
             else:
-                raise ConfigError(f"feedback: unknown field {key!r}; known: {', '.join(FIELDS)}")
+                raise ConfigError(f"feedback: unknown field {shown(key)}; known: {', '.join(FIELDS)}")
         return out
 
     def publish(self, stats: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from pythonosc.osc_message_builder import BuildError, OscMessageBuilder
 
-from bridges.control.osc import OscAddress, address_table
+from bridges.control.osc_address import OscAddress, address_table
 from bridges.control.websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_WAIT_S,
@@ -36,8 +36,9 @@ from bridges.control.websocket import (
     origin_allowed,
 )
 from engine.config.preset_files import list_presets
-from engine.config.schema import LIVE_SPECS, MIDI_MAPPABLE
-from engine.errors import ConfigError
+from engine.config.schema import LIVE_SPECS
+from engine.errors import ConfigError, shown
+from engine.live.commands import Arg
 from engine.live.params import ParamStore
 from engine.realtime.log_limit import LogLimiter
 
@@ -198,22 +199,22 @@ class OscQueryServer:
             leaf.update(ACCESS=ACCESS_RW, TYPE="f", VALUE=[value], RANGE=[one])
         elif addr.typetag == "N":
             leaf.update(ACCESS=ACCESS_WRITE, TYPE="N")
+        elif addr.command is not None:
+            # Write-only, one RANGE per argument (an optional one is sent as a plain tag).
+            tags = addr.typetag.replace("[", "").replace("]", "")
+            ranges = [self._arg_range(arg) for arg in addr.command.args]
+            leaf.update(ACCESS=ACCESS_WRITE, TYPE=tags, RANGE=ranges)
         else:
-            # Write-only: blends (variable length; TYPE shows one pair), commands, controls.
-            tags = addr.typetag.replace("…", "").replace("[s]", "s")
-            ranges: list[dict[str, Any]] = [{} for _ in tags]
-            if addr.name == "preset/load":
-                ranges[0] = {"VALS": list_presets(self.presets_dir)}
-            elif addr.name == "midi/learn":
-                ranges[0] = {"VALS": list(MIDI_MAPPABLE)}
-            elif addr.min is not None and addr.role == "control":
-                ranges[1 if len(tags) > 1 else 0] = one
-                if len(tags) == 3:
-                    ranges[2] = {"VALS": ["beat", "bar"]}
-            elif kind == "prompt_blend":
-                ranges[1] = {"MIN": 0.0}
+            # Write-only blends: variable length; TYPE shows one pair.
+            tags = addr.typetag.replace("…", "")
+            ranges = [{}, {"MIN": 0.0}] if kind == "prompt_blend" else [{} for _ in tags]
             leaf.update(ACCESS=ACCESS_WRITE, TYPE=tags, RANGE=ranges)
         return leaf
+
+    def _arg_range(self, arg: Arg) -> dict[str, Any]:
+        if arg.presets:
+            return {"VALS": list_presets(self.presets_dir)}
+        return _bounds(arg.choices, arg.min, arg.max)
 
     # ---------------------------------------------------------------- LISTEN
 
@@ -239,7 +240,7 @@ class OscQueryServer:
         try:
             doc = json.loads(payload)
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
-            self._limiter.warning(("ws", "json"), f"OSCQuery WebSocket: not JSON, ignored: {str(exc)[:80]}")
+            self._limiter.warning(("ws", "json"), f"OSCQuery WebSocket: not JSON, ignored: {shown(str(exc))}")
             return
         command = doc.get("COMMAND") if isinstance(doc, dict) else None
         path = doc.get("DATA") if isinstance(doc, dict) else None
@@ -247,12 +248,12 @@ class OscQueryServer:
             self._limiter.warning(
                 ("ws", "command"),
                 f"OSCQuery WebSocket: expected {{'COMMAND': 'LISTEN'|'IGNORE', 'DATA': path}}, "
-                f"ignored {payload[:80]!r}",
+                f"ignored {shown(payload)}",
             )
             return
         if path not in self._listenable:
             log.debug(
-                "OSCQuery WebSocket %s: %s %.80r: not a readable path; ignored", conn.name, command, path
+                "OSCQuery WebSocket %s: %s %s: not a readable path; ignored", conn.name, command, shown(path)
             )
             return
         with self._lock:
@@ -309,15 +310,19 @@ def osc_message(path: str, kind: str, args: list[Any]) -> bytes:
     return msg.build().dgram
 
 
-def _range(addr: OscAddress) -> dict[str, Any]:
-    if addr.choices:
-        return {"VALS": list(addr.choices)}
+def _bounds(choices: tuple[str, ...], lo: float | None, hi: float | None) -> dict[str, Any]:
+    if choices:
+        return {"VALS": list(choices)}
     out: dict[str, Any] = {}
-    if addr.min is not None:
-        out["MIN"] = addr.min
-    if addr.max is not None:
-        out["MAX"] = addr.max
+    if lo is not None:
+        out["MIN"] = lo
+    if hi is not None:
+        out["MAX"] = hi
     return out
+
+
+def _range(addr: OscAddress) -> dict[str, Any]:
+    return _bounds(addr.choices, addr.min, addr.max)
 
 
 def _make_handler(owner: OscQueryServer) -> type[BaseHTTPRequestHandler]:
@@ -333,11 +338,11 @@ def _make_handler(owner: OscQueryServer) -> type[BaseHTTPRequestHandler]:
                 return self._json(owner.host_info())
             node = owner.node(unquote(url.path))
             if node is None:
-                return self._error(HTTPStatus.NOT_FOUND, f"no such OSC path {url.path!r}")
+                return self._error(HTTPStatus.NOT_FOUND, f"no such OSC path {shown(url.path)}")
             if not attr:
                 return self._json(node)
             if attr not in ("FULL_PATH", "CONTENTS", "TYPE", "RANGE", "VALUE", "ACCESS", "DESCRIPTION"):
-                return self._error(HTTPStatus.BAD_REQUEST, f"unsupported attribute {attr!r}")
+                return self._error(HTTPStatus.BAD_REQUEST, f"unsupported attribute {shown(attr)}")
             if attr not in node:
                 return self._error(HTTPStatus.NO_CONTENT, "")
             return self._json({attr: node[attr]})

@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from engine.config.schema import LoadSettings, Preset
-from engine.errors import ConfigError
+from engine.errors import ConfigError, shown
 
 PRESET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PRESET_EXTENSIONS = (".yaml", ".yml")
@@ -134,11 +134,6 @@ def _inner_model(ann: Any) -> Any:
     return None
 
 
-def _short(value: Any) -> str:
-    r = repr(value)
-    return r if len(r) <= 80 else r[:77] + "..."
-
-
 def format_validation_error(
     err: ValidationError, source: str, lines: dict[tuple[Any, ...], int] | None = None
 ) -> str:
@@ -162,7 +157,7 @@ def format_validation_error(
             out.append(f"{where}: {path}: required key is missing")
         else:
             reason = e["msg"].removeprefix("Value error, ")
-            out.append(f"{where}: {path}: {reason} (got {_short(e.get('input'))})")
+            out.append(f"{where}: {path}: {reason} (got {shown(e.get('input'))})")
     return "\n".join(out)
 
 
@@ -239,7 +234,7 @@ def load_preset(path: str | Path) -> Preset:
 def resolve_preset(presets_dir: str | Path, name: str) -> Path:
     """The file for preset `name` inside `presets_dir`; names are plain ids, never paths."""
     if not isinstance(name, str) or not PRESET_NAME_RE.fullmatch(name):
-        raise ConfigError(f"preset name {_short(name)}: use 1-64 letters, digits, '_' or '-'")
+        raise ConfigError(f"preset name {shown(name)}: use 1-64 letters, digits, '_' or '-'")
     root = Path(presets_dir).resolve()
     problems = []
     for ext in PRESET_EXTENSIONS:

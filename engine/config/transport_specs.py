@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, shown
 
 # Shared-memory block names (docs/shared-memory.md "Block names"): one POSIX path component,
 # portable to Windows' named mappings, never "." / ".." or anything with a separator.
@@ -160,15 +160,10 @@ def split_spec(spec: str) -> tuple[str, str]:
     return kind.strip().lower(), arg.strip()
 
 
-def _short(value: object) -> str:
-    r = repr(value)
-    return r if len(r) <= 80 else r[:77] + "..."
-
-
 def parse_spec(spec: str, role: str) -> TransportSpec:
     """Check `spec` against its kind's rules for `role` ("source" or "sink"); raises ConfigError."""
     if not isinstance(spec, str):
-        raise ConfigError(f"frame {role} spec must be a string like 'shm:NAME', got {_short(spec)}")
+        raise ConfigError(f"frame {role} spec must be a string like 'shm:NAME', got {shown(spec)}")
     if len(spec) > MAX_SPEC_CHARS:
         raise ConfigError(f"frame {role} spec is {len(spec)} characters; at most {MAX_SPEC_CHARS}")
     table, other, other_role = _TABLES[role]
@@ -178,16 +173,16 @@ def parse_spec(spec: str, role: str) -> TransportSpec:
         usages = ", ".join(r.usage for r in table.values())
         if kind in other:
             raise UnknownTransportError(
-                f"{kind!r} cannot be a frame {role}, only a {other_role} (spec {_short(spec)}); {role}s: {usages}"
+                f"{kind!r} cannot be a frame {role}, only a {other_role} (spec {shown(spec)}); {role}s: {usages}"
             )
-        raise UnknownTransportError(f"unknown frame {role} kind {kind!r} in spec {_short(spec)}; {role}s: {usages}")
+        raise UnknownTransportError(f"unknown frame {role} kind {kind!r} in spec {shown(spec)}; {role}s: {usages}")
     if rule.arg == "required" and not arg:
-        raise ConfigError(f"frame {role} spec {_short(spec)} needs {rule.what} after the ':' ({rule.usage})")
+        raise ConfigError(f"frame {role} spec {shown(spec)} needs {rule.what} after the ':' ({rule.usage})")
     if rule.arg == "none" and arg:
-        raise ConfigError(f"frame {role} spec {_short(spec)}: {kind!r} takes no argument ({rule.usage})")
+        raise ConfigError(f"frame {role} spec {shown(spec)}: {kind!r} takes no argument ({rule.usage})")
     problem = rule.check(arg) if arg else None
     if problem:
-        raise ConfigError(f"frame {role} spec {_short(spec)}: {problem}")
+        raise ConfigError(f"frame {role} spec {shown(spec)}: {problem}")
     return TransportSpec(role, kind, arg, spec)
 
 

@@ -18,11 +18,13 @@ from pydantic import ValidationError
 
 from engine.config.preset_files import format_validation_error
 from engine.config.schema import LIVE_SPECS, MAX_BLEND, SMOOTHABLE, LiveParams
-from engine.errors import ConfigError
+from engine.errors import ConfigError, shown
 from engine.live.smoothing import Crossfade, Curve, Ramp, merge_weights, retarget
 from engine.live.tempo import Quantum, Tempo
 
 log = logging.getLogger("streamvj.params")
+
+TRANSITION_MAX = 600.0  # longest prompt/seed crossfade, in seconds or beats
 
 Listener = Callable[[str, Any, str], None]
 
@@ -67,7 +69,7 @@ class ParamStore:
         """The target value (what was last set), not the smoothed one."""
         with self._lock:
             if name not in self._targets:
-                raise ConfigError(f"unknown live parameter {name!r}")
+                raise ConfigError(f"unknown live parameter {shown(name)}")
             return _copy(self._targets[name])
 
     def values(self) -> dict[str, Any]:
@@ -110,7 +112,7 @@ class ParamStore:
     def validate(self, name: str, value: Any, source: str = "api") -> Any:
         """The value as the schema accepts it, or ConfigError naming the reason."""
         if name not in LIVE_SPECS:
-            raise ConfigError(f"{source}: unknown live parameter {name!r}; known: {', '.join(LIVE_SPECS)}")
+            raise ConfigError(f"{source}: unknown live parameter {shown(name)}; known: {', '.join(LIVE_SPECS)}")
         try:
             checked = getattr(LiveParams.model_validate({name: value}), name)
         except ValidationError as err:
@@ -118,7 +120,7 @@ class ParamStore:
         if name == "t_index_list" and len(checked) != self.steps:
             raise ConfigError(
                 f"{source}: t_index_list: needs exactly {self.steps} entries (the step count is fixed "
-                f"when the pipeline is built; switch to a preset with another count to change it) (got {value!r})"
+                f"when the pipeline is built; switch to a preset with another count to change it) (got {shown(value)})"
             )
         return checked
 
@@ -167,8 +169,10 @@ class ParamStore:
         if (duration_s is None) == (beats is None):
             raise ConfigError("transition: give exactly one of duration_s or beats")
         length = duration_s if duration_s is not None else beats
-        if isinstance(length, bool) or not isinstance(length, (int, float)) or not 0.0 <= length <= 600.0:
-            raise ConfigError(f"transition: duration must be 0..600 (seconds or beats), got {length!r}")
+        if isinstance(length, bool) or not isinstance(length, (int, float)) or not 0.0 <= length <= TRANSITION_MAX:
+            raise ConfigError(
+                f"transition: duration must be 0..{TRANSITION_MAX:g} (seconds or beats), got {shown(length)}"
+            )
         if (beats is not None or quantum is not None) and self.tempo is None:
             raise ConfigError("transition: beats/quantum need a Tempo (none attached to the ParamStore)")
         start = self.tempo.next_beat_time(now, quantum) if quantum is not None and self.tempo else now
@@ -244,13 +248,14 @@ class ParamStore:
     # ------------------------------------------------------------------ presets
 
     def apply_preset_live(
-        self, live: LiveParams, *, now: float | None = None, transition_s: float = 0.0
+        self, live: LiveParams, *, now: float | None = None, transition_s: float = 0.0, cut: bool = False
     ) -> None:
         """Take over a preset's live values.
 
         Float params slew with the preset's own `smoothing`; with `transition_s` > 0 a
-        changed prompt or seed crossfades instead of cutting. The step count follows
-        len(live.t_index_list): call this when the pipeline built for it goes on air.
+        changed prompt or seed crossfades instead of cutting. `cut` jumps to every value at
+        once (a reset). The step count follows len(live.t_index_list): call this when the
+        pipeline built for it goes on air.
         """
         live = LiveParams.model_validate(live.model_dump())
         with self._lock:
@@ -263,10 +268,12 @@ class ParamStore:
             for name in LIVE_SPECS:
                 if name != "smoothing":
                     self._assign(name, getattr(live, name), now)
+            if cut:
+                self._ramps.clear()
             # Crossfades go to a single prompt/seed; a preset that sets a blend cuts to it.
-            if transition_s > 0.0 and not live.prompt_blend and live.prompt != old["prompt"]:
+            if not cut and transition_s > 0.0 and not live.prompt_blend and live.prompt != old["prompt"]:
                 self._prompt_fade = Crossfade(tuple(prompt_src), live.prompt, now, transition_s)
-            if transition_s > 0.0 and not live.seed_blend and live.seed != old["seed"]:
+            if not cut and transition_s > 0.0 and not live.seed_blend and live.seed != old["seed"]:
                 self._seed_fade = Crossfade(tuple(seed_src), live.seed, now, transition_s)
             changed = [(k, _copy(v)) for k, v in self._targets.items() if v != old[k]]
         for name, value in changed:

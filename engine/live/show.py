@@ -1,10 +1,13 @@
-"""The running set: which preset is on air, building the next one, and the live commands.
+"""The running set: which preset is on air, switching to the next one, and the show's commands.
 
 A preset switch whose differences are all live applies on the next frame. One that needs
 another pipeline (model, size, steps, cfg...) is built on a background thread while the
 current pipeline keeps playing, then swapped in between two frames; a build that fails
-leaves the current preset playing and reports why. Preset names arrive already resolved
-inside the presets folder (the OSC server never passes a path through).
+leaves the current preset playing and reports why (`status().error`, sent as OSC
+feedback). Preset names are plain ids resolved here, inside the presets folder.
+
+What a switch needs is engine.live.preset_diff's call; when it happens (now or on the
+beat) engine.live.quantise's; watching the file for edits is engine.live.preset_watch.
 """
 
 from __future__ import annotations
@@ -13,28 +16,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.config.preset_files import diff_load_time, list_presets, load_preset, resolve_preset
+from engine.config.preset_files import list_presets, load_preset, resolve_preset
 from engine.config.schema import Preset
 from engine.core.build import build_pipeline
 from engine.core.pipeline import StreamPipeline
-from engine.errors import ConfigError, StreamVJError
+from engine.errors import ConfigError, StreamVJError, shown
+from engine.live.commands import Command
 from engine.live.params import ParamStore
 from engine.live.player import LivePlayer
-from engine.live.tempo import Tempo
+from engine.live.preset_diff import plan_switch
+from engine.live.quantise import now
 
 log = logging.getLogger("streamvj.show")
-
-
-def _timer(delay_s: float, action: Callable[[], None]) -> None:
-    timer = threading.Timer(delay_s, action)
-    timer.daemon = True
-    timer.start()
-
-# Load-time fields the render pipeline does not depend on: they need a restart, not a rebuild.
-BRIDGE_FIELDS = {"load.source", "load.sinks", "load.target_fps"}
 
 
 class Controls(Protocol):
@@ -45,176 +42,240 @@ class Controls(Protocol):
     def resume(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class ShowStatus:
+    """One consistent look at the show (the status line and OSC feedback read this)."""
+
+    state: str  # "ready", "building" (a switch is being built) or "running"
+    preset: str
+    error: str  # what the last refused command or failed switch was; "" once a preset goes on air
+
+
 class Show:
     def __init__(self, presets_dir: str | Path, preset: Preset, preset_name: str, store: ParamStore,
                  player: LivePlayer, controls: Controls, build: Callable[[Preset], StreamPipeline] = build_pipeline,
                  midi_learn: Callable[[str], None] | None = None,
                  on_midi_mappings: Callable[[list], None] | None = None, transition_s: float = 0.0,
-                 tempo: Tempo | None = None, quantum: str | None = None,
-                 schedule: Callable[[float, Callable[[], None]], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 on_the_beat: Callable[[Callable[[], None]], None] = now):
         self.presets_dir = Path(presets_dir)
-        self.preset, self.preset_name = preset, preset_name
         self.store, self.player, self.controls, self.build = store, player, controls, build
         self.midi_learn, self.on_midi_mappings = midi_learn, on_midi_mappings
         self.transition_s = transition_s
-        if quantum not in (None, "beat", "bar"):
-            raise ConfigError(f"preset switches can be quantised to 'beat' or 'bar', got {quantum!r}")
-        if quantum is not None and tempo is None:
-            raise ConfigError("quantised preset switches need a tempo")
-        self.tempo, self.quantum, self.clock = tempo, quantum, clock
-        self.schedule = schedule or _timer
-        self.state = "ready"
-        self.last_error = ""
-        self._building: threading.Thread | None = None
+        self.on_the_beat = on_the_beat  # engine.live.quantise: now, or a Quantiser (next beat/bar)
+        # Written by the OSC thread (commands), the build thread and the render thread (go on air).
         self._lock = threading.Lock()
-        self._watched: tuple[Path, float] | None = None
-        self._watch_stop = threading.Event()
+        self._preset, self._preset_name = preset, preset_name
+        self._state, self._error = "ready", ""
+        self._building: str | None = None  # the preset being built, until it is on air or failed
+        self._build_thread: threading.Thread | None = None
+        self._bad: dict[str, tuple[float, str]] = {}  # preset -> (file mtime, why it failed to build)
+
+    # ---- what is on air (any thread) ----------------------------------------------------------------
+
+    @property
+    def preset(self) -> Preset:
+        with self._lock:
+            return self._preset
+
+    @property
+    def preset_name(self) -> str:
+        with self._lock:
+            return self._preset_name
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            return self._state
+
+    @property
+    def last_error(self) -> str:
+        with self._lock:
+            return self._error
+
+    def status(self) -> ShowStatus:
+        with self._lock:
+            return ShowStatus(self._state, self._preset_name, self._error)
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            self._error = message
+        log.error(message)
 
     # ---- CommandSink (OSC) ------------------------------------------------------------------------
 
-    def on_command(self, name: str, args: tuple[Any, ...]) -> None:
-        if name == "preset/load":
-            self.switch(str(args[0]), Path(args[1]) if len(args) > 1 else None)
-        elif name in ("preset/next", "preset/prev"):
-            self.step_preset(1 if name == "preset/next" else -1)
-        elif name == "pause":
+    def on_command(self, command: Command, args: tuple[Any, ...]) -> None:
+        """Run a `Target.SHOW` command; never raises (what it refuses is reported, see `_fail`)."""
+        if command is Command.PRESET_LOAD:
+            self.switch(str(args[0]))
+        elif command is Command.PRESET_NEXT:
+            self.step_preset(1)
+        elif command is Command.PRESET_PREV:
+            self.step_preset(-1)
+        elif command is Command.PAUSE:
             self.controls.pause()
-        elif name == "resume":
+        elif command is Command.RESUME:
             self.controls.resume()
-        elif name == "reset":
-            self.controls.call_soon(lambda: self.player.pipeline.reset())
-        elif name == "midi/learn":
-            if self.midi_learn is None:
-                log.warning("MIDI learn for %s ignored: no MIDI input is open (set midi.port in the preset)", args[0])
-            else:
-                self.midi_learn(str(args[0]))
+        elif command is Command.RESET:
+            self.reset()
+        elif command is Command.MIDI_LEARN:
+            self._midi_learn(str(args[0]))
         else:
-            log.warning("unknown command %r ignored", name)
+            self._fail(f"command {command.address} is not the show's to run (target {command.target.value})")
 
-    # ---- timing -----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Back to the on-air preset's live values (a cut, no slew) and a freshly primed stream batch."""
+        self.store.apply_preset_live(self.preset.live, cut=True)
+        self.controls.call_soon(lambda: self.player.pipeline.reset())
 
-    def _on_the_beat(self, action: Callable[[], None]) -> None:
-        """Run `action` now, or on the next beat/bar when switches are quantised."""
-        if self.quantum is None:
-            action()
+    def _midi_learn(self, param: str) -> None:
+        if self.midi_learn is None:
+            self._fail(f"MIDI learn for {shown(param)} ignored: no MIDI input is open (set midi.port in the preset)")
             return
-        now = self.clock()
-        delay = max(0.0, self.tempo.next_beat_time(now, self.quantum) - now)
-        self.schedule(delay, action)
+        try:
+            self.midi_learn(param)
+        except ConfigError as exc:
+            self._fail(str(exc))
 
     # ---- presets ----------------------------------------------------------------------------------
-
-    def step_preset(self, direction: int) -> None:
-        names = list_presets(self.presets_dir)
-        if not names:
-            log.warning("no presets in %s", self.presets_dir)
-            return
-        index = names.index(self.preset_name) if self.preset_name in names else -direction
-        self.switch(names[(index + direction) % len(names)])
-
-    def _fail(self, message: str) -> None:
-        self.last_error = message
-        log.error(message)
 
     def switch(self, name: str, path: Path | None = None) -> None:
         """Switch to preset `name`; never raises (errors are reported, the current preset plays on)."""
         try:
-            new = load_preset(path or resolve_preset(self.presets_dir, name))
+            new = self._load(name, path)
         except StreamVJError as exc:
-            self._fail(f"preset {name!r} not loaded: {exc}")
+            self._fail(f"preset {shown(name)} not loaded: {exc}")
             return
-        changes = diff_load_time(self.preset, new)
-        restart_only = [c for c in changes if c in BRIDGE_FIELDS]
-        if restart_only:
+        self._go(new, name)
+
+    def step_preset(self, direction: int) -> None:
+        """The next (+1) or previous (-1) preset in the folder that loads; the ones that do not are skipped."""
+        names = list_presets(self.presets_dir)
+        if not names:
+            self._fail(f"no presets in {self.presets_dir}")
+            return
+        current = self.preset_name
+        if current in names:
+            i = names.index(current)
+            candidates = [names[(i + direction * k) % len(names)] for k in range(1, len(names))]
+        else:
+            candidates = names if direction > 0 else names[::-1]
+        self._step(candidates, [], "next" if direction > 0 else "previous")
+
+    def _step(self, candidates: list[str], skipped: list[str], which: str) -> None:
+        for k, name in enumerate(candidates):
+            try:
+                new = self._load(name)
+            except StreamVJError as exc:
+                skipped.append(f"{name} ({_first_line(exc)})")
+                continue
+            bad = self._known_bad(name)
+            if bad:
+                skipped.append(f"{name} (failed to build: {bad})")
+                continue
+            if skipped:
+                log.warning("%s preset: skipped %s", which, "; ".join(skipped))
+
+            def try_further(reason: str, rest: list[str] = candidates[k + 1:], name: str = name) -> None:
+                self._step(rest, [*skipped, f"{name} (failed to build: {reason})"], which)
+
+            self._go(new, name, on_build_failed=try_further)
+            return
+        self._fail(f"no {which} preset loads; staying on {self.preset_name!r}"
+                   + (f"; skipped {'; '.join(skipped)}" if skipped else ""))
+
+    def _load(self, name: str, path: Path | None = None) -> Preset:
+        return load_preset(path or resolve_preset(self.presets_dir, name))
+
+    def _known_bad(self, name: str) -> str:
+        """Why `name` failed to build, if it did and its file has not changed since."""
+        with self._lock:
+            bad = self._bad.get(name)
+        return bad[1] if bad is not None and bad[0] == _mtime(self.presets_dir, name) else ""
+
+    def _go(self, new: Preset, name: str, on_build_failed: Callable[[str], None] | None = None) -> None:
+        plan = plan_switch(self.preset, new)
+        if plan.restart_only:
             log.warning("preset %s: %s change only on restart; keeping the current ones", name,
-                        ", ".join(c.removeprefix("load.") for c in restart_only))
-        rebuild = [c for c in changes if c not in BRIDGE_FIELDS]
-        if not rebuild:
+                        ", ".join(c.removeprefix("load.") for c in plan.restart_only))
+        if plan.live_only:
             def live_switch() -> None:
                 self.store.apply_preset_live(new.live, transition_s=self.transition_s)
                 self._adopt(new, name)
                 log.info("preset %s on air (live values only)", name)
 
-            self._on_the_beat(live_switch)
+            self.on_the_beat(live_switch)
             return
         with self._lock:
-            if self._building is not None and self._building.is_alive():
-                self._fail(f"preset {name!r} ignored: still building the previous switch")
-                return
-            self.state = "building"
-            self._building = threading.Thread(target=self._build_and_swap, args=(new, name, rebuild),
-                                              name="streamvj-preset-build", daemon=True)
-            self._building.start()
+            if self._building is not None:
+                busy = self._building
+            else:
+                busy, self._building, self._state = None, name, "building"
+        if busy is not None:
+            self._fail(f"preset {name!r} ignored: still building {busy!r}")
+            return
+        thread = threading.Thread(target=self._build_and_swap, args=(new, name, plan.rebuild, on_build_failed),
+                                  name="streamvj-preset-build", daemon=True)
+        with self._lock:  # started under the lock: wait_idle never sees a thread it cannot join yet
+            self._build_thread = thread
+            thread.start()
 
     def _adopt(self, preset: Preset, name: str) -> None:
-        self.preset, self.preset_name = preset, name
-        self.last_error = ""
-        self._watched = None
+        with self._lock:
+            self._preset, self._preset_name, self._error = preset, name, ""
         if self.on_midi_mappings is not None:
             self.on_midi_mappings(list(preset.midi.mappings))
 
-    def _build_and_swap(self, new: Preset, name: str, changes: list[str]) -> None:
+    def _build_and_swap(self, new: Preset, name: str, changes: list[str],
+                        on_build_failed: Callable[[str], None] | None) -> None:
         started = time.monotonic()
         log.info("building preset %s (%s changed) while the current one plays", name, ", ".join(changes))
         try:
             pipeline = self.build(new)
-        except StreamVJError as exc:
-            self.state = "running"
-            self._fail(f"preset {name!r} failed to build, keeping {self.preset_name!r}: {exc}")
-            return
         except Exception as exc:  # a build must never take the show down; report and keep playing
-            self.state = "running"
-            self._fail(f"preset {name!r} failed to build, keeping {self.preset_name!r}: "
-                       f"{type(exc).__name__}: {exc}")
+            reason = str(exc) if isinstance(exc, StreamVJError) else f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                self._bad[name] = (_mtime(self.presets_dir, name), _first_line(reason))
+                self._building, self._state = None, "running"
+            self._fail(f"preset {name!r} failed to build, keeping {self.preset_name!r}: {reason}")
+            if on_build_failed is not None:
+                on_build_failed(_first_line(reason))
             return
 
         def go_on_air() -> None:
             self.store.apply_preset_live(new.live)
             self.player.swap(pipeline)
             self._adopt(new, name)
-            self.state = "running"
+            with self._lock:
+                self._building, self._state = None, "running"
+                self._bad.pop(name, None)
             log.info("preset %s on air (built in %.1f s)", name, time.monotonic() - started)
 
-        self._on_the_beat(lambda: self.controls.call_soon(go_on_air))
-
-    # ---- editing presets on disk ------------------------------------------------------------------
-
-    def check_for_edits(self) -> bool:
-        """Reload the on-air preset when its file changed on disk; True when a reload started."""
-        try:
-            path = resolve_preset(self.presets_dir, self.preset_name)
-            mtime = path.stat().st_mtime
-        except (StreamVJError, OSError):
-            return False  # not a file in the folder (e.g. a --preset path): nothing to watch
-        if self._watched is None or self._watched[0] != path:
-            self._watched = (path, mtime)
-            return False
-        if mtime == self._watched[1]:
-            return False
-        self._watched = (path, mtime)
-        log.info("preset %s changed on disk: reloading", self.preset_name)
-        self.switch(self.preset_name, path)
-        return True
-
-    def watch(self, interval_s: float = 1.0) -> threading.Thread:
-        """Poll the on-air preset's file for edits on a daemon thread until `stop_watching`."""
-
-        def loop() -> None:
-            while not self._watch_stop.wait(interval_s):
-                self.check_for_edits()
-
-        thread = threading.Thread(target=loop, name="streamvj-preset-watch", daemon=True)
-        thread.start()
-        return thread
-
-    def stop_watching(self) -> None:
-        self._watch_stop.set()
+        self.on_the_beat(lambda: self.controls.call_soon(go_on_air))
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait for a background build to finish (tests, shutdown)."""
-        thread = self._building
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
+        """Wait for background builds to finish, including the next ones a skipping step starts (tests,
+        shutdown); False on timeout. A built preset may still wait for its frame to go on air."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                thread = self._build_thread
+            if thread is None:
+                return True
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                return False
+            with self._lock:
+                if self._build_thread is thread:
+                    return True
+
+
+def _first_line(exc: object) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _mtime(presets_dir: Path, name: str) -> float:
+    try:
+        return resolve_preset(presets_dir, name).stat().st_mtime
+    except (StreamVJError, OSError):
+        return -1.0

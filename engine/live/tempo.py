@@ -13,14 +13,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, shown
 
 BPM_MIN, BPM_MAX = 20.0, 300.0
 PPQN = 24  # MIDI clock pulses per quarter note
 TAP_RESET_S = 2.0  # a gap longer than this starts a new tap sequence
 Quantum = Literal["beat", "bar"]
+QUANTA: tuple[str, ...] = get_args(Quantum)
 
 
 class Tempo:
@@ -42,9 +43,9 @@ class Tempo:
     @staticmethod
     def _check_bpm(bpm: float) -> float:
         if isinstance(bpm, bool) or not isinstance(bpm, (int, float)) or not math.isfinite(bpm):
-            raise ConfigError(f"tempo: bpm must be a number, got {bpm!r}")
+            raise ConfigError(f"tempo: bpm must be a number, got {shown(bpm)}")
         if not BPM_MIN <= bpm <= BPM_MAX:
-            raise ConfigError(f"tempo: bpm must be {BPM_MIN:g}..{BPM_MAX:g}, got {bpm!r}")
+            raise ConfigError(f"tempo: bpm must be {BPM_MIN:g}..{BPM_MAX:g}, got {shown(bpm)}")
         return float(bpm)
 
     @property
@@ -132,8 +133,8 @@ class Tempo:
 
     def next_beat_time(self, now: float | None = None, quantum: Quantum = "beat") -> float:
         """The time of the next beat (or bar start) at or after `now`."""
-        if quantum not in ("beat", "bar"):
-            raise ConfigError(f"tempo: quantum must be 'beat' or 'bar', got {quantum!r}")
+        if quantum not in QUANTA:
+            raise ConfigError(f"tempo: quantum must be {' or '.join(map(repr, QUANTA))}, got {shown(quantum)}")
         q = 1 if quantum == "beat" else self.beats_per_bar
         with self._lock:
             now = self._now(now)

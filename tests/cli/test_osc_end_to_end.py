@@ -40,10 +40,14 @@ def is_grey(frame: np.ndarray) -> bool:
 
 
 def test_osc_message_changes_the_output_and_oscquery_reports_it():
+    """Also: with -v every accepted OSC message leaves a debug line, and a refused preset name
+    reaches OSC feedback as /status/error (not only the log)."""
     name_out = f"osc_e2e_{os.getpid()}"
+    feedback, received = feedback_receiver()
     engine = subprocess.Popen(
-        [sys.executable, str(ROOT / "run_engine.py"), "run", "--sink", f"shm:{name_out}", "--width", "64",
-         "--height", "64", "--osc-port", "0", "--oscquery-port", "0"],
+        [sys.executable, str(ROOT / "run_engine.py"), "-v", "run", "--sink", f"shm:{name_out}", "--width", "64",
+         "--height", "64", "--osc-port", "0", "--oscquery-port", "0",
+         "--osc-feedback", f"127.0.0.1:{feedback.server_address[1]}"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     reader = client.ShmReader(name_out)
@@ -58,7 +62,9 @@ def test_osc_message_changes_the_output_and_oscquery_reports_it():
             time.sleep(0.01)
         assert frame is not None and not is_grey(frame)
 
-        SimpleUDPClient(osc.group(1), int(osc.group(2))).send_message("/streamvj/fx_saturation", 0.0)
+        sender = SimpleUDPClient(osc.group(1), int(osc.group(2)))
+        sender.send_message("/streamvj/fx_saturation", 0.0)
+        wait_for_line(engine, r"streamvj\.osc: OSC /streamvj/fx_saturation \(0\.0,\)")
         grey = False
         while not grey and time.monotonic() < deadline:
             frame = reader.read()
@@ -70,6 +76,13 @@ def test_osc_message_changes_the_output_and_oscquery_reports_it():
         with urllib.request.urlopen(url, timeout=10) as response:
             node = json.load(response)
         assert node["VALUE"] == [0.0]
+
+        sender.send_message("/streamvj/preset/load", "nosuch")
+        while time.monotonic() < deadline and not any(
+                "no nosuch.yaml" in v[0] for v in received.get("/streamvj/status/error", [])):
+            time.sleep(0.02)
+        errors = [v[0] for v in received.get("/streamvj/status/error", [])]
+        assert any("preset 'nosuch' not loaded" in e and "no nosuch.yaml" in e for e in errors), errors
     finally:
         reader.close()
         engine.send_signal(signal.SIGTERM)
@@ -78,6 +91,7 @@ def test_osc_message_changes_the_output_and_oscquery_reports_it():
         finally:
             if engine.poll() is None:
                 engine.kill()
+            feedback.shutdown()
     assert engine.returncode == 0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pythonosc.osc_message import OscMessage
 
-from bridges.control.osc import address_table
+from bridges.control.osc_address import address_table
 from bridges.control.oscquery import ACCESS_RW, ACCESS_WRITE, MAX_WS_CLIENTS, OscQueryServer, osc_message
 from bridges.control.websocket import (
     CLOSE_GOING_AWAY,
