@@ -7,11 +7,15 @@ to python-osc's parser.
 
 from __future__ import annotations
 
+import re
+
 MAX_DATAGRAM = 65536  # socketserver reads 8192 by default: long prompt lists would be cut
 _BUNDLE = b"#bundle\x00"
 _MAX_NESTING = 8
 _TAGS_OK = frozenset("ifdhsbrmtTFN[]")  # what python-osc parses; others it skips with a root-logger warning
-_PATTERN_BYTES = frozenset(b"*?[]{}")
+# One regex scan per check instead of a Python loop over the address's bytes.
+_NOT_PRINTABLE = re.compile(rb"[^\x21-\x7e]")
+_PATTERN = re.compile(rb"[*?\[\]{}]")
 
 
 def check_packet(data: bytes, depth: int = 0) -> str | None:
@@ -39,9 +43,9 @@ def check_packet(data: bytes, depth: int = 0) -> str | None:
     if end < 0:
         return "address is not NUL-terminated"
     address = data[:end]
-    if any(b < 0x21 or b > 0x7E for b in address):
+    if _NOT_PRINTABLE.search(address):
         return "address is not printable ASCII"
-    if any(b in _PATTERN_BYTES for b in address):
+    if _PATTERN.search(address):
         return "address patterns (wildcards) are not supported; send the full address"
     i = (end + 4) & ~3
     if i >= len(data):
