@@ -97,7 +97,8 @@ def measure(frames: int, warmup: int, with_compile: bool, timeout: float,
     result = {"machine": machine(), "load_before": load_average(), "frames": frames, "warmup": warmup, "rows": []}
     for row in TABLE_ROWS + ((COMPILE_ROW,) if with_compile else ()):
         log(f"readme_speed: {row.label} ...")
-        result["rows"].append({"row": {**asdict(row), "t_index": list(row.t_index)},
+        load = load_average()
+        result["rows"].append({"row": {**asdict(row), "t_index": list(row.t_index)}, "load_before": load,
                                **run_row(row, frames, warmup, timeout)})
     result["load_after"] = load_average()
     first = result["rows"][0]
