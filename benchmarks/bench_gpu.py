@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.accel.cuda_graphs import GraphedStep  # noqa: E402
+from engine.accel.cuda_graphs import CUDA_GRAPHS, GraphedStep  # noqa: E402
 from engine.bench import BenchOptions, bench_autopipeline, moving_frames, summarise  # noqa: E402
 from engine.config.schema import LiveParams, LoadSettings  # noqa: E402
 from engine.core.pipeline import StreamPipeline  # noqa: E402
@@ -112,30 +112,22 @@ def time_pipelined(pipe: StreamPipeline, frames: list[np.ndarray], warmup: int, 
 
 def make_pipeline(parts: ModelParts, size: int, steps: int, cfg: str, backend: str, device: torch.device,
                   dtype: torch.dtype, compile_mode: str = "default", **live: object) -> StreamPipeline:
+    """A pipeline on `backend` (none, compile, tensorrt: engines built once, then cached), without
+    CUDA graphs: each variant is timed without, then with them (`use_graph`)."""
     load = LoadSettings(model=parts.source or "bench", width=size, height=size, cfg_type=cfg, compile_mode=compile_mode)
-    return StreamPipeline(parts, load, LiveParams(t_index_list=T_INDEX[steps], **live), device=device, dtype=dtype,
+    pipe = StreamPipeline(parts, load, LiveParams(t_index_list=T_INDEX[steps], **live), device=device, dtype=dtype,
                           backend=backend)
+    pipe.step.use_graphs(None)
+    return pipe
 
 
 def use_graph(pipe: StreamPipeline) -> GraphedStep:
-    """Wrap the pipeline's (eager or compiled) frame step in a CUDA graph, as acceleration != none does."""
-    step = pipe.use_graphs()
+    """Replay the pipeline's (eager, compiled or TensorRT) frame step from a CUDA graph, as every
+    acceleration but none does on CUDA."""
+    step = pipe.step.use_graphs(CUDA_GRAPHS)
+    assert step is not None
     pipe.reset()
     return step
-
-
-def use_tensorrt(pipe: StreamPipeline, parts: ModelParts, size: int) -> None:
-    """Swap the UNet and VAE calls for TensorRT engines (built once, then loaded from the cache)."""
-    from engine.accel.trt_engine import build_trt_components
-
-    trt = build_trt_components(parts, width=size, height=size, unet_batch=pipe.stream.unet_batch_size(),
-                               frame_buffer_size=pipe.load.frame_buffer_size, device=pipe.device,
-                               dtype=pipe.dtype)
-    scale, shift = pipe._vae_scale, pipe._vae_shift
-    pipe.stream.unet_fn = trt.unet
-    pipe.encode = lambda img: (trt.vae_encoder(img) - shift) * scale
-    pipe.decode = lambda latents: trt.vae_decoder(latents / scale + shift)
-    pipe.reset()
 
 
 def run_variants(parts: ModelParts, args: argparse.Namespace, steps: int, device: torch.device,
@@ -177,8 +169,7 @@ def run_variants(parts: ModelParts, args: argparse.Namespace, steps: int, device
             graphed("compile max-autotune + cuda graph", pipe)
         del pipe
     if args.tensorrt and cuda:
-        pipe = make_pipeline(parts, args.size, steps, args.cfg, "none", device, dtype)
-        use_tensorrt(pipe, parts, args.size)
+        pipe = make_pipeline(parts, args.size, steps, args.cfg, "tensorrt", device, dtype)
         record("tensorrt", pipe)
         graphed("tensorrt + cuda graph", pipe)
         del pipe

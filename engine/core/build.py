@@ -1,4 +1,8 @@
-"""A pipeline from a preset: device, dtype, weights, LoRA, backend, warm-up (slow: off the render thread)."""
+"""A pipeline from a preset: device, dtype, weights, LoRA, backend, warm-up (slow: off the render thread).
+
+Which backend runs and where it falls back is engine/accel/backend.py's; this module only
+puts a preset's pieces together.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import logging
 from engine.accel.backend import resolve_acceleration, resolve_device, resolve_dtype
 from engine.config.schema import Preset
 from engine.core.pipeline import StreamPipeline
-from engine.errors import ConfigError
 from engine.models.load import load_model
 from engine.models.lora import fuse_loras
 
@@ -22,17 +25,9 @@ def build_pipeline(preset: Preset) -> StreamPipeline:
     backend = resolve_acceleration(load.acceleration, device)
     parts = load_model(load.model, family=load.family, vae=load.vae, device=device, dtype=dtype)
     fuse_loras(parts, [(lora.path, lora.scale, lora.weight_name) for lora in load.lora])
-    try:
-        pipeline = StreamPipeline(parts, load, preset.live, device=device, dtype=dtype, backend=backend,
-                                  fit_input=True)
-    except Exception as exc:  # noqa: BLE001 - whatever a TensorRT version raises, the show falls back
-        if backend != "tensorrt" or isinstance(exc, ConfigError):
-            raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        log.warning("TensorRT build failed (%s: %s); using torch.compile with CUDA graphs", type(exc).__name__, reason)
-        pipeline = StreamPipeline(parts, load, preset.live, device=device, dtype=dtype, backend="compile",
-                                  fit_input=True)
+    # fit_input: a live source sends whatever size it has; frames are cover-fitted on the device.
+    pipeline = StreamPipeline(parts, load, preset.live, device=device, dtype=dtype, backend=backend, fit_input=True)
     # Compiling and capturing happen here, on the building thread, not on the first live frame.
     seconds = pipeline.warm_up()
-    log.info("pipeline warmed up in %.1f s", seconds)
+    log.info("pipeline warmed up in %.1f s (%s)", seconds, pipeline.backend)
     return pipeline

@@ -15,13 +15,10 @@ units) is an offset of 2b in pm1.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-
-from engine.errors import ConfigError
 
 # Rec.709 luma weights (sum to 1, so luma commutes with the pm1 <-> [0,1] affine map).
 LUMA_R, LUMA_G, LUMA_B = 0.2126, 0.7152, 0.0722
@@ -36,14 +33,15 @@ HUE_SIN = (
     (-(1.0 - LUMA_R), LUMA_G, LUMA_B),
 )
 
-# name -> (LiveParams field, neutral value, low, high); ranges match engine/config/schema.py.
-UNIFORMS: dict[str, tuple[str, float, float, float]] = {
-    "feedback": ("fx_feedback", 0.0, 0.0, 1.0),
-    "blend": ("fx_blend", 0.0, 0.0, 1.0),
-    "brightness": ("fx_brightness", 0.0, -1.0, 1.0),
-    "contrast": ("fx_contrast", 1.0, 0.0, 4.0),
-    "saturation": ("fx_saturation", 1.0, 0.0, 4.0),
-    "hue": ("fx_hue", 0.0, -180.0, 180.0),
+# name -> (LiveParams field, neutral value: the effect leaves the image as it is). Ranges are the
+# schema's (engine/config/schema.py), checked there when a value comes in.
+UNIFORMS: dict[str, tuple[str, float]] = {
+    "feedback": ("fx_feedback", 0.0),
+    "blend": ("fx_blend", 0.0),
+    "brightness": ("fx_brightness", 0.0),
+    "contrast": ("fx_contrast", 1.0),
+    "saturation": ("fx_saturation", 1.0),
+    "hue": ("fx_hue", 0.0),
 }
 
 
@@ -114,28 +112,21 @@ class FxUniforms:
 
     def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         self.values: dict[str, float] = {}
-        for name, (_, neutral, _, _) in UNIFORMS.items():
+        for name, (_, neutral) in UNIFORMS.items():
             setattr(self, name, torch.full((), neutral, device=device, dtype=dtype))
             self.values[name] = neutral
 
     def update(self, params: Mapping[str, Any] | Any) -> None:
         """Copy fx_* values in from a LiveParams (or any object/mapping with those names).
 
-        Only changed values are written (one fill_ each, no sync). Raises ConfigError, naming
-        the field, for a non-number or out-of-range value; nothing is written then.
+        Only changed values are written (one fill_ each, no sync).
         """
-        new: dict[str, float] = {}
-        for name, (field, _, low, high) in UNIFORMS.items():
-            value = _read(params, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not low <= value <= high:
-                raise ConfigError(f"{field} must be a number in {low:g}..{high:g}, got {value!r}")
-            new[name] = float(value)
-        for name, value in new.items():
+        for name, (field, _) in UNIFORMS.items():
+            value = float(_read(params, field))
             if value != self.values[name]:
                 getattr(self, name).fill_(value)
                 self.values[name] = value
 
     def is_identity(self) -> bool:
         """True when every value is neutral: the pipeline can skip FX (and their buffer) entirely."""
-        return all(self.values[name] == neutral for name, (_, neutral, _, _) in UNIFORMS.items())
+        return all(self.values[name] == neutral for name, (_, neutral) in UNIFORMS.items())

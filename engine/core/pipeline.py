@@ -1,8 +1,11 @@
 """StreamPipeline: rgba_u8 in, rgba_u8 out, through VAE encode -> stream batch -> VAE decode.
 
 Everything a frame touches is allocated in `__init__`; live settings copy into those
-buffers. The per-frame work (`_frame_step`) is one function of tensors so it can run
-eagerly or under `torch.compile` with the same result.
+buffers. A call reads top to bottom (`__call__`): the input (or fresh noise), the FX mode,
+the frame step (run N times on the first input to prime an empty stream batch), the output
+buffer. The frame step's tensor work (`_frame_step`) is one function, so its backend
+(engine/accel/backend.py: eager, compiled, CUDA graphs) runs it with the same result; the
+network calls (torch modules or TensorRT engines) are fixed when the pipeline is built.
 """
 
 from __future__ import annotations
@@ -11,13 +14,13 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from engine.accel.backend import FrameStep, model_calls
 from engine.config.schema import LiveParams, LoadSettings
 from engine.core.blend import blend
 from engine.core.fit import fit_into
@@ -25,19 +28,13 @@ from engine.core.fx import FxUniforms, feedback_mix, post_fx
 from engine.core.pixels import as_frame_batch, img_pm1_to_rgb_u8, rgba_u8_to_img_pm1
 from engine.core.prompts import PromptEncoder
 from engine.core.similarity import SimilarityFilter
-from engine.core.stream import StreamBatch
+from engine.core.stream import StreamBatch, unet_batch_size
 from engine.errors import ConfigError
 from engine.models.family import Family
 from engine.models.load import ModelParts
 
-if TYPE_CHECKING:
-    from engine.accel.cuda_graphs import CudaGraphs, GraphedStep
-
 log = logging.getLogger("streamvj.pipeline")
 
-# preset name -> torch.compile mode. Never inductor's own CUDA graphs ("reduce-overhead"):
-# GraphedStep captures the whole frame step, FX modes included, itself.
-COMPILE_MODES = {"default": None, "max-autotune": "max-autotune-no-cudagraphs"}
 VAE_FACTOR = 8
 
 # Live fields the pipeline applies together (one setter call per group), for LiveApplier and __init__.
@@ -56,6 +53,7 @@ class PipelineCounters:
     frames_in: int = 0
     frames_out: int = 0
     skipped: int = 0
+    unet_calls: int = 0  # frame steps run (one batched UNet call each), priming included
 
     @property
     def skip_ratio(self) -> float:
@@ -65,18 +63,6 @@ class PipelineCounters:
 def seed_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     """The noise of one seed, from a CPU generator so every device draws the same numbers."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-
-
-# Every preset shape (size, steps, cfg, model) compiles the frame step once per FX mode, all on
-# one code object; dynamo's default limit of 8 would silently leave a show's 5th shape eager.
-COMPILED_VARIANTS = 64
-
-
-def allow_compiled_variants(count: int) -> None:
-    import torch._dynamo.config as dynamo_config
-
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, count)
-    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * count)
 
 
 SEED_CACHE = 16  # seeds kept on the device: a seed crossfade reuses them every frame
@@ -90,16 +76,20 @@ class StreamPipeline:
     def __init__(self, parts: ModelParts, load: LoadSettings, live: LiveParams, *,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, backend: str = "none",
                  fit_input: bool = False, rng: random.Random | None = None):
-        self.parts, self.load, self.fit_input, self.acceleration = parts, load, fit_input, backend
+        self.parts, self.load, self.fit_input = parts, load, fit_input
         self.device, self.dtype = torch.device(device), dtype
         self.txt2img = load.mode == "txt2img"
         f, h, w = load.frame_buffer_size, load.height, load.width
         latent_shape = (parts.unet.config.in_channels, h // VAE_FACTOR, w // VAE_FACTOR)
         if self.device.type == "cuda":
             parts.unet.to(memory_format=torch.channels_last)
+        calls = model_calls(parts, backend, width=w, height=h, frame_buffer_size=f, device=self.device,
+                            dtype=dtype, txt2img=self.txt2img,
+                            unet_batch=unet_batch_size(load.cfg_type, len(live.t_index_list), f))
+        self._vae_encode, self._vae_decode = calls.vae_encode, calls.vae_decode
         sdxl = parts.family is Family.SDXL
         self.stream = StreamBatch(
-            self._unet_fn, parts.scheduler_config, list(live.t_index_list), latent_shape,
+            calls.unet, parts.scheduler_config, list(live.t_index_list), latent_shape,
             frame_buffer_size=f, cfg_type=load.cfg_type, txt2img=self.txt2img, device=self.device,
             dtype=dtype, pooled=sdxl, time_ids=(h, w, 0, 0, h, w) if sdxl else None)
         self.prompts = PromptEncoder(parts, self.device, dtype)
@@ -121,6 +111,7 @@ class StreamPipeline:
         self._vae_scale = float(getattr(parts.vae.config, "scaling_factor", 1.0) or 1.0)
         self._vae_shift = float(getattr(parts.vae.config, "shift_factor", 0.0) or 0.0)
         self._has_output = False
+        self.primed = False  # the stream batch holds frames in flight (else the next call primes it)
         self._seed_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._staging: torch.Tensor | None = None  # raw input frames of another size, on the device
         self._uploader = None
@@ -128,106 +119,30 @@ class StreamPipeline:
             from engine.accel.device_io import DeviceUpload
 
             self._uploader = DeviceUpload(self.device)
-        self._trt = None
-        if backend == "tensorrt":
-            from engine.accel.trt_engine import build_trt_components
-
-            self._trt = build_trt_components(parts, width=w, height=h, unet_batch=self.stream.unet_batch_size(),
-                                             frame_buffer_size=f, device=self.device, dtype=dtype,
-                                             txt2img=self.txt2img)
-            self.stream.unet_fn = self._trt.unet
-        self._step = self._frame_step
-        self.compile_error: str | None = None
-        if backend == "compile":
-            allow_compiled_variants(COMPILED_VARIANTS)
-            self._step = self._compiled_or_eager(torch.compile(self._frame_step, dynamic=False, fullgraph=False,
-                                                               mode=COMPILE_MODES[load.compile_mode]))
-        if self.device.type == "cuda" and backend != "none":
-            self.use_graphs()
+        stream = self.stream
+        # Prompt buffers are watched (a new token width replaces them); the frames in flight and
+        # the FX history are preserved across a CUDA graph capture's warm-up runs.
+        self.step = FrameStep(self._frame_step, calls.backend, device=self.device, compile_mode=load.compile_mode,
+                              static_inputs=[self.input_u8, self.txt_noise],
+                              watch=lambda: (stream.cond, stream.uncond, stream.cond_pooled, stream.uncond_pooled),
+                              preserve=lambda: (stream.x_buf, stream.anchor_buf, self.fx_last))
         self.negative_prompt = live.negative_prompt
         self.guidance_scale, self.delta = live.guidance_scale, live.delta
         for group in LIVE_GROUPS:
             self.apply_live(group, live)
 
-    def _compiled_or_eager(self, compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        """The compiled step, or the eager one for good once compiling fails.
-
-        torch.compile compiles lazily, on the first frame: a machine without a working
-        Triton (common on Windows) or C++ compiler fails there, not at build time. The show
-        must go on, so the failure is logged once and the same step runs eagerly (the
-        failure happens before any of the step's state is written).
-        """
-        from torch._dynamo.exc import TorchDynamoException
-
-        def step(*args: Any) -> torch.Tensor:
-            if self.compile_error is None:
-                try:
-                    return compiled(*args)
-                except TorchDynamoException as exc:
-                    first = str(exc).strip().splitlines()
-                    self.compile_error = first[0] if first else type(exc).__name__
-                    log.warning("torch.compile failed (%s); running this pipeline eagerly (slower). On Windows, "
-                                "install Triton (pip install triton-windows) for compile on a GPU",
-                                self.compile_error)
-            return self._frame_step(*args)
-
-        return step
-
     @property
     def backend(self) -> str:
-        """What actually runs each frame, e.g. "compile + cuda graphs", "eager (compile failed)".
-
-        The preset asks for a backend; this says what it got after fallbacks, for the status
-        line and OSC feedback (a compile that failed on a Windows box shows here, not only
-        in a log line scrolled away)."""
-        if self._trt is not None:
-            name = "tensorrt"
-        elif self.acceleration == "compile":
-            name = "eager (compile failed)" if self.compile_error else "compile"
-        else:
-            name = "eager"
-        graph_failure = getattr(self._step, "fallback_reason", None) or ""
-        if getattr(self._step, "captured", False):
-            name += " + cuda graphs"
-        elif graph_failure.startswith("capture failed"):
-            name += " (cuda graph capture failed)"
-        return name
-
-    def use_graphs(self, backend: CudaGraphs | None = None) -> GraphedStep:
-        """Replay the frame step from CUDA graphs (captured on the next frame): one launch per frame.
-
-        Live settings reach the graph because they are copied into the captured buffers;
-        the prompt buffers are watched because a new token width replaces them, and the
-        frames in flight are preserved across the capture's warm-up runs.
-        """
-        from engine.accel.cuda_graphs import CUDA_GRAPHS, GraphedStep
-
-        stream = self.stream
-        self._step = GraphedStep(self._step, [self.input_u8, self.txt_noise],
-                                 watch=lambda: (stream.cond, stream.uncond, stream.cond_pooled, stream.uncond_pooled),
-                                 preserve=lambda: (stream.x_buf, stream.anchor_buf, self.fx_last),
-                                 backend=backend or CUDA_GRAPHS)
-        return self._step
+        """What runs each frame after any fallback, e.g. "compile + cuda graphs" (FrameStep.status)."""
+        return self.step.status
 
     # ---- model calls ------------------------------------------------------------------------------
 
-    def _unet_fn(self, x, timesteps, hidden, pooled, time_ids):
-        added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
-        return self.parts.unet(x, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added,
-                               return_dict=False)[0]
-
     def encode(self, img_pm1: torch.Tensor) -> torch.Tensor:
-        if self._trt is not None:
-            return (self._trt.vae_encoder(img_pm1) - self._vae_shift) * self._vae_scale
-        encoded = self.parts.vae.encode(img_pm1)
-        # AutoencoderTiny returns latents directly; AutoencoderKL a distribution (its mode is deterministic).
-        latents = encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mode()
-        return (latents - self._vae_shift) * self._vae_scale
+        return (self._vae_encode(img_pm1) - self._vae_shift) * self._vae_scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        if self._trt is not None:
-            return self._trt.vae_decoder(latents / self._vae_scale + self._vae_shift)
-        return self.parts.vae.decode(latents / self._vae_scale + self._vae_shift, return_dict=False)[0]
+        return self._vae_decode(latents / self._vae_scale + self._vae_shift)
 
     @torch.no_grad()
     def _frame_step(self, input_u8: torch.Tensor, txt_noise: torch.Tensor, fx: bool = False) -> torch.Tensor:
@@ -319,14 +234,14 @@ class StreamPipeline:
         mismatch would recompile on air.
         """
         started = time.monotonic()
-        if self.acceleration == "compile":
+        if self.step.backend == "compile":
             log.info("warming up: torch.compile compiles the frame step now (minutes on a first run)")
         if not self.txt2img:
             self._upload(torch.zeros(self.input_u8.shape, dtype=torch.uint8))  # through the upload path
         for fx in (False, True):
-            self.stream.advance(self._step, self.input_u8, self.txt_noise, fx)
-        self.stream.reset()
-        self.stream.unet_calls = 0
+            self._run_step(fx)
+        self.primed = False
+        self.counters.unet_calls = 0
         self.fx_last.zero_()
         self.similarity.reset()
         self._fx_on = self._has_output = False
@@ -336,7 +251,7 @@ class StreamPipeline:
 
     def reset(self) -> None:
         """Drop frames in flight and the filter's reference; the next frame re-primes the batch."""
-        self.stream.reset()
+        self.primed = False
         self.similarity.reset()
         self._fx_on = False
 
@@ -352,27 +267,30 @@ class StreamPipeline:
         The returned tensor is one of this pipeline's two output buffers, used in turn: copy
         (or send) it before the next call but one. txt2img takes no input.
         """
-        load = self.load
         self.counters.frames_in += 1
+        # 1. The input: fresh noise (txt2img), or the frames unless the similarity filter skips them.
         if self.txt2img:
             torch.randn(self.txt_noise.shape, generator=self._txt_generator, out=self.txt_noise)
         else:
             if frame is None:
                 raise ConfigError("img2img needs an input frame")
+            load = self.load
             frames = as_frame_batch(frame, load.frame_buffer_size, load.height, load.width, any_size=self.fit_input)
             if self.similarity.enabled and self.similarity.should_skip(self._similarity_sample(frames)) \
                     and self._has_output:
                 self.counters.skipped += 1
-                return self._result(frame)
+                return self._result(frame)  # the last output again
             self._upload(frames)
-        # FX run only when some uniform is off neutral (decided on the host from Python floats).
+        # 2. FX run only when some uniform is off neutral (decided on the host from Python floats).
         fx = not self.fx.is_identity()
         if fx and not self._fx_on:
             # Seed the feedback history from what is on screen, never from black.
             seed = self.output_u8 if self._has_output else self.input_u8
             self.fx_last.copy_(rgba_u8_to_img_pm1(seed, self.dtype))
         self._fx_on = fx
-        rgb = self.stream.advance(self._step, self.input_u8, self.txt_noise, fx)
+        # 3. Encode -> stream batch -> decode -> FX, priming an empty batch first.
+        rgb = self._run_step(fx)
+        # 4. Into the output buffer the previous frame's reader is not using.
         i = 1 - self._out_index
         read, self._output_read[i] = self._output_read[i], None
         if read is not None and self.device.type == "cuda":
@@ -383,6 +301,17 @@ class StreamPipeline:
         self._has_output = True
         self.counters.frames_out += 1
         return self._result(frame)
+
+    def _run_step(self, fx: bool) -> torch.Tensor:
+        """The frame step on the current input. The first call after a start or reset primes: it
+        runs the step N times on that input, so every slot of the stream batch holds the frame at
+        its own timestep and the very first output is a finished image, not the decoded empty
+        buffer ("brown frames")."""
+        for _ in range(1 if self.primed else self.stream.n):
+            rgb = self.step(self.input_u8, self.txt_noise, fx)
+            self.counters.unet_calls += 1
+        self.primed = True
+        return rgb
 
     def output_read(self, output: torch.Tensor, event: Any) -> bool:
         """A reader on another CUDA stream (the runtime's download) is reading `output`, one of

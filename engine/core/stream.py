@@ -9,29 +9,34 @@ is replaced by the *virtual residual noise* (x_t - alpha_t * a) / beta_t, where 
 `a` is the input latent itself (`self`), or the x0 implied by one real negative UNet pass at
 the first step (`initialize`). Each slot carries its anchor with it through the buffer, so
 the batch computes exactly what running each frame's N steps one after another would.
+
+An empty batch (after a start or a reset) is primed by its owner, the pipeline, which runs
+its whole frame step N times on the first input (engine/core/pipeline.py, `_run_step`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.core.schedule import check_t_index_list, slot_coefficients
 from engine.errors import ConfigError
 
-CFG_TYPES = ("none", "full", "self", "initialize")
-# unet_fn(latents, timesteps, hidden, pooled_or_None, time_ids_or_None) -> model output
-UnetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"],
-                  torch.Tensor]
+if TYPE_CHECKING:
+    from engine.accel.backend import UnetFn
 
 
 def check_cfg_type(cfg_type: str, txt2img: bool) -> str:
-    if cfg_type not in CFG_TYPES:
-        raise ConfigError(f"unknown cfg_type {cfg_type!r}: allowed {', '.join(CFG_TYPES)}")
+    """cfg_type is one of schema.CFG_TYPES (validated there); this is the rule across two fields."""
     if txt2img and cfg_type == "self":
         raise ConfigError("cfg_type 'self' needs an input image; use none, full or initialize for txt2img")
     return cfg_type
+
+
+def unet_batch_size(cfg_type: str, n: int, f: int) -> int:
+    """Rows in one UNet call: N slots of F frames, plus the negatives residual CFG runs for real."""
+    return {"full": 2 * n * f, "initialize": (n + 1) * f}.get(cfg_type, n * f)
 
 
 class StreamBatch:
@@ -77,8 +82,6 @@ class StreamBatch:
         self.uncond_pooled: torch.Tensor | None = None
         self.pooled = pooled
         self.time_ids = None if time_ids is None else torch.tensor(time_ids, device=self.device, dtype=dtype)
-        self.primed = False
-        self.unet_calls = 0
         self.set_t_index_list(t_index_list)
 
     # ---- live settings: copy into buffers -------------------------------------------------------
@@ -133,10 +136,6 @@ class StreamBatch:
                 raise ConfigError("this model (SDXL) needs pooled text embeddings")
             self.cond_pooled = fill(self.cond_pooled, cond_pooled, batch)
             self.uncond_pooled = fill(self.uncond_pooled, uncond_pooled, negatives)
-
-    def reset(self) -> None:
-        """Forget the frames in flight; the next step re-primes (no empty-buffer frames)."""
-        self.primed = False
 
     # ---- the per-frame math ----------------------------------------------------------------------
 
@@ -196,24 +195,4 @@ class StreamBatch:
         return x0[-f:]
 
     def unet_batch_size(self) -> int:
-        return {"full": 2 * self.n * self.f, "initialize": (self.n + 1) * self.f}.get(self.cfg_type, self.n * self.f)
-
-    def advance(self, step_fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
-        """Run one frame through `step_fn` (this batch's `step`, or a wrapper around it).
-
-        The first call after a reset primes: it runs the step N-1 extra times on the same
-        input, so every slot holds that frame at its own timestep and the very first output
-        is a finished image instead of the decoded empty buffer ("brown frames").
-        """
-        if not self.primed:
-            for _ in range(self.n - 1):
-                step_fn(*args)
-                self.unet_calls += 1
-            self.primed = True
-        self.unet_calls += 1
-        return step_fn(*args)
-
-    def __call__(self, x_in: torch.Tensor) -> torch.Tensor:
-        if tuple(x_in.shape) != (self.f, *self.latent_shape):
-            raise ConfigError(f"stream input must be {(self.f, *self.latent_shape)} latents, got {tuple(x_in.shape)}")
-        return self.advance(self.step, x_in)
+        return unet_batch_size(self.cfg_type, self.n, self.f)

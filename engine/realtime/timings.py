@@ -155,11 +155,8 @@ def processor_counters(processor: object) -> dict[str, int]:
     """The counters a processor exposes (a StreamPipeline: frames_in/out, skipped, unet_calls)."""
     out: dict[str, int] = {}
     counters = getattr(processor, "counters", None)
-    for name in ("frames_in", "frames_out", "skipped"):
+    for name in ("frames_in", "frames_out", "skipped", "unet_calls"):
         value = getattr(counters, name, None)
         if isinstance(value, int):
             out[name] = value
-    unet_calls = getattr(getattr(processor, "stream", None), "unet_calls", None)
-    if isinstance(unet_calls, int):
-        out["unet_calls"] = unet_calls
     return out

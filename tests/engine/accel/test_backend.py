@@ -10,10 +10,21 @@ import types
 import pytest
 import torch
 
-from engine.accel.backend import resolve_device, resolve_dtype, select_backend
-from engine.accel.trt_engine import INSTALL_HINT
-from engine.config.schema import ACCELERATIONS, LiveParams, LoadSettings, Preset
+from engine.accel.backend import (
+    COMPILED_VARIANTS,
+    FrameStep,
+    model_calls,
+    resolve_device,
+    resolve_dtype,
+    select_backend,
+    torch_compile_mode,
+)
+from engine.accel.trt_cache import TrtCache
+from engine.accel.trt_engine import INSTALL_HINT, TrtUnet
+from engine.config.schema import ACCELERATIONS, COMPILE_MODES, LiveParams, LoadSettings, Preset
 from engine.errors import ConfigError
+from tests.engine.accel.graph_emulator import EmulatedGraphs
+from tests.engine.core.pipelines import SIZE, make_pipeline
 
 
 @pytest.fixture
@@ -84,24 +95,146 @@ def test_device_and_dtype_follow_the_hardware(monkeypatch):
         resolve_device("cuda:0")
 
 
-# ---- fallbacks when building ------------------------------------------------------------------------
+# ---- TensorRT -> compile when building -------------------------------------------------------------
 
 
-def test_any_tensorrt_failure_falls_back_to_compile(monkeypatch, caplog):
+def trt_calls(parts, txt2img=False):
+    return model_calls(parts, "tensorrt", width=64, height=64, unet_batch=2, frame_buffer_size=1,
+                       device=torch.device("cuda"), dtype=torch.float32, txt2img=txt2img)
+
+
+def test_tensorrt_engines_become_the_network_calls(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path,
+                                                   monkeypatch):
+    monkeypatch.setenv("STREAMVJ_TRT_CACHE", str(tmp_path))
+    calls = trt_calls(tiny_parts)
+    assert calls.backend == "tensorrt" and isinstance(calls.unet, TrtUnet)
+    assert fake_exports == ["unet", "vae_decoder", "vae_encoder"]
+
+
+def test_a_failed_engine_build_falls_back_to_compile_with_the_reason(tiny_parts, fake_trt, fake_cuda, fake_exports,
+                                                                    tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("STREAMVJ_TRT_CACHE", str(tmp_path))
+    fake_trt.fail_build = True
+    with caplog.at_level(logging.WARNING, logger="streamvj.backend"):
+        calls = trt_calls(tiny_parts)
+    assert calls.backend == "compile" and not isinstance(calls.unet, TrtUnet)  # the torch UNet
+    assert "TensorRT build failed" in caplog.text and "could not build unet.onnx" in caplog.text
+    assert TrtCache(tmp_path).entries() == []  # nothing half-built is cached
+
+
+def test_any_tensorrt_failure_falls_back_to_compile(tiny_parts, monkeypatch, caplog):
     """A TensorRT version whose API moved raises whatever it raises: the preset still plays."""
     import engine.accel.trt_engine as trt_engine
-    import engine.core.build as build_module
-
-    monkeypatch.setattr(build_module, "resolve_acceleration", lambda requested, device: "tensorrt")
 
     def api_moved(*args, **kwargs):
         raise AttributeError("'Builder' object has no attribute 'build_serialized_network'")
 
     monkeypatch.setattr(trt_engine, "build_trt_components", api_moved)
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # the fallback's compile: not under test here
-    preset = Preset(name="trt", load=LoadSettings(model="tiny", width=64, height=64, acceleration="tensorrt"),
-                    live=LiveParams(t_index_list=[20, 40]))
-    with caplog.at_level("WARNING"):
-        pipeline = build_module.build_pipeline(preset)
+    with caplog.at_level("WARNING", logger="streamvj.backend"):
+        pipeline = make_pipeline(tiny_parts, backend="tensorrt")
     assert pipeline.backend == "compile"
     assert "TensorRT build failed (AttributeError" in caplog.text
+
+
+def test_the_preset_build_resolves_and_warms_up(monkeypatch):
+    from engine.core.build import build_pipeline
+
+    preset = Preset(name="cpu", load=LoadSettings(model="tiny", width=SIZE, height=SIZE, device="cpu",
+                                                  acceleration="auto"),
+                    live=LiveParams(t_index_list=[20, 40], guidance_scale=2.0))
+    pipeline = build_pipeline(preset)
+    assert pipeline.backend == "eager" and pipeline.fit_input and pipeline.dtype is torch.float32
+    assert float(pipeline.stream.guidance) == 2.0 and not pipeline.primed  # the live values; warmed, then reset
+
+
+# ---- compile -> eager, graph capture failure, and the status string --------------------------------------
+
+
+def test_every_compile_mode_is_one_torch_knows_and_none_asks_for_inductor_graphs():
+    from torch._inductor import list_mode_options
+
+    modes = {name: torch_compile_mode(name) for name in COMPILE_MODES}
+    assert modes["default"] is None
+    for mode in modes.values():
+        assert mode is None or (mode in list_mode_options() and "no-cudagraphs" in mode)
+
+
+@pytest.mark.parametrize("name", COMPILE_MODES)
+def test_compile_mode_reaches_torch_compile(monkeypatch, name):
+    seen = {}
+
+    def fake_compile(fn, **kwargs):
+        seen.update(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    FrameStep(lambda x: x, "compile", device="cpu", static_inputs=[torch.zeros(1)], compile_mode=name)
+    assert seen["mode"] == torch_compile_mode(name) and seen["dynamic"] is False
+
+
+def test_compiling_lifts_dynamos_recompile_limit(monkeypatch):
+    """A show with more than four preset shapes must not silently drop its 5th to eager."""
+    import torch._dynamo.config as dynamo_config
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    # The config module's own patch(): monkeypatch's undo would delete the setting.
+    with dynamo_config.patch(recompile_limit=8):
+        FrameStep(lambda x: x, "compile", device="cpu", static_inputs=[torch.zeros(1)])
+        assert dynamo_config.recompile_limit == COMPILED_VARIANTS >= 2 * 8
+
+
+def test_a_compile_failure_on_the_first_frame_falls_back_to_eager_for_good(tiny_parts, monkeypatch, caplog,
+                                                                           tmp_path):
+    """No working compiler (Triton on Windows, a C++ compiler on CPU) shows up only when the
+    first frame compiles: the show goes on eagerly, with the same pictures, after one warning."""
+    import numpy as np
+    import torch._inductor.config as inductor_config
+
+    def frame(seed):
+        return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8)
+
+    # No compiler, and no cached kernels from earlier tests that would make one unnecessary.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch._dynamo.reset()
+    eager, compiled = make_pipeline(tiny_parts), make_pipeline(tiny_parts, backend="compile")
+    try:
+        with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}), \
+                caplog.at_level("WARNING", logger="streamvj.backend"):
+            got = [compiled(frame(i)).clone() for i in range(3)]
+    finally:
+        torch._dynamo.reset()
+    error = compiled.step.compile_error
+    assert error and "compiler" in error.lower()
+    assert caplog.text.count("torch.compile failed") == 1
+    assert compiled.backend == "eager (compile failed)"
+    for i, g in enumerate(got):
+        assert torch.equal(g, eager(frame(i)))
+
+
+def test_a_failed_capture_runs_the_step_without_a_graph(caplog):
+    def syncs(x):
+        return x * float(x.sum().item())  # a host sync: not capturable
+
+    step = FrameStep(syncs, "none", device="cpu", static_inputs=[torch.ones(2)])
+    step.use_graphs(EmulatedGraphs())
+    with caplog.at_level("WARNING", logger="streamvj.cuda_graphs"):
+        out = step()
+    torch.testing.assert_close(out, torch.full((2,), 2.0))
+    assert step.status == "eager (cuda graph capture failed)" and "capture failed" in caplog.text
+
+
+def test_status_says_what_runs_after_fallbacks(tiny_parts, monkeypatch):
+    assert make_pipeline(tiny_parts).backend == "eager"
+    graphed = make_pipeline(tiny_parts)
+    graphed.step.use_graphs(EmulatedGraphs())
+    assert graphed.backend == "eager"  # nothing captured yet
+    graphed.warm_up()
+    assert graphed.backend == "eager + cuda graphs"
+    assert graphed.step.use_graphs(None) is None and graphed.backend == "eager"  # graphs off again
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    compiled = FrameStep(lambda x: x, "compile", device="cpu", static_inputs=[torch.zeros(1)])
+    assert compiled.status == "compile"
+    compiled.compile_error = "InvalidCxxCompiler: no compiler"
+    assert compiled.status == "eager (compile failed)"
+    assert FrameStep(lambda x: x, "tensorrt", device="cpu", static_inputs=[torch.zeros(1)]).status == "tensorrt"

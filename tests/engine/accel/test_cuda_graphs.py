@@ -98,7 +98,7 @@ def frames(n: int) -> list[np.ndarray]:
 
 def graph_pipeline(pipe: StreamPipeline, backend=None) -> GraphedStep:
     """What acceleration != none does on CUDA (here on any device, given a backend)."""
-    return pipe.use_graphs(backend)
+    return pipe.step.use_graphs(backend or CUDA_GRAPHS)
 
 
 def test_graphed_pipeline_on_cpu_equals_eager(tiny_parts):

@@ -3,56 +3,16 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 
 import engine.accel.trt_engine as trt_engine
-from engine.accel.onnx_export import OnnxExportError, OnnxGraph, TensorSpec, unet_input_specs
+from engine.accel.onnx_export import OnnxExportError
 from engine.accel.trt_cache import TrtCache
 from engine.accel.trt_engine import TrtBuildError, build_trt_components
-from tests.engine.accel.fake_tensorrt import write_graph
 
 # ---- components: export -> build -> cache -> load, with the fake TensorRT -----------------------------
-
-
-@pytest.fixture
-def fake_exports(monkeypatch):
-    """Export stand-ins writing fake ONNX files with the real input specs; records what was exported."""
-    exported = []
-
-    def dump(specs: dict[str, TensorSpec]):
-        return [[n, list(s.shape), str(s.dtype).removeprefix("torch.")] for n, s in specs.items()]
-
-    def export_unet(unet, path, batch, height, width, tokens):
-        specs = unet_input_specs(unet, batch, height, width, tokens)
-        exported.append("unet")
-        out = {"noise_pred": specs["sample"]}
-        write_graph(Path(path), dump(specs), dump(out))
-        return OnnxGraph(Path(path), "unet", specs, out)
-
-    def export_vae(component, in_name, out_name, in_shape, out_shape):
-        def export(vae, path, batch, height, width):
-            exported.append(component)
-            specs = {in_name: TensorSpec((batch, *in_shape(height, width)), torch.float32)}
-            out = {out_name: TensorSpec((batch, *out_shape(height, width)), torch.float32)}
-            write_graph(Path(path), dump(specs), dump(out))
-            return OnnxGraph(Path(path), component, specs, out)
-        return export
-
-    def latent(h, w):
-        return (4, h // 8, w // 8)
-
-    def image(h, w):
-        return (3, h, w)
-
-    monkeypatch.setattr(trt_engine, "export_unet", export_unet)
-    monkeypatch.setattr(trt_engine, "export_vae_decoder",
-                        export_vae("vae_decoder", "latents", "images", latent, image))
-    monkeypatch.setattr(trt_engine, "export_vae_encoder",
-                        export_vae("vae_encoder", "images", "latents", image, latent))
-    return exported
 
 
 def components(parts, cache, **kwargs):

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import annotated_types
 import pytest
 import torch
 
@@ -17,7 +16,6 @@ from engine.core.fx import (
     temporal_blend,
 )
 from engine.core.pixels import rgba_u8_to_img_pm1
-from engine.errors import ConfigError
 
 
 def t(value: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -166,23 +164,20 @@ def test_fp16_tiny_frame_matches_fp32():
 # ---- FxUniforms -------------------------------------------------------------------------------------
 
 def neutral_fields() -> dict[str, float]:
-    return {field: neutral for field, neutral, _, _ in UNIFORMS.values()}
+    return {field: neutral for field, neutral in UNIFORMS.values()}
 
 
 def test_uniforms_are_0d_tensors_with_neutral_defaults():
     u = FxUniforms(dtype=torch.float64)
-    for name, (_, neutral, _, _) in UNIFORMS.items():
+    for name, (_, neutral) in UNIFORMS.items():
         value = getattr(u, name)
         assert value.dim() == 0 and value.dtype == torch.float64 and value.item() == neutral
     assert u.is_identity()
 
 
-def test_ranges_and_neutral_values_match_the_preset_schema():
-    for field, neutral, low, high in UNIFORMS.values():
-        info = LiveParams.model_fields[field]
-        ge = next(m.ge for m in info.metadata if isinstance(m, annotated_types.Ge))
-        le = next(m.le for m in info.metadata if isinstance(m, annotated_types.Le))
-        assert (info.default, ge, le) == (neutral, low, high), field
+def test_neutral_values_are_the_preset_schemas_defaults():
+    for field, neutral in UNIFORMS.values():
+        assert LiveParams.model_fields[field].default == neutral, field
 
 
 def test_update_reads_live_params_and_decides_identity_on_the_host():
@@ -230,15 +225,6 @@ def test_compiled_step_follows_updates_without_recompiling():
         for values in ({"fx_hue": 90.0}, {"fx_hue": -30.0, "fx_contrast": 2.0}, {"fx_feedback": 0.7}):
             u.update({**neutral_fields(), **values})
             torch.testing.assert_close(compiled(img), step(img))
-
-
-@pytest.mark.parametrize("bad", [{"fx_hue": 181.0}, {"fx_contrast": -0.1}, {"fx_blend": float("nan")},
-                                 {"fx_feedback": True}, {"fx_saturation": "1"}])
-def test_bad_values_are_rejected_and_nothing_is_written(bad):
-    u = FxUniforms()
-    with pytest.raises(ConfigError, match=next(iter(bad))):
-        u.update({**neutral_fields(), "fx_brightness": 0.5, **bad})
-    assert u.is_identity() and u.brightness.item() == 0.0
 
 
 def test_missing_field_is_an_error():

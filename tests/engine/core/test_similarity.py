@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from engine.core.similarity import SimilarityFilter, skip_probability
-from engine.errors import ConfigError
 
 
 def test_skip_probability_ramps_from_threshold_to_one():
@@ -53,9 +52,3 @@ def test_reset_forgets_the_reference_frame():
     assert flt.should_skip(frame) is True
     flt.reset()
     assert flt.should_skip(frame) is False
-
-
-@pytest.mark.parametrize(("threshold", "max_skip"), [(1.5, 1), (-0.1, 1), (0.9, -1), (0.9, 2.5)])
-def test_bad_settings_are_rejected(threshold, max_skip):
-    with pytest.raises(ConfigError):
-        SimilarityFilter(threshold=threshold, max_skip=max_skip)

@@ -1,12 +1,16 @@
-"""The stream batch must compute exactly what running each frame's N steps in sequence computes."""
+"""The stream batch must compute exactly what running each frame's N steps in sequence computes.
+
+Its owner primes an empty batch by running N steps on the first frame (engine/core/pipeline.py);
+the tests here do the same with `step` directly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from engine.config.schema import CFG_TYPES
 from engine.core.schedule import slot_coefficients
-from engine.core.stream import CFG_TYPES, StreamBatch
+from engine.core.stream import StreamBatch
 from engine.errors import ConfigError
 from engine.models.tiny import TINY_SCHEDULER_CONFIG
 
@@ -73,7 +77,11 @@ def run_equivalence(unet, n, f, cfg, txt2img=False, scheduler=TINY_SCHEDULER_CON
     calls = n + 2
     frames = torch.randn(calls, f, *LATENT)
     with torch.no_grad():
-        outputs = [stream(frames[k]).clone() for k in range(calls)]
+        outputs = []
+        for k in range(calls):
+            for _ in range(n if k == 0 else 1):  # priming: every slot holds the first frame
+                out = stream.step(frames[k])
+            outputs.append(out.clone())
         for k, out in enumerate(outputs):
             source = max(0, k - (n - 1))  # latency N-1; the first outputs are the primed first frame
             for j in range(f):
@@ -85,7 +93,6 @@ def run_equivalence(unet, n, f, cfg, txt2img=False, scheduler=TINY_SCHEDULER_CON
                 scale = float(expected.abs().max())
                 torch.testing.assert_close(out[j:j + 1], expected, atol=2e-6 * scale, rtol=1e-5,
                                            msg=f"call {k} frame {j} (N={n} F={f} cfg={cfg})")
-    assert stream.unet_calls == calls + n - 1
 
 
 @pytest.mark.parametrize("cfg", CFG_TYPES)
@@ -121,7 +128,7 @@ def test_full_cfg_is_the_classic_formula_with_two_unet_calls(tiny_parts):
     c = slot_coefficients([35], TINY_SCHEDULER_CONFIG)
     a, b, c_out, c_skip = (float(v[0]) for v in (c.alpha, c.beta, c.c_out, c.c_skip))
     with torch.no_grad():
-        out = stream(z)
+        out = stream.step(z)
         x = a * z + b * noise
         eps_u = unet_fn(x, c.timesteps, uncond, None, None)
         eps_c = unet_fn(x, c.timesteps, cond, None, None)
@@ -133,19 +140,6 @@ def test_unet_batch_sizes_follow_the_cfg_type(tiny_parts):
     sizes = {cfg: StreamBatch(make_unet_fn(tiny_parts.unet), TINY_SCHEDULER_CONFIG, [16, 32, 45], LATENT,
                               frame_buffer_size=2, cfg_type=cfg).unet_batch_size() for cfg in CFG_TYPES}
     assert sizes == {"none": 6, "self": 6, "initialize": 8, "full": 12}
-
-
-def test_reset_reprimes_instead_of_showing_the_empty_buffer(tiny_parts):
-    stream = StreamBatch(make_unet_fn(tiny_parts.unet), TINY_SCHEDULER_CONFIG, [16, 32, 45], LATENT, cfg_type="none")
-    stream.set_conditioning(torch.randn(1, 77, 32), None)
-    stream.set_noise(torch.randn(3, *LATENT))
-    z = torch.randn(1, *LATENT)
-    with torch.no_grad():
-        first = stream(z).clone()
-        stream(torch.randn(1, *LATENT))
-        stream.reset()
-        again = stream(z)
-    torch.testing.assert_close(again, first)
 
 
 def test_live_t_index_change_keeps_the_step_count(tiny_parts):
@@ -162,7 +156,6 @@ def test_live_t_index_change_keeps_the_step_count(tiny_parts):
     ({"t_index_list": [-1]}, "out of range"),
     ({"t_index_list": [30, 20]}, "strictly increasing"),
     ({"t_index_list": [1.5]}, "integers"),
-    ({"cfg_type": "double"}, "unknown cfg_type"),
     ({"frame_buffer_size": 0}, "frame_buffer_size"),
     ({"txt2img": True, "cfg_type": "self"}, "needs an input image"),
 ])
@@ -170,9 +163,3 @@ def test_bad_settings_raise_specific_errors(tiny_parts, kwargs, message):
     args = {"t_index_list": [32, 45], **kwargs}
     with pytest.raises(ConfigError, match=message):
         StreamBatch(make_unet_fn(tiny_parts.unet), TINY_SCHEDULER_CONFIG, latent_shape=LATENT, **args)
-
-
-def test_wrong_latent_shape_is_rejected(tiny_parts):
-    stream = StreamBatch(make_unet_fn(tiny_parts.unet), TINY_SCHEDULER_CONFIG, [32], LATENT)
-    with pytest.raises(ConfigError, match="stream input must be"):
-        stream(torch.randn(1, 4, 16, 16))

@@ -40,7 +40,7 @@ def test_the_whole_frame_captures_with_no_host_sync_and_replays_like_eager(sd_tu
     """What bench_gpu.py times on a GPU is capturable: checked through the CUDA graph emulator."""
     eager = make_pipeline(sd_turbo, width=SIZE, height=SIZE, t_index_list=[16, 32])
     graphed = make_pipeline(sd_turbo, width=SIZE, height=SIZE, t_index_list=[16, 32])
-    step = graphed.use_graphs(EmulatedGraphs())
+    step = graphed.step.use_graphs(EmulatedGraphs())
     rng = np.random.default_rng(0)
     for i in range(3):
         frame = rng.integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8)
