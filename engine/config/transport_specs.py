@@ -41,7 +41,16 @@ _PATTERN_ARG = re.compile(r"^(\d{1,5})x(\d{1,5})(?:@(\d{1,4}(?:\.\d{1,3})?))?$")
 SOURCE, SINK = "source", "sink"
 
 
-class UnknownTransportError(ConfigError):
+class TransportSpecError(ConfigError):
+    """A spec broke its kind's rules; `reason` says how without repeating the spec (for
+    messages that show the value anyway, like the preset schema's)."""
+
+    def __init__(self, role: str, spec: object, reason: str) -> None:
+        super().__init__(f"frame {role} spec {shown(spec)}: {reason}")
+        self.reason = reason
+
+
+class UnknownTransportError(TransportSpecError):
     """A spec names a kind that does not exist (or not in that direction)."""
 
 
@@ -161,40 +170,40 @@ def split_spec(spec: str) -> tuple[str, str]:
 
 
 def parse_spec(spec: str, role: str) -> TransportSpec:
-    """Check `spec` against its kind's rules for `role` ("source" or "sink"); raises ConfigError."""
+    """Check `spec` against its kind's rules for `role` ("source" or "sink"); raises TransportSpecError."""
     if not isinstance(spec, str):
-        raise ConfigError(f"frame {role} spec must be a string like 'shm:NAME', got {shown(spec)}")
+        raise TransportSpecError(role, spec, "must be a string like 'shm:NAME'")
     if len(spec) > MAX_SPEC_CHARS:
-        raise ConfigError(f"frame {role} spec is {len(spec)} characters; at most {MAX_SPEC_CHARS}")
+        raise TransportSpecError(role, spec, f"is {len(spec)} characters; at most {MAX_SPEC_CHARS}")
     table, other, other_role = _TABLES[role]
     kind, arg = split_spec(spec)
     rule = table.get(kind)
     if rule is None:
         usages = ", ".join(r.usage for r in table.values())
         if kind in other:
-            raise UnknownTransportError(
-                f"{kind!r} cannot be a frame {role}, only a {other_role} (spec {shown(spec)}); {role}s: {usages}"
-            )
-        raise UnknownTransportError(f"unknown frame {role} kind {kind!r} in spec {shown(spec)}; {role}s: {usages}")
+            raise UnknownTransportError(role, spec, f"{kind!r} cannot be a frame {role}, only a {other_role}; "
+                                                    f"{role}s: {usages}")
+        raise UnknownTransportError(role, spec, f"unknown frame {role} kind {kind!r}; {role}s: {usages}")
     if rule.arg == "required" and not arg:
-        raise ConfigError(f"frame {role} spec {shown(spec)} needs {rule.what} after the ':' ({rule.usage})")
+        raise TransportSpecError(role, spec, f"needs {rule.what} after the ':' ({rule.usage})")
     if rule.arg == "none" and arg:
-        raise ConfigError(f"frame {role} spec {shown(spec)}: {kind!r} takes no argument ({rule.usage})")
+        raise TransportSpecError(role, spec, f"{kind!r} takes no argument ({rule.usage})")
     problem = rule.check(arg) if arg else None
     if problem:
-        raise ConfigError(f"frame {role} spec {shown(spec)}: {problem}")
+        raise TransportSpecError(role, spec, problem)
     return TransportSpec(role, kind, arg, spec)
 
 
 def check_source_spec(spec: str) -> str:
     """`spec` unchanged if it is a valid source spec (the schema's validator); else ValueError.
 
-    ValueError, not ConfigError, because pydantic turns only ValueError into a located message.
+    ValueError, not ConfigError, because pydantic turns only ValueError into a located
+    message; that message shows the value, so the reason alone is raised.
     """
     try:
         parse_spec(spec, SOURCE)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
+    except TransportSpecError as exc:
+        raise ValueError(exc.reason) from None
     return spec
 
 
@@ -202,8 +211,8 @@ def check_sink_spec(spec: str) -> str:
     """`spec` unchanged if it is a valid sink spec (the schema's validator); else ValueError."""
     try:
         parse_spec(spec, SINK)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
+    except TransportSpecError as exc:
+        raise ValueError(exc.reason) from None
     return spec
 
 

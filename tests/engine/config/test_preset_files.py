@@ -112,9 +112,9 @@ def test_live_field_errors(snippet: str, fragment: str) -> None:
         ("  lora: [{id: x}]\n", "load.lora[0].id: unknown key"),
         ("  sinks: ['Spout TD']\n", "load.sinks[0]: unknown frame sink kind 'spout td'"),
         ("  sinks: ['file:/tmp/x']\n", "load.sinks[0]: unknown frame sink kind 'file'"),
-        ("  source: 'shm:../../etc/x'\n", "load.source: frame source spec 'shm:../../etc/x': shared-memory name"),
+        ("  source: 'shm:../../etc/x'\n", "load.source: shared-memory name '../../etc/x' is invalid"),
         ("  source: 'png:out'\n", "load.source: 'png' cannot be a frame source"),
-        ("  sinks: ['null', 'shm:a/b']\n", "load.sinks[1]: frame sink spec 'shm:a/b'"),
+        ("  sinks: ['null', 'shm:a/b']\n", "load.sinks[1]: shared-memory name 'a/b' is invalid"),
     ],
 )
 def test_load_field_errors(snippet: str, fragment: str) -> None:
