@@ -164,6 +164,7 @@ class _Run:
     closers: list = field(default_factory=list)
     feedback: object = None
     runtime: object = None
+    terminal: object = None  # the live status line, ended before anything else stops (it stays on screen)
 
 
 def _load_run_preset(args: argparse.Namespace):
@@ -217,9 +218,8 @@ def _terminal(run: _Run):
         return None
     from bridges.control.status import TerminalLine
 
-    terminal = TerminalLine(sys.stderr).install(logging.getLogger().handlers)
-    run.closers.append(terminal.close)
-    return terminal
+    run.terminal = TerminalLine(sys.stderr).install(logging.getLogger().handlers)
+    return run.terminal
 
 
 def _start_show(run: _Run, preset, name: str, pipeline, gpu, source, sinks):
@@ -288,6 +288,8 @@ def _play(run: _Run) -> bool:
 
 
 def _stop(run: _Run) -> None:
+    if run.terminal is not None:
+        run.terminal.close()
     if run.runtime is not None:
         run.runtime.stop()
     for close in reversed(run.closers):

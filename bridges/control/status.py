@@ -62,7 +62,7 @@ class TerminalLine:
     def __init__(self, stream: TextIO | None = None, width: int = WIDTH) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
-        self._drawn = False
+        self._drawn = self._closed = False
         self._handlers: list[logging.Handler] = []
         self._own = threading.RLock()
 
@@ -82,13 +82,16 @@ class TerminalLine:
 
     def draw(self, text: str) -> None:
         with self._locked():
+            if self._closed:
+                return
             self.stream.write("\r" + text[: self.width].ljust(self.width))
             self.stream.flush()
             self._drawn = True
 
     def close(self) -> None:
-        """Leave the last line on screen (end it) and stop clearing for log records."""
+        """Leave the last line on screen (end it); from now on draws are ignored and records untouched."""
         with self._locked():
+            self._closed = True
             if self._drawn:
                 self.stream.write("\n")
                 self.stream.flush()

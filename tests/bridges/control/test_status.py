@@ -103,3 +103,12 @@ def test_draws_and_records_from_threads_never_share_a_line(terminal) -> None:
         assert not ("record" in shown and "status" in shown), repr(text)
         if "WARNING" in text:
             assert shown.startswith("WARNING"), repr(text)
+
+
+def test_draws_after_close_are_ignored(terminal) -> None:
+    stream, logger, line = terminal
+    line.draw("last status")
+    line.close()
+    line.draw("a late stats tick")
+    logger.warning("stopping")
+    assert stream.getvalue() == "\r" + "last status".ljust(40) + "\nWARNING stopping\n"
