@@ -34,9 +34,38 @@ def quiet_libraries() -> None:
     diffusers_logging.disable_progress_bar()
 
 
+def bench_plan(args: argparse.Namespace):
+    """The bench's settings, validated once by the preset schema (errors name the flag's key)."""
+    from pydantic import ValidationError
+
+    from engine.accel.backend import resolve_acceleration, resolve_device
+    from engine.bench import BENCH_PROMPT, BenchPlan
+    from engine.config.preset_files import format_validation_error
+    from engine.config.schema import Preset
+    from engine.errors import ConfigError
+
+    load = {"model": args.model, "family": args.family, "vae": args.vae, "width": args.width, "height": args.height,
+            "frame_buffer_size": args.frame_buffer_size, "cfg_type": args.cfg, "mode": args.mode,
+            "acceleration": "compile" if args.compile else args.acceleration, "device": args.device,
+            "dtype": args.dtype}
+    try:
+        preset = Preset.model_validate({"name": "bench", "load": {k: v for k, v in load.items() if v is not None},
+                                        "live": {"prompt": BENCH_PROMPT, **({"t_index_list": args.t_index}
+                                                                            if args.t_index is not None else {})}})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "command line")) from None
+    device = resolve_device(preset.load.device)
+    if preset.load.model == "auto":
+        # On a GPU the real sd-turbo architecture (random weights: the speed is the same, no download).
+        model = "sd-turbo-random" if device.type == "cuda" else "tiny"
+        preset.load = preset.load.model_copy(update={"model": model})
+    return BenchPlan(preset.load, preset.live, resolve_acceleration(preset.load.acceleration, device),
+                     frames=args.frames, warmup=args.warmup)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from engine.accel.backend import resolve_acceleration, resolve_device, resolve_dtype
-    from engine.bench import BenchOptions, bench_autopipeline, bench_stream, format_table
+    from engine.accel.backend import resolve_device, resolve_dtype
+    from engine.bench import bench_autopipeline, bench_stream, format_table
     from engine.errors import StreamVJError
     from engine.models.load import load_model
 
@@ -44,32 +73,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     try:
-        device = resolve_device(args.device)
-    except StreamVJError as exc:
-        print(f"streamvj: {exc}", file=sys.stderr)
-        return 2
-    dtype = resolve_dtype(args.dtype, device)
-    if args.model == "auto":
-        # On a GPU the real sd-turbo architecture (random weights: the speed is the same, no download).
-        args.model = "sd-turbo-random" if device.type == "cuda" else "tiny"
-    opts = BenchOptions(width=args.width, height=args.height, t_index_list=tuple(args.t_index), cfg_type=args.cfg,
-                        frame_buffer_size=args.frame_buffer_size, frames=args.frames, warmup=args.warmup,
-                        acceleration=resolve_acceleration("compile" if args.compile else args.acceleration, device),
-                        mode=args.mode)
-    try:
-        parts = load_model(args.model, family=args.family, vae=args.vae, device=device, dtype=dtype)
-        stream = bench_stream(parts, opts, device, dtype)
-        rows = [(f"streamvj ({opts.acceleration})", stream)]
-        result = {"model": args.model, "family": parts.family.value, "device": str(device),
+        plan = bench_plan(args)
+        load = plan.load
+        device = resolve_device(load.device)
+        dtype = resolve_dtype(load.dtype, device)
+        parts = load_model(load.model, family=load.family, vae=load.vae, device=device, dtype=dtype)
+        stream = bench_stream(parts, plan, device, dtype)
+        rows = [(f"streamvj ({plan.backend})", stream)]
+        result = {"model": load.model, "family": parts.family.value, "device": str(device),
                   "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "width": args.width, "height": args.height, "t_index_list": args.t_index, "cfg": args.cfg,
-                  "mode": args.mode, "frame_buffer_size": args.frame_buffer_size, "frames": args.frames,
-                  **stream}
+                  "width": load.width, "height": load.height, "t_index_list": plan.live.t_index_list,
+                  "cfg": load.cfg_type, "mode": load.mode, "frame_buffer_size": load.frame_buffer_size,
+                  "frames": plan.frames, **stream}
         if args.baseline == "autopipeline":
-            if args.mode != "img2img":
+            if load.mode != "img2img":
                 raise StreamVJError("--baseline autopipeline compares img2img; drop it for txt2img")
-            base = bench_autopipeline(parts, opts, device, dtype, "a psychedelic neon landscape, highly detailed")
+            base = bench_autopipeline(parts, plan, device, dtype)
             rows.append(("diffusers AutoPipelineI2I", base))
             result["baseline"] = {"name": "AutoPipelineForImage2Image", **base}
             result["speedup_vs_baseline"] = round(base["ms_median"] / stream["ms_median"], 2)
@@ -426,18 +446,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "a Hugging Face id | a folder | a .safetensors")
     bench.add_argument("--family", choices=FAMILIES, help="override the family read from the model")
     bench.add_argument("--vae", help="VAE id or folder (e.g. madebyollin/taesd)")
-    bench.add_argument("--width", type=int, default=512)
-    bench.add_argument("--height", type=int, default=512)
-    bench.add_argument("--t-index", type=_int_list, default=[32, 45], help="comma-separated, e.g. 32,45")
-    bench.add_argument("--cfg", choices=CFG_TYPES, default="self")
-    bench.add_argument("--mode", choices=MODES, default="img2img")
-    bench.add_argument("--frame-buffer-size", type=int, default=1)
+    # Unset flags take the preset schema's defaults (engine/config/schema.py), like a preset's missing keys.
+    bench.add_argument("--width", type=int, help="model width (default 512)")
+    bench.add_argument("--height", type=int, help="model height (default 512)")
+    bench.add_argument("--t-index", type=_int_list, help="comma-separated, e.g. 32,45 (the default)")
+    bench.add_argument("--cfg", choices=CFG_TYPES, help="residual CFG (default self)")
+    bench.add_argument("--mode", choices=MODES, help="default img2img")
+    bench.add_argument("--frame-buffer-size", type=int, help="frames per UNet call (default 1)")
     bench.add_argument("--frames", type=int, default=50)
     bench.add_argument("--warmup", type=int, default=5)
-    bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    bench.add_argument("--dtype", choices=DTYPES, default="auto")
+    bench.add_argument("--device", help="auto (the default) | cpu | cuda | cuda:N")
+    bench.add_argument("--dtype", choices=DTYPES, help="default auto: float16 on a GPU, float32 on a CPU")
     bench.add_argument("--compile", action="store_true", help="same as --acceleration compile")
-    bench.add_argument("--acceleration", choices=ACCELERATIONS, default="auto",
+    bench.add_argument("--acceleration", choices=ACCELERATIONS,
                        help="per-frame backend, as in presets (docs/acceleration.md); compile adds CUDA graphs on a GPU")
     bench.add_argument("--baseline", choices=["none", "autopipeline"], default="none",
                        help="also run diffusers' AutoPipelineForImage2Image in the same run")

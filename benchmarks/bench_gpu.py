@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.accel.cuda_graphs import CUDA_GRAPHS, GraphedStep  # noqa: E402
-from engine.bench import BenchOptions, bench_autopipeline, moving_frames, summarise  # noqa: E402
+from engine.bench import BENCH_PROMPT, BenchPlan, bench_autopipeline, moving_frames, summarise  # noqa: E402
 from engine.config.schema import LiveParams, LoadSettings  # noqa: E402
 from engine.core.pipeline import StreamPipeline  # noqa: E402
 from engine.models.load import ModelParts, load_model, load_vae  # noqa: E402
@@ -174,11 +174,12 @@ def run_variants(parts: ModelParts, args: argparse.Namespace, steps: int, device
         graphed("tensorrt + cuda graph", pipe)
         del pipe
     if not args.no_baseline:
-        opts = BenchOptions(width=args.size, height=args.size, t_index_list=tuple(T_INDEX[steps]), cfg_type=args.cfg,
-                            frames=args.frames, warmup=args.warmup)
+        plan = BenchPlan(LoadSettings(model=parts.source or "bench", width=args.size, height=args.size, cfg_type=args.cfg),
+                         LiveParams(t_index_list=T_INDEX[steps], prompt=BENCH_PROMPT), "none",
+                         frames=args.frames, warmup=args.warmup)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # random weights: NaN-to-uint8 casts in diffusers' postprocessing
-            base = bench_autopipeline(parts, opts, device, dtype, "a psychedelic neon landscape, highly detailed")
+            base = bench_autopipeline(parts, plan, device, dtype)
         rows.append({"steps": steps, "variant": "diffusers AutoPipelineForImage2Image", **base})
         log.info("%d step(s) %-22s %8.1f fps", steps, "diffusers", base["fps"])
     return rows

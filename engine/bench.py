@@ -18,18 +18,19 @@ from engine.config.schema import LiveParams, LoadSettings
 from engine.core.pipeline import StreamPipeline
 from engine.models.load import ModelParts
 
+BENCH_PROMPT = "a psychedelic neon landscape, highly detailed"  # both sides encode the same text
 
-@dataclass
-class BenchOptions:
-    width: int = 512
-    height: int = 512
-    t_index_list: tuple[int, ...] = (32, 45)
-    cfg_type: str = "self"
-    frame_buffer_size: int = 1
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What one bench run measures: a preset's load and live halves (validated by the schema,
+    like any preset), the backend they resolved to, and how many frames to time."""
+
+    load: LoadSettings
+    live: LiveParams
+    backend: str  # resolved: one of engine.config.schema.BACKENDS
     frames: int = 50
     warmup: int = 5
-    acceleration: str = "none"
-    mode: str = "img2img"
 
 
 def moving_frames(count: int, height: int, width: int) -> list[np.ndarray]:
@@ -58,32 +59,30 @@ def summarise(ms: list[float]) -> dict:
     return {"fps": round(1000.0 / median, 2), "ms_median": round(median, 3), "ms_p90": round(p90, 3)}
 
 
-def bench_stream(parts: ModelParts, opts: BenchOptions, device: torch.device, dtype: torch.dtype) -> dict:
-    load = LoadSettings(model=parts.source or "bench", width=opts.width, height=opts.height,
-                        frame_buffer_size=opts.frame_buffer_size, cfg_type=opts.cfg_type, mode=opts.mode)
-    live = LiveParams(t_index_list=list(opts.t_index_list))
-    pipe = StreamPipeline(parts, load, live, device=device, dtype=dtype, backend=opts.acceleration)
-    inputs = moving_frames(8, opts.height, opts.width)
-    if opts.frame_buffer_size > 1:
-        inputs = [np.stack([inputs[(i + j) % 8] for j in range(opts.frame_buffer_size)]) for i in range(8)]
-    txt = opts.mode == "txt2img"
+def bench_stream(parts: ModelParts, plan: BenchPlan, device: torch.device, dtype: torch.dtype) -> dict:
+    load = plan.load
+    pipe = StreamPipeline(parts, load, plan.live, device=device, dtype=dtype, backend=plan.backend)
+    inputs = moving_frames(8, load.height, load.width)
+    if load.frame_buffer_size > 1:
+        inputs = [np.stack([inputs[(i + j) % 8] for j in range(load.frame_buffer_size)]) for i in range(8)]
+    txt = load.mode == "txt2img"
     from engine.realtime.gpu_stats import GpuStats
 
     gpu = GpuStats.for_device(device)
     ms = []
-    for i in range(opts.warmup + opts.frames):
+    for i in range(plan.warmup + plan.frames):
         start = time.perf_counter()
         out = pipe(None if txt else inputs[i % len(inputs)])
         out.cpu().numpy()
         _sync(device)
-        if i >= opts.warmup:
+        if i >= plan.warmup:
             ms.append((time.perf_counter() - start) * 1000.0)
     result = summarise(ms)
-    result["fps"] = round(result["fps"] * opts.frame_buffer_size, 2)  # F frames per call
-    result["unet_ms_median"] = round(unet_ms(pipe, max(5, opts.frames // 2)), 3)
+    result["fps"] = round(result["fps"] * load.frame_buffer_size, 2)  # F frames per call
+    result["unet_ms_median"] = round(unet_ms(pipe, max(5, plan.frames // 2)), 3)
     result["unet_batch"] = pipe.stream.unet_batch_size()
     result["latency_frames"] = pipe.stream.n - 1
-    result["acceleration"] = opts.acceleration
+    result["acceleration"] = plan.backend
     result["backend"] = pipe.backend  # what actually ran, after any fallback
     if gpu is not None:
         result.update({k: v for k, v in gpu.read().items() if v is not None})
@@ -111,8 +110,7 @@ def unet_ms(pipe: StreamPipeline, runs: int) -> float:
     return statistics.median(ms)
 
 
-def bench_autopipeline(parts: ModelParts, opts: BenchOptions, device: torch.device, dtype: torch.dtype,
-                       prompt: str) -> dict:
+def bench_autopipeline(parts: ModelParts, plan: BenchPlan, device: torch.device, dtype: torch.dtype) -> dict:
     """diffusers' AutoPipelineForImage2Image on the same weights, running the same number of steps.
 
     strength 0.5 over 2N scheduled steps runs exactly N denoising steps. Guidance is off
@@ -129,7 +127,7 @@ def bench_autopipeline(parts: ModelParts, opts: BenchOptions, device: torch.devi
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")  # its own config nags
 
-    n = len(opts.t_index_list)
+    load, n = plan.load, len(plan.live.t_index_list)
     scheduler = LCMScheduler.from_config(parts.scheduler_config)
     common = dict(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
                   scheduler=scheduler)
@@ -141,16 +139,16 @@ def bench_autopipeline(parts: ModelParts, opts: BenchOptions, device: torch.devi
                                        **common)
     pipe = AutoPipelineForImage2Image.from_pipe(base)
     pipe.set_progress_bar_config(disable=True)
-    guidance = 1.5 if opts.cfg_type == "full" else 0.0
-    frames = moving_frames(8, opts.height, opts.width)
+    guidance = 1.5 if load.cfg_type == "full" else 0.0
+    frames = moving_frames(8, load.height, load.width)
     images = [torch.from_numpy(f[..., :3]).permute(2, 0, 1)[None].float().div(255).to(device, dtype) for f in frames]
     ms = []
-    for i in range(opts.warmup + opts.frames):
+    for i in range(plan.warmup + plan.frames):
         start = time.perf_counter()
-        pipe(prompt, image=images[i % 8], num_inference_steps=2 * n, strength=0.5, guidance_scale=guidance,
-             output_type="np", height=opts.height, width=opts.width)
+        pipe(plan.live.prompt, image=images[i % 8], num_inference_steps=2 * n, strength=0.5, guidance_scale=guidance,
+             output_type="np", height=load.height, width=load.width)
         _sync(device)
-        if i >= opts.warmup:
+        if i >= plan.warmup:
             ms.append((time.perf_counter() - start) * 1000.0)
     return summarise(ms)
 

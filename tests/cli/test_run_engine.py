@@ -86,7 +86,7 @@ def test_bench_json_with_autopipeline_baseline():
 
 def test_bench_rejects_bad_settings_clearly():
     result = run_cli("bench", "--t-index", "60", "--frames", "1", "--device", "cpu")
-    assert result.returncode == 2 and "out of range" in result.stderr
+    assert result.returncode == 2 and "command line: live.t_index_list[0]: Input should be less than or equal to 49" in result.stderr
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
