@@ -188,10 +188,14 @@ class _Run:
 
 
 def _load_run_preset(args: argparse.Namespace):
+    from bridges.video.registry import preflight
     from engine.config.preset_files import load_preset
 
     path = _preset_path(args.preset, Path(args.presets_dir))
     preset = _apply_overrides(load_preset(path), args)
+    # Every transport spec and its platform library, before the model loads (seconds to minutes).
+    # The source too for txt2img: a later img2img preset switch uses it.
+    preflight(preset.load.source, preset.load.sinks)
     log.info("preset %s: model %s, %dx%d, steps %s, cfg %s", path.stem, preset.load.model, preset.load.width,
              preset.load.height, list(preset.live.t_index_list), preset.load.cfg_type)
     return preset, path.stem

@@ -148,3 +148,16 @@ def test_option_lists_come_from_the_settings_schema():
                for flag in a.option_strings if name == "bench" or flag == "--acceleration"}
     assert tuple(by_flag["--cfg"].choices) == get_args(CfgType)
     assert tuple(by_flag["--acceleration"].choices) == get_args(Acceleration)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--sink", "spout:streamvj"], "sink 'spout:streamvj'"),  # a platform library this machine lacks
+    (["--source", "shm:../x"], "shm:../x"),
+    (["--sink", "image:out.png"], "image:out.png"),  # a source kind as a sink
+])
+def test_transport_specs_are_refused_before_the_model_loads(args, message):
+    if sys.platform == "win32" and args[1].startswith("spout"):
+        pytest.skip("Spout installs on Windows")
+    result = run_cli("run", "--no-osc", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert "warmed up" not in result.stderr and "pipeline ready" not in result.stderr
