@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from bridges.video.files import NullSink  # noqa: E402
 from bridges.video.pattern import PatternSource  # noqa: E402
 from bridges.video.shm import ShmSink, ShmSource  # noqa: E402
+from engine.realtime.processor import FunctionProcessor  # noqa: E402
 from engine.realtime.runtime import Runtime  # noqa: E402
 
 SIZES = [(512, 512), (1920, 1080)]
@@ -103,7 +104,7 @@ def bench_shm_path(w: int, h: int, frames: int, fps: float) -> dict[str, Any]:
     base = np.random.default_rng(1).integers(0, 256, (h, w, 4), dtype=np.uint8)
     upstream.open()
     upstream.send(base)  # the block exists before the runtime's source attaches
-    rt = Runtime(lambda f: f, rt_in, [rt_out])
+    rt = Runtime(FunctionProcessor(lambda f: f), rt_in, [rt_out])
     rt.start()
     th = threading.Thread(target=reader, name="bench-reader", daemon=True)
     th.start()

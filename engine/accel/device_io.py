@@ -20,9 +20,12 @@ frame overlaps the GPU finishing the previous one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from engine.realtime.processor import Processor
 
 EVENTS = 4  # more than the frames ever in flight at once (two), so a ring never reuses a live event
 SLOTS = 2  # staging slots: one being filled by the upload stream, one being read by compute
@@ -38,7 +41,7 @@ class DeviceDownload:
         self._computed = torch.cuda.Event()  # reused: wait_stream() would make a new event per frame
         self._next = 0
 
-    def start(self, result: torch.Tensor, host: torch.Tensor, producer: Any = None) -> Any:
+    def start(self, result: torch.Tensor, host: torch.Tensor, producer: Processor | None = None) -> Any:
         """Queue `host <- result`; returns the event that marks the bytes as landed.
 
         The copy waits for the frame's compute (stream order). If `producer` (the processor
@@ -58,8 +61,7 @@ class DeviceDownload:
         # If `result` is freed (a preset switch drops the old pipeline), the allocator must
         # not hand its memory to new work before this copy has read it.
         result.record_stream(self.stream)
-        read = getattr(producer, "output_read", None)
-        if read is None or not read(result, event):
+        if producer is None or not producer.output_read(result, event):
             compute.wait_event(event)
         return event
 

@@ -14,7 +14,6 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from engine.core.stream import StreamBatch, unet_batch_size
 from engine.errors import ConfigError
 from engine.models.family import Family
 from engine.models.load import ModelParts
+from engine.realtime.processor import Counters, FrameResult
 
 log = logging.getLogger("streamvj.pipeline")
 
@@ -46,18 +46,6 @@ LIVE_GROUPS: dict[str, tuple[str, ...]] = {
     "similarity": ("similarity_enabled", "similarity_threshold", "similarity_max_skip"),
     "fx": ("fx_feedback", "fx_blend", "fx_brightness", "fx_contrast", "fx_saturation", "fx_hue"),
 }
-
-
-@dataclass
-class PipelineCounters:
-    frames_in: int = 0
-    frames_out: int = 0
-    skipped: int = 0
-    unet_calls: int = 0  # frame steps run (one batched UNet call each), priming included
-
-    @property
-    def skip_ratio(self) -> float:
-        return self.skipped / self.frames_in if self.frames_in else 0.0
 
 
 def seed_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -95,7 +83,7 @@ class StreamPipeline:
         self.prompts = PromptEncoder(parts, self.device, dtype)
         self.similarity = SimilarityFilter(live.similarity_threshold, live.similarity_max_skip, rng,
                                            enabled=live.similarity_enabled)
-        self.counters = PipelineCounters()
+        self.counters = Counters()
         self.input_u8 = torch.zeros(f, h, w, 4, dtype=torch.uint8, device=self.device)
         # Two output buffers, written in turn: the download of frame k (its own stream) reads
         # one while frame k+1 is written into the other (see engine/accel/device_io.py).
@@ -130,6 +118,10 @@ class StreamPipeline:
         self.guidance_scale, self.delta = live.guidance_scale, live.delta
         for group in LIVE_GROUPS:
             self.apply_live(group, live)
+
+    @property
+    def needs_input(self) -> bool:
+        return not self.txt2img
 
     @property
     def backend(self) -> str:
@@ -267,6 +259,12 @@ class StreamPipeline:
         The returned tensor is one of this pipeline's two output buffers, used in turn: copy
         (or send) it before the next call but one. txt2img takes no input.
         """
+        return self.process(frame).output
+
+    def process(self, frame: np.ndarray | torch.Tensor | None = None) -> FrameResult:
+        """`__call__` as the runtime calls it (engine/realtime/processor.py): the output, whether the
+        similarity filter skipped the model, and the host time of the input stage ("preprocess")."""
+        started = time.perf_counter()
         self.counters.frames_in += 1
         # 1. The input: fresh noise (txt2img), or the frames unless the similarity filter skips them.
         if self.txt2img:
@@ -279,8 +277,9 @@ class StreamPipeline:
             if self.similarity.enabled and self.similarity.should_skip(self._similarity_sample(frames)) \
                     and self._has_output:
                 self.counters.skipped += 1
-                return self._result(frame)  # the last output again
+                return FrameResult(self._result(frame), True, {"preprocess": time.perf_counter() - started})
             self._upload(frames)
+        prepared = time.perf_counter()
         # 2. FX run only when some uniform is off neutral (decided on the host from Python floats).
         fx = not self.fx.is_identity()
         if fx and not self._fx_on:
@@ -300,7 +299,7 @@ class StreamPipeline:
         self._out_index, self.output_u8 = i, self._outputs[i]
         self._has_output = True
         self.counters.frames_out += 1
-        return self._result(frame)
+        return FrameResult(self._result(frame), False, {"preprocess": prepared - started})
 
     def _run_step(self, fx: bool) -> torch.Tensor:
         """The frame step on the current input. The first call after a start or reset primes: it

@@ -5,9 +5,10 @@ Threads (all named 'streamvj-<role>', all daemons so a hung driver can't keep th
 - one per source: polls `read_latest()`, copies the frame into a pooled buffer and puts it
   in the input mailbox (latest wins: frames the render loop had no time for are dropped,
   never queued, so latency stays bounded by one frame plus one render);
-- one render loop: the ONLY thread that calls the processor (the model). It runs control
-  actions (`call_soon`) between frames, calls the processor, copies the output into a
-  pooled host buffer and hands it to every sink group's mailbox;
+- one render loop: the ONLY thread that calls the processor (the model), through the
+  `Processor` protocol (engine/realtime/processor.py). It runs control actions (`call_soon`)
+  between frames, calls `process`, copies the output into a pooled host buffer and hands it
+  to every sink group's mailbox;
 - one per sink group: sends the newest output; with `target_fps` it sends on a steady
   clock, repeating the last frame when the model skipped, is slower or is paused. A slow
   sink only drops frames for itself; it never stalls the render loop;
@@ -21,12 +22,13 @@ a frame being overwritten, and the steady state allocates no frame memory.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,16 +40,11 @@ from engine.realtime.framepool import FrameBuffer, FramePool
 from engine.realtime.frames import Frame, FrameSink, FrameSource, check_rgba_u8
 from engine.realtime.log_limit import LogLimiter
 from engine.realtime.mailbox import Mailbox
+from engine.realtime.processor import FrameResult, Processor
 from engine.realtime.sinkgroup import WAIT_S, SinkGroup, close_quietly
-from engine.realtime.timings import Timings, processor_counters
+from engine.realtime.timings import Timings
 
 log = logging.getLogger("streamvj.runtime")
-
-# A processor takes one rgba_u8 frame (img2img) or nothing (txt2img) and returns HxWx4 uint8,
-# numpy or torch (CPU or CUDA). A StreamPipeline is one. It may expose `counters`
-# (frames_in, frames_out, skipped), `stream.unet_calls`, `device` (a CUDA one gets pinned
-# input buffers) and `stage_times` (a mapping of finer stage -> seconds for its last call).
-Processor = Callable[..., "np.ndarray | torch.Tensor"]
 
 SOURCE_RETRY_S = 0.5  # a raising source is retried this often, not spun on
 ERROR_REPEAT_S = 5.0  # a repeated processor error is logged at most this often
@@ -63,9 +60,7 @@ class Runtime:
     `sinks`: each item is a sink (its own thread) or a sequence of sinks sharing one thread.
     `source=None`: txt2img, the processor is called with no input at `target_fps` (or as fast
     as it goes). `clock` stamps arrivals and timings (perf_counter by default); pacing sleeps
-    in real time. `control()` runs on the render thread before every frame: the place to
-    snapshot live parameters and apply them to the pipeline; its errors are logged and the
-    frame still renders. `on_stats(stats)` is called about once a second.
+    in real time. `on_stats(stats)` is called about once a second.
     """
 
     def __init__(
@@ -76,7 +71,6 @@ class Runtime:
         target_fps: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
         on_stats: Callable[[dict[str, Any]], None] | None = None,
-        control: Callable[[], None] | None = None,
     ) -> None:
         if target_fps is not None and (isinstance(target_fps, bool) or not 0 < target_fps <= 1000):
             raise ConfigError(f"target_fps must be in (0, 1000] or None, got {target_fps!r}")
@@ -85,10 +79,8 @@ class Runtime:
         self.target_fps = float(target_fps) if target_fps else None
         self._clock = clock
         self._on_stats = on_stats
-        self._control = control
         self.timings = Timings(clock=clock)
-        device = getattr(processor, "device", None)
-        pin_input = torch.cuda.is_available() and getattr(device, "type", None) == "cuda"
+        pin_input = torch.cuda.is_available() and processor.device.type == "cuda"
         # Input: one being filled by the source, one in the mailbox, one being rendered.
         self._in_pool = FramePool("input", 3, pinned=pin_input)
         self._in_box: Mailbox[tuple[Frame, FrameBuffer | None]] = Mailbox("input", on_drop=self._drop_input)
@@ -241,14 +233,6 @@ class Runtime:
         self._in_box.wake()
         return fut
 
-    def replace_processor(self, processor: Processor) -> concurrent.futures.Future:
-        """Swap the processor between two frames (a pipeline rebuilt in the background goes on air)."""
-
-        def swap() -> None:
-            self._processor = processor
-
-        return self.call_soon(swap)
-
     def pause(self) -> None:
         """Hold the last output: the render loop stops calling the processor; paced sinks repeat it."""
         self._paused = True
@@ -274,8 +258,8 @@ class Runtime:
         Keys: state, fps (outputs/s), fps_in, fps_sent (primary sink group), latency_ms /
         latency_p90_ms / latency_p99_ms (arrival -> handoff to sinks), skip_ratio (rolling),
         frames_received, frames_rendered, render_errors, error (last processor error text),
-        dropped_input, dropped_output, the processor's frames_in / frames_out / skipped /
-        unet_calls when it has them, stages {name: {median_ms, p90_ms, p99_ms, n}},
+        dropped_input, dropped_output, the processor's counters (frames_in, frames_out, skipped,
+        unet_calls), stages {name: {median_ms, p90_ms, p99_ms, n}},
         sinks {name: {sent, repeated, dropped (replaced by a newer output before it was sent:
         a slow sink, or pacing below the render rate), errors}} and counts (source/sink/render
         errors).
@@ -297,7 +281,7 @@ class Runtime:
             dropped_input=self._in_box.dropped,
             dropped_output=sum(g.box.dropped for g in self._groups),
         )
-        out.update(processor_counters(self._processor))
+        out.update(dataclasses.asdict(self._processor.counters))
         out["stages"] = snap["stages"]
         out["sinks"] = {
             g.name: {"sent": g.sent, "repeated": g.repeated, "dropped": g.box.dropped, "errors": sum(g.errors)}
@@ -403,7 +387,7 @@ class Runtime:
                     self._in_box.get(min(delay, WAIT_S))  # nobody puts: a wakeable sleep
                     continue
                 next_t = max(next_t + period, time.monotonic() - period) if period else 0.0
-                self._render(None, self._clock())
+                self._render(None)
                 continue
             # With a CUDA frame pending, take a waiting input first (launch it, then hand the
             # pending one off); block only after handing it off, so an idle source adds no latency.
@@ -412,7 +396,7 @@ class Runtime:
                 self._flush_pending()
                 item = self._in_box.get(WAIT_S)
             if item is not None:
-                self._render(item, self._clock())
+                self._render(item)
         self._flush_pending()
         self._out_pool.release(self._last_out)
         self._last_out = None
@@ -439,37 +423,17 @@ class Runtime:
                                                   f"{type(e).__name__}: {e}")
                 fut.set_exception(e)
 
-    def _render(self, item: tuple[Frame, FrameBuffer | None] | None, t_take: float) -> None:
+    def _render(self, item: tuple[Frame, FrameBuffer | None] | None) -> None:
         clock, timings, p = self._clock, self.timings, self._processor
         frame, in_buf = item if item is not None else (None, None)
         out_buf: FrameBuffer | None = None
         try:
-            if self._control is not None:
-                try:
-                    self._control()
-                except Exception as e:  # keep rendering with the previous parameters
-                    self._errlog.log(logging.WARNING, f"control hook failed: {type(e).__name__}: {e}")
-            counters = getattr(p, "counters", None)
-            skipped_before = getattr(counters, "skipped", 0)
             t0 = clock()
             t_arrival = frame.t_arrival if frame is not None else t0
-            # Preprocess: from taking the frame to the model call (the control hook applying live params).
-            timings.record("preprocess", t0 - t_take)
-            if frame is not None:
-                result = p(frame.rgba_u8)
-            else:
-                result = p()
-            skipped = getattr(counters, "skipped", 0) != skipped_before
-            if skipped:
+            result = p.process(frame.rgba_u8 if frame is not None else None)
+            if result.skipped:
                 self._flush_pending()  # the output it repeats may still be landing (CUDA)
-            last = self._last_out
-            if skipped and last is not None and tuple(getattr(result, "shape", ())) == last.array.shape:
-                # The similarity filter skipped: the processor repeats its last output, which is
-                # already on the host. Hand that buffer off again instead of copying it again.
-                out_buf, landed = last, None
-                self._out_pool.retain(out_buf)
-            else:
-                out_buf, landed = self._to_host(result)
+            out_buf, landed = self._output_buffer(result)
         except Exception as e:  # one bad frame must not end the show: log, keep the last output
             self.render_errors += 1
             self.last_error = f"{type(e).__name__}: {e}"
@@ -481,21 +445,32 @@ class Runtime:
             self._in_pool.release(in_buf)
             return
         t1 = clock()
-        timings.record("model", t1 - t0)
-        stage_times = getattr(p, "stage_times", None)
-        if isinstance(stage_times, Mapping):
-            for name, seconds in stage_times.items():
-                timings.record(f"model.{name}", float(seconds))
+        own = 0.0
+        for name, seconds in result.stage_times.items():  # the processor's stages ("params", "preprocess")
+            timings.record(name, seconds)
+            own += seconds
+        timings.record("model", t1 - t0 - own)
         out_buf.index = frame.index if frame is not None else self.frames_rendered
         out_buf.t_arrival = t_arrival
         if landed is None:
             self._in_pool.release(in_buf)
-            self._hand_off(out_buf, t1, skipped)
+            self._hand_off(out_buf, t1, result.skipped)
             return
         # On CUDA the previous frame is handed off only now, after this one was launched:
         # the GPU finished it while the host prepared this frame (see engine/accel/device_io.py).
         self._flush_pending()
-        self._pending = (out_buf, landed, in_buf, t1, skipped)
+        self._pending = (out_buf, landed, in_buf, t1, result.skipped)
+
+    def _output_buffer(self, result: FrameResult) -> tuple[FrameBuffer, Any]:
+        """The pooled host buffer sinks will read this result from, and (CUDA) its landed event."""
+        last, output = self._last_out, result.output
+        if result.skipped and last is not None and isinstance(output, (np.ndarray, torch.Tensor)) \
+                and tuple(output.shape) == last.array.shape:
+            # The similarity filter skipped: the processor repeats its last output, which is
+            # already on the host. Hand that buffer off again instead of copying it again.
+            self._out_pool.retain(last)
+            return last, None
+        return self._to_host(output)
 
     def _flush_pending(self) -> None:
         """Wait for the pending CUDA frame's bytes (its event, not a device sync) and hand it off."""

@@ -5,10 +5,19 @@ the same memory it started with. Recording is O(1) under one lock (several threa
 record: the source, the render loop, the sinks); percentiles are computed only when a
 snapshot is asked for (about once a second, for the status line and OSC feedback).
 
-Stages, in frame order: receive (source read + copy into the engine), preprocess
-(render-side input preparation / upload), model (the processor call: encode + UNet +
-decode as one unless the processor reports finer stages, recorded as "model.<name>"),
-postprocess (output to host + copy into the output ring), send (one sink's send).
+Stages, in frame order (host seconds, each on the thread that does the work):
+
+- receive: the source read and the copy into the engine (source thread);
+- params: this frame's live-parameter snapshot applied to the pipeline (LivePlayer);
+- preprocess: the pipeline's input stage: similarity filter, upload (or device fit);
+- model: the rest of the processor call: the frame step (encode, stream batch, decode,
+  FX). On CUDA the GPU runs it asynchronously, so this is the launch and any wait for a
+  buffer; the wait for the result's bytes is in postprocess;
+- postprocess: the output to the host and into the output ring, handed to the sinks;
+- send: one sink's send (sink threads).
+
+`params` and `preprocess` are reported by the processor (FrameResult.stage_times, any name
+gets its own ring on first sight); the runtime counts the rest of the call as `model`.
 Latency is from a frame's arrival (Frame.t_arrival) to its output being handed to sinks.
 """
 
@@ -21,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("receive", "preprocess", "model", "postprocess", "send")
+STAGES = ("receive", "params", "preprocess", "model", "postprocess", "send")
 RATES = ("in", "out", "sent")  # frames received, handed to sinks, sent by the primary sink group
 FPS_HORIZON_S = 2.0
 
@@ -150,13 +159,3 @@ class Timings:
             "counts": counts,
         }
 
-
-def processor_counters(processor: object) -> dict[str, int]:
-    """The counters a processor exposes (a StreamPipeline: frames_in/out, skipped, unet_calls)."""
-    out: dict[str, int] = {}
-    counters = getattr(processor, "counters", None)
-    for name in ("frames_in", "frames_out", "skipped", "unet_calls"):
-        value = getattr(counters, name, None)
-        if isinstance(value, int):
-            out[name] = value
-    return out

@@ -1,11 +1,32 @@
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from engine.config.schema import LiveParams
 from engine.live.params import ParamStore
 from engine.live.player import LivePlayer
 from tests.engine.core.pipelines import make_pipeline
+from tests.engine.realtime.runtime_fakes import CountingSource, start, wait_until
+
+
+class ShapeSink:
+    """Keeps the shape of every frame it is sent."""
+
+    name = "shapes"
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def send(self, rgba_u8: np.ndarray) -> None:
+        self.shapes.append(rgba_u8.shape)
 
 
 def test_player_fits_frames_and_applies_params_on_the_next_frame(tiny_parts):
@@ -22,6 +43,26 @@ def test_player_fits_frames_and_applies_params_on_the_next_frame(tiny_parts):
     assert not np.array_equal(first.numpy(), second.numpy())
 
 
+def test_params_reach_the_pipeline_on_the_render_thread_and_are_timed_apart_from_the_model(runtimes, tiny_parts):
+    pipe = make_pipeline(tiny_parts, fit_input=True)
+    store = ParamStore(LiveParams(t_index_list=[20, 40]))
+    applied_on: list[str] = []
+    set_guidance = pipe.set_guidance
+
+    def recording(guidance_scale, delta=None):
+        applied_on.append(threading.current_thread().name)
+        set_guidance(guidance_scale, delta)
+
+    pipe.set_guidance = recording
+    rt = start(runtimes, LivePlayer(pipe, store), CountingSource(), [ShapeSink()])
+    wait_until(lambda: rt.frames_rendered >= 3, timeout=60, what="frames")
+    store.set("guidance_scale", 4.0)
+    wait_until(lambda: float(pipe.stream.guidance) == 4.0, timeout=60, what="the new guidance")
+    assert applied_on[-1] == "streamvj-render"
+    stages = rt.stats()["stages"]
+    assert stages["params"]["n"] >= 3 and stages["preprocess"]["n"] >= 3 and stages["model"]["n"] >= 3
+
+
 def test_swap_puts_a_new_pipeline_on_air(tiny_parts):
     store = ParamStore(LiveParams(t_index_list=[20, 40]))
     small = make_pipeline(tiny_parts, fit_input=True)
@@ -31,3 +72,17 @@ def test_swap_puts_a_new_pipeline_on_air(tiny_parts):
     assert player(frame).shape == (64, 64, 4)
     player.swap(big)
     assert player(frame).shape == (96, 96, 4)
+
+
+def test_a_swap_through_the_runtime_happens_between_two_frames(runtimes, tiny_parts):
+    store = ParamStore(LiveParams(t_index_list=[20, 40]))
+    small = make_pipeline(tiny_parts, fit_input=True)
+    big = make_pipeline(tiny_parts, width=96, height=96, fit_input=True)
+    player, sink = LivePlayer(small, store), ShapeSink()
+    rt = start(runtimes, player, CountingSource(), [sink])
+    wait_until(lambda: len(sink.shapes) >= 2, timeout=60, what="frames from the first pipeline")
+    rt.call_soon(lambda: player.swap(big)).result(timeout=60)
+    wait_until(lambda: (96, 96, 4) in sink.shapes, timeout=60, what="frames from the new pipeline")
+    first_big = sink.shapes.index((96, 96, 4))
+    assert set(sink.shapes[:first_big]) == {(64, 64, 4)} and (64, 64, 4) not in sink.shapes[first_big:]
+    assert rt.stats()["render_errors"] == 0 and big.counters.frames_out >= 1

@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
+from engine.realtime.processor import Counters, FrameResult
 from engine.realtime.runtime import Runtime
 
 H = W = 8
@@ -89,10 +91,33 @@ class CollectingSink:
         self.closed = True
 
 
-class GatedProcessor:
+class FakeProcessor:
+    """The Processor protocol around `render(rgba_u8) -> rgba_u8` (subclasses say what it does)."""
+
+    needs_input = True
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.counters = Counters()
+
+    def render(self, rgba_u8: np.ndarray) -> np.ndarray:
+        return rgba_u8
+
+    def process(self, rgba_u8: np.ndarray | None) -> FrameResult:
+        self.counters.frames_in += 1
+        output = self.render(rgba_u8)
+        self.counters.frames_out += 1
+        return FrameResult(output)
+
+    def output_read(self, output, event) -> bool:
+        return False
+
+
+class GatedProcessor(FakeProcessor):
     """Identity processor that waits for the test to let each call through (when gated)."""
 
     def __init__(self, gated: bool = True) -> None:
+        super().__init__()
         self.gated = gated
         self.gate = threading.Semaphore(0)
         self.calls: list[int] = []
@@ -101,7 +126,7 @@ class GatedProcessor:
         self.thread_names: set[str] = set()
         self.inside = False
 
-    def __call__(self, rgba_u8: np.ndarray) -> np.ndarray:
+    def render(self, rgba_u8: np.ndarray) -> np.ndarray:
         self.inside = True
         self.thread_names.add(threading.current_thread().name)
         self.calls.append(frame_index(rgba_u8))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from engine.errors import ConfigError
+from engine.realtime.processor import FunctionProcessor
 from engine.realtime.runtime import Runtime
 from tests.engine.realtime.runtime_fakes import (
     CollectingSink,
@@ -133,7 +134,7 @@ def test_processor_error_on_one_frame_is_logged_and_the_runtime_survives(runtime
 
     sink = CollectingSink()
     with caplog.at_level(logging.WARNING, logger="streamvj.runtime"):
-        rt = start(runtimes, flaky, CountingSource(), [sink])
+        rt = start(runtimes, FunctionProcessor(flaky), CountingSource(), [sink])
         wait_until(lambda: len(calls) >= 10 and len(sink.indices) >= 5, what="frames after the errors")
     stats = rt.stats()
     assert stats["render_errors"] == 3
@@ -144,7 +145,7 @@ def test_processor_error_on_one_frame_is_logged_and_the_runtime_survives(runtime
 
 
 def test_bad_processor_output_is_an_error_not_a_crash(runtimes):
-    rt = start(runtimes, lambda f: f[..., :3].copy(), CountingSource(), [CollectingSink()])
+    rt = start(runtimes, FunctionProcessor(lambda f: f[..., :3].copy()), CountingSource(), [CollectingSink()])
     wait_until(lambda: rt.render_errors >= 3, what="errors")
     assert "HxWx4 uint8" in rt.stats()["error"]
     assert rt.running
@@ -178,15 +179,6 @@ def test_call_soon_runs_while_no_input_arrives_and_errors_reach_the_future(runti
     assert rt.running
 
 
-def test_replace_processor_swaps_between_frames(runtimes):
-    sink = CollectingSink()
-    rt = start(runtimes, GatedProcessor(gated=False), CountingSource(), [sink])
-    wait_until(lambda: len(sink.indices) >= 3, what="frames")
-    marker = make_frame(0x77)
-    rt.replace_processor(lambda f: marker).result(timeout=10)
-    wait_until(lambda: sink.indices[-1] == 0x77, what="the new processor's output")
-
-
 def test_pause_holds_the_last_output_and_resume_continues(runtimes):
     sink = CollectingSink()
     rt = start(runtimes, GatedProcessor(gated=False), CountingSource(), [sink], target_fps=200)
@@ -212,7 +204,7 @@ def test_txt2img_without_a_source(runtimes):
         return make_frame(len(calls))
 
     sink = CollectingSink()
-    rt = start(runtimes, generate, None, [sink], target_fps=200)
+    rt = start(runtimes, FunctionProcessor(generate, needs_input=False), None, [sink], target_fps=200)
     wait_until(lambda: len(sink.indices) >= 5 and len(calls) >= 5, what="generated frames")
     assert set(calls) == {()}
     assert "streamvj-source" not in runtime_threads()
@@ -256,15 +248,7 @@ def test_on_stats_is_called_from_the_runtime(runtimes):
     for key in ("state", "fps", "fps_in", "latency_ms", "latency_p99_ms", "skip_ratio", "dropped_input",
                 "frames_rendered", "stages", "sinks"):
         assert key in s
-    assert set(s["stages"]) >= {"receive", "preprocess", "model", "postprocess", "send"}
-
-
-def test_control_hook_runs_before_every_frame_on_the_render_thread(runtimes):
-    names: list[str] = []
-    proc = GatedProcessor(gated=False)
-    start(runtimes, proc, CountingSource(), [], control=lambda: names.append(threading.current_thread().name))
-    wait_until(lambda: len(proc.calls) >= 5, what="frames")
-    assert set(names) == {"streamvj-render"} and len(names) >= len(proc.calls) - 1
+    assert set(s["stages"]) >= {"receive", "params", "preprocess", "model", "postprocess", "send"}
 
 
 def test_stop_joins_every_thread_and_closes_endpoints(runtimes):
@@ -312,7 +296,7 @@ def test_sinks_with_the_same_name_get_separate_stats(runtimes):
 @pytest.mark.parametrize("fps", [0, -5, True, 5000])
 def test_bad_target_fps_is_a_config_error(fps):
     with pytest.raises(ConfigError, match="target_fps"):
-        Runtime(lambda f: f, None, [], target_fps=fps)
+        Runtime(FunctionProcessor(lambda f: f), None, [], target_fps=fps)
 
 
 def test_tiny_model_end_to_end_from_the_test_pattern(runtimes, tiny_parts):
@@ -332,7 +316,7 @@ def test_tiny_model_end_to_end_from_the_test_pattern(runtimes, tiny_parts):
     wait_until(lambda: len(frames) >= 5 and null.count >= 5, timeout=60, what="model frames")
     s = rt.stats()
     assert s["unet_calls"] >= 5 and s["frames_in"] >= 5 and s["render_errors"] == 0
-    assert s["stages"]["model"]["n"] >= 5
+    assert s["stages"]["model"]["n"] >= 5 and s["stages"]["preprocess"]["n"] >= 5  # the pipeline's own stage
     assert all(f.shape == (64, 64, 4) and f.dtype == np.uint8 for f in frames)
     assert all(bool((f[..., 3] == 255).all()) for f in frames)
     assert rt.stop(timeout=30)
@@ -344,9 +328,10 @@ import threading, sys
 import numpy as np
 from bridges.video.files import NullSink
 from bridges.video.pattern import PatternSource
+from engine.realtime.processor import FunctionProcessor
 from engine.realtime.runtime import Runtime
 
-rt = Runtime(lambda f: f, PatternSource(32, 32, fps=60), [NullSink()], target_fps=30)
+rt = Runtime(FunctionProcessor(lambda f: f), PatternSource(32, 32, fps=60), [NullSink()], target_fps=30)
 # Runs on the render thread once started, i.e. after run_until_signal installed its handlers.
 rt.call_soon(lambda: print("READY", flush=True))
 ok = rt.run_until_signal()

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from engine.realtime.processor import FrameResult, FunctionProcessor
 from engine.realtime.runtime import Runtime
 from tests.engine.realtime.runtime_fakes import (
     CollectingSink,
     CountingSource,
+    FakeProcessor,
     H,
     W,
     frame_index,
@@ -47,7 +49,7 @@ def deferred_runtime(runtimes, source, sink, log: list[str]) -> Runtime:
             time.sleep(0.0005)
         return rgba_u8
 
-    rt = Runtime(processor, source, [sink])
+    rt = Runtime(FunctionProcessor(processor), source, [sink])
     plain = rt._to_host
 
     def to_host(result):
@@ -109,7 +111,7 @@ class IntoSource(CountingSource):
 
 def test_sources_that_read_into_the_pool_skip_the_copy_and_return_unfilled_buffers(runtimes):
     source, sink = IntoSource(limit=30), CollectingSink()
-    rt = start(runtimes, lambda f: f, source, [sink])
+    rt = start(runtimes, FunctionProcessor(lambda f: f), source, [sink])
     wait_until(lambda: source.produced == 30 and sink.indices and sink.indices[-1] == 29, what="all frames")
     assert sink.indices == sorted(set(sink.indices))
     pool = rt._in_pool
@@ -160,12 +162,13 @@ def test_every_frame_a_sink_gets_is_one_whole_pipeline_output(device, runtimes):
     class Recording:
         """The processor: the pipeline, noting which frames it took, in order."""
 
+        needs_input = True
         device = pipe.device
         counters = pipe.counters
 
-        def __call__(self, rgba_u8: np.ndarray):
+        def process(self, rgba_u8: np.ndarray):
             taken.append(rgba_u8.copy())
-            return pipe(rgba_u8)
+            return pipe.process(rgba_u8)
 
         def output_read(self, output, event) -> bool:
             return pipe.output_read(output, event)
@@ -197,23 +200,21 @@ def test_every_frame_a_sink_gets_is_one_whole_pipeline_output(device, runtimes):
 def test_a_skipped_frame_is_handed_off_again_without_a_copy(runtimes, monkeypatch):
     """The similarity filter repeats the last output: the runtime sends the host buffer it
     already has instead of copying the same picture again, and keeps no buffer at stop."""
-    from types import SimpleNamespace
-
-    class Skipping:
+    class Skipping(FakeProcessor):
         """Every third frame after the first is a 'skip': the last output, returned again."""
 
         def __init__(self) -> None:
-            self.counters = SimpleNamespace(skipped=0)
+            super().__init__()
             self.last: np.ndarray | None = None
             self.calls = 0
 
-        def __call__(self, rgba_u8: np.ndarray) -> np.ndarray:
+        def process(self, rgba_u8: np.ndarray) -> FrameResult:
             self.calls += 1
             if self.last is not None and self.calls % 3 == 0:
                 self.counters.skipped += 1
-                return self.last
+                return FrameResult(self.last, skipped=True)
             self.last = rgba_u8.copy()
-            return self.last
+            return FrameResult(self.last)
 
     processor, sink = Skipping(), CollectingSink()
     source = CountingSource(limit=30)
