@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.accel.cuda_graphs import CUDA_GRAPHS, GraphedStep  # noqa: E402
 from engine.bench import BENCH_PROMPT, BenchPlan, bench_autopipeline, moving_frames, summarise  # noqa: E402
-from engine.config.schema import LiveParams, LoadSettings  # noqa: E402
+from engine.config.schema import CFG_TYPES, LiveParams, LoadSettings  # noqa: E402
 from engine.core.pipeline import StreamPipeline  # noqa: E402
 from engine.models.load import ModelParts, load_model, load_vae  # noqa: E402
 
@@ -269,7 +269,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vae", help="real VAE, e.g. madebyollin/taesd (default: random TAESD-sized)")
     p.add_argument("--size", type=int, help="square image size (default 512; 64 with --tiny)")
     p.add_argument("--steps", default="1,4", help="comma-separated step counts from 1..4 (default 1,4)")
-    p.add_argument("--cfg", choices=["none", "full", "self", "initialize"], default="none",
+    p.add_argument("--cfg", choices=CFG_TYPES, default="none",
                    help="turbo models run without CFG (default none)")
     p.add_argument("--frames", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10, help="untimed frames first (compiling happens here)")
