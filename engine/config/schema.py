@@ -49,7 +49,8 @@ Str = Annotated[str, Strict()]
 Text = Annotated[str, Strict(), Field(max_length=MAX_TEXT)]
 Weight = Annotated[float, Strict(), Field(ge=0.0, le=1000.0, allow_inf_nan=False)]
 Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
-TIndex = Annotated[int, Strict(), Field(ge=0, le=49)]
+LCM_STEPS = 50  # t_index_list indexes LCM's 50-step schedule (engine/core/schedule.py)
+TIndex = Annotated[int, Strict(), Field(ge=0, le=LCM_STEPS - 1)]
 # Frame transport specs: the rules of each kind live in engine/config/transport_specs.py, the
 # same ones the bridge registry applies, so a preset is refused at load time for a spec the
 # engine would refuse later.
@@ -222,7 +223,7 @@ class MidiMapping(_Strict):
     min: Flt | None = Field(None, description="Value at CC 0; absent = the parameter's minimum")
     max: Flt | None = Field(None, description="Value at CC max; absent = the parameter's maximum")
     curve: Literal["linear", "exp", "log"] = "linear"
-    index: Int | None = Field(None, ge=0, le=49, description="For t_index_list: which step the knob drives")
+    index: Int | None = Field(None, ge=0, le=LCM_STEPS - 1, description="For t_index_list: which step the knob drives")
 
     @model_validator(mode="after")
     def _check(self) -> MidiMapping:

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.config.schema import LCM_STEPS
 from engine.errors import ConfigError
 
-LCM_STEPS = 50
 _SIGMA_DATA = 0.5
 
 
 def check_t_index_list(t_index_list: list[int] | tuple[int, ...]) -> list[int]:
     values = list(t_index_list)
     if not values:
-        raise ConfigError("t_index_list is empty: give 1 to 4 indices in 0..49, e.g. [32, 45]")
+        raise ConfigError(f"t_index_list is empty: give 1 to 4 indices in 0..{LCM_STEPS - 1}, e.g. [32, 45]")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ConfigError(f"t_index_list entries must be integers in 0..{LCM_STEPS - 1}, got {v!r}")
