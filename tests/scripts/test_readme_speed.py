@@ -55,13 +55,29 @@ def test_markdown_names_the_machine_and_gives_every_row():
     assert "80.0 fps against 50.0 eager (12.5 vs 20.0 ms median), 1.60x." in text
 
 
+def test_markdown_says_how_busy_the_machine_was():
+    result = fake_result()
+    result["rows"][0]["others_cpu_pct"], result["rows"][2]["others_cpu_pct"] = 3.5, 12.0
+    assert "other processes used at most 12.0% of the CPU during a row" in rs.markdown(result)
+
+
 def test_one_real_row_through_the_bench_command():
     row = rs.Row(64, 64, (32,))
-    got = rs.run_row(row, frames=2, warmup=1, timeout=600)
+    got = rs.measure_row(row, frames=2, warmup=1, timeout=600)
+    if sys.platform == "linux":
+        assert 0.0 <= got["others_cpu_pct"] <= 100.0
+    assert got["row"]["width"] == 64
     for key in ("fps", "ms_median", "ms_p90", "unet_ms_median", "torch", "threads", "speedup_vs_baseline"):
         assert key in got, f"bench --json lost {key!r}"
     assert got["width"] == 64 and got["frames"] == 2 and got["baseline"]["fps"] > 0
     assert "64x64" in rs.markdown({"machine": {**rs.machine(), "torch": got["torch"], "torch_threads": 2},
                                    "load_before": None, "load_after": None, "frames": 2, "warmup": 1,
-                                   "rows": [{"row": {"width": 64, "height": 64, "t_index": [32],
-                                                     "acceleration": "none", "baseline": True}, **got}]})
+                                   "rows": [got]})
+
+
+def test_waiting_for_a_quiet_cpu_gives_up_after_its_limit_and_stops_at_a_quiet_window():
+    if rs.machine_cpu_s() is None:
+        assert rs.wait_until_idle(5.0) == 0.0  # nothing to measure with: no wait
+        return
+    assert rs.wait_until_idle(0.3, idle_pct=101.0, window_s=0.1) >= 0.3  # never that idle: waits it out
+    assert rs.wait_until_idle(60.0, idle_pct=0.0, window_s=0.1) < 60.0  # any window is quiet enough
