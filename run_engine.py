@@ -231,7 +231,7 @@ def _frame_bridges(preset):
     spec = preset.load.source
     if spec == "pattern":
         spec = f"pattern:{preset.load.width}x{preset.load.height}"
-    source = None if preset.load.mode == "txt2img" else make_source(spec)
+    source = make_source(spec)  # the runtime owns it whatever is on air: a switch to img2img needs it
     sinks = [make_sink(s) for s in preset.load.sinks]
     return spec, source, sinks
 

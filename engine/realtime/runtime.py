@@ -117,6 +117,8 @@ class Runtime:
         """Open the source and sinks (a failure closes what was opened and raises), start the threads."""
         if self._started:
             raise RuntimeError("Runtime.start() called twice; build a new Runtime")
+        if self._source is None and self._processor.needs_input:
+            raise ConfigError("the processor renders from input frames (img2img) but the runtime was given no source")
         opened: list[tuple[str, Any]] = []
         try:
             for name, obj in self._endpoints():
@@ -308,6 +310,10 @@ class Runtime:
     def _drop_input(self, item: tuple[Frame, FrameBuffer | None]) -> None:
         self._in_pool.release(item[1])
 
+    def _let_go(self, item: tuple[Frame, FrameBuffer | None] | None) -> None:
+        if item is not None:
+            self._in_pool.release(item[1])
+
     def _source_loop(self) -> None:
         src, clock, timings = self._source, self._clock, self.timings
         assert src is not None
@@ -368,7 +374,7 @@ class Runtime:
             self._in_box.put((frame, buf))
 
     def _render_loop(self) -> None:
-        period = 1.0 / self.target_fps if self._source is None and self.target_fps else 0.0
+        period = 1.0 / self.target_fps if self.target_fps else 0.0
         next_t = time.monotonic()
         while True:
             self._run_actions()
@@ -376,19 +382,23 @@ class Runtime:
                 break
             if self._paused:
                 self._flush_pending()
-                held = self._in_box.get(WAIT_S)  # keep the input fresh: no stale frame on resume
-                if held is not None:
-                    self._in_pool.release(held[1])
+                self._let_go(self._in_box.get(WAIT_S))  # keep the input fresh: no stale frame on resume
                 continue
-            if self._source is None:
+            if not self._processor.needs_input:
+                # txt2img: nothing to wait for, paced by target_fps. Input the source still
+                # delivers is let go, so an img2img pipeline going on air starts from a fresh frame.
                 delay = next_t - time.monotonic()
                 if delay > 0:
                     self._flush_pending()
-                    self._in_box.get(min(delay, WAIT_S))  # nobody puts: a wakeable sleep
+                    self._let_go(self._in_box.get(min(delay, WAIT_S)))  # a wakeable sleep
                     continue
+                self._let_go(self._in_box.get_nowait())
                 next_t = max(next_t + period, time.monotonic() - period) if period else 0.0
                 self._render(None)
                 continue
+            if self._source is None:
+                self._errlog.log(logging.WARNING, "the pipeline on air needs input frames (img2img), but this "
+                                                  "runtime has no source: holding the last output")
             # With a CUDA frame pending, take a waiting input first (launch it, then hand the
             # pending one off); block only after handing it off, so an idle source adds no latency.
             item = self._in_box.get_nowait() if self._pending is not None else None

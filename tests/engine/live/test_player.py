@@ -86,3 +86,61 @@ def test_a_swap_through_the_runtime_happens_between_two_frames(runtimes, tiny_pa
     first_big = sink.shapes.index((96, 96, 4))
     assert set(sink.shapes[:first_big]) == {(64, 64, 4)} and (64, 64, 4) not in sink.shapes[first_big:]
     assert rt.stats()["render_errors"] == 0 and big.counters.frames_out >= 1
+
+
+PRESET = """
+name: {name}
+load:
+  model: tiny
+  width: 64
+  height: 64
+  device: cpu
+  mode: {mode}
+  cfg_type: {cfg}
+  sinks: ["null"]
+live:
+  t_index_list: [20, 40]
+"""
+
+
+class QuietSource(CountingSource):
+    """Frames only while `flowing` is set, like a VJ's input that is not connected yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flowing = threading.Event()
+
+    def read_latest(self):
+        return super().read_latest() if self.flowing.is_set() else None
+
+
+def test_a_show_switching_txt2img_img2img_txt2img_keeps_rendering(runtimes, tmp_path):
+    """The runtime owns its source whatever is on air: txt2img renders without waiting for input
+    (none arrives here), img2img renders from the input as soon as it is on air, and back."""
+    from engine.config.preset_files import load_preset
+    from engine.core.build import build_pipeline
+    from engine.live.show import Show
+
+    for name, mode, cfg in (("dream", "txt2img", "none"), ("look", "img2img", "self")):
+        (tmp_path / f"{name}.yaml").write_text(PRESET.format(name=name, mode=mode, cfg=cfg))
+    preset = load_preset(tmp_path / "dream.yaml")
+    store = ParamStore(preset.live)
+    player, source, sink = LivePlayer(build_pipeline(preset), store), QuietSource(), ShapeSink()
+    rt = start(runtimes, player, source, [sink], target_fps=30)
+    show = Show(tmp_path, preset, "dream", store, player, rt)
+
+    def renders_on(name: str, needs_input: bool) -> None:
+        wait_until(lambda: show.preset_name == name, timeout=120, what=f"{name} on air")
+        assert player.needs_input is needs_input
+        rendered, received = rt.frames_rendered, rt.frames_received
+        wait_until(lambda: rt.frames_rendered >= rendered + 3, timeout=60, what=f"frames from {name}")
+        assert (rt.frames_received > received) is needs_input  # img2img rendered from the input
+
+    renders_on("dream", needs_input=False)
+    source.flowing.set()
+    show.switch("look")
+    renders_on("look", needs_input=True)
+    source.flowing.clear()
+    show.switch("dream")
+    renders_on("dream", needs_input=False)
+    assert rt.stats()["render_errors"] == 0 and rt.stats()["error"] == "" and show.last_error == ""

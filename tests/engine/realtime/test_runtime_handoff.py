@@ -34,16 +34,29 @@ class FakeLanded:
         self.log.append(f"wait {self.index}")
 
 
-def deferred_runtime(runtimes, source, sink, log: list[str]) -> Runtime:
+class AheadByOne(CountingSource):
+    """Produces frame k+1 only once frame k was taken: never more than one frame ahead, so no
+    frame is dropped however the threads are scheduled."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit=limit)
+        self.taken = 0
+
+    def read_latest(self):
+        return None if self.produced > self.taken else super().read_latest()
+
+
+def deferred_runtime(runtimes, source: AheadByOne, sink, log: list[str]) -> Runtime:
     """A runtime whose results behave like CUDA ones: downloads finish later, marked by an event.
 
-    Each call returns only once the source has produced a newer frame, so one is always
+    Each call returns only once the source has produced the next frame, so one is always
     waiting in the mailbox when a render ends: the situation where deferring pays off.
     """
 
     def processor(rgba_u8: np.ndarray) -> np.ndarray:
         k = frame_index(rgba_u8)
         log.append(f"call {k}")
+        source.taken += 1
         deadline = time.monotonic() + 10
         while source.produced <= k + 1 and source.produced < source.limit and time.monotonic() < deadline:
             time.sleep(0.0005)
@@ -64,7 +77,7 @@ def deferred_runtime(runtimes, source, sink, log: list[str]) -> Runtime:
 
 def test_cuda_frames_hand_off_after_the_next_launch_and_none_is_left_behind(runtimes):
     log: list[str] = []
-    source, sink = CountingSource(limit=40), CollectingSink()
+    source, sink = AheadByOne(limit=40), CollectingSink()
     rt = deferred_runtime(runtimes, source, sink, log)
     wait_until(lambda: source.produced == 40 and sink.indices and sink.indices[-1] == 39,
                what="the last frame reaches the sink once the source goes quiet")
@@ -80,7 +93,7 @@ def test_cuda_frames_hand_off_after_the_next_launch_and_none_is_left_behind(runt
 
 def test_stop_hands_off_a_pending_cuda_frame(runtimes):
     log: list[str] = []
-    source, sink = CountingSource(limit=3), CollectingSink()
+    source, sink = AheadByOne(limit=3), CollectingSink()
     rt = deferred_runtime(runtimes, source, sink, log)
     wait_until(lambda: rt.frames_rendered == 3, what="three frames")
     rt.stop(timeout=10)
