@@ -36,7 +36,8 @@ from engine.accel.cuda_graphs import CUDA_GRAPHS, GraphedStep  # noqa: E402
 from engine.bench import BENCH_PROMPT, BenchPlan, bench_autopipeline, moving_frames, summarise  # noqa: E402
 from engine.config.schema import CFG_TYPES, LiveParams, LoadSettings  # noqa: E402
 from engine.core.pipeline import StreamPipeline  # noqa: E402
-from engine.models.load import ModelParts, load_model, load_vae  # noqa: E402
+from engine.models.load import load_model, load_vae  # noqa: E402
+from engine.models.parts import ModelParts  # noqa: E402
 
 log = logging.getLogger("streamvj.bench_gpu")
 
@@ -95,7 +96,7 @@ def time_pipelined(pipe: StreamPipeline, frames: list[np.ndarray], warmup: int, 
     def one(i: int) -> None:
         nonlocal pending
         result = pipe(host_in[i % len(host_in)])
-        landed = download.start(result, host_out[i % 2], producer=pipe)
+        landed = download.start(result, host_out[i % 2], output_read=pipe.output_read)
         if pending is not None:
             pending.synchronize()  # frame k-1's bytes are on the host: a sink could send them now
         pending = landed

@@ -16,7 +16,7 @@ import torch
 
 from engine.config.schema import LiveParams, LoadSettings
 from engine.core.pipeline import StreamPipeline
-from engine.models.load import ModelParts
+from engine.models.parts import ModelParts
 
 BENCH_PROMPT = "a psychedelic neon landscape, highly detailed"  # both sides encode the same text
 

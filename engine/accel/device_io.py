@@ -20,12 +20,9 @@ frame overlaps the GPU finishing the previous one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from engine.realtime.processor import Processor
 
 EVENTS = 4  # more than the frames ever in flight at once (two), so a ring never reuses a live event
 SLOTS = 2  # staging slots: one being filled by the upload stream, one being read by compute
@@ -41,11 +38,12 @@ class DeviceDownload:
         self._computed = torch.cuda.Event()  # reused: wait_stream() would make a new event per frame
         self._next = 0
 
-    def start(self, result: torch.Tensor, host: torch.Tensor, producer: Processor | None = None) -> Any:
+    def start(self, result: torch.Tensor, host: torch.Tensor,
+              output_read: Callable[[torch.Tensor, Any], bool] | None = None) -> Any:
         """Queue `host <- result`; returns the event that marks the bytes as landed.
 
-        The copy waits for the frame's compute (stream order). If `producer` (the processor
-        that made `result`) takes the event through `output_read(result, event)`, it orders
+        The copy waits for the frame's compute (stream order). If the processor that made
+        `result` takes the event (its `output_read(result, event)` returns True), it orders
         its own reuse of the buffer and the GPU goes straight on; otherwise the compute
         stream waits for the copy before its next kernels, so the next frame cannot
         overwrite `result` while it is read.
@@ -61,7 +59,7 @@ class DeviceDownload:
         # If `result` is freed (a preset switch drops the old pipeline), the allocator must
         # not hand its memory to new work before this copy has read it.
         result.record_stream(self.stream)
-        if producer is None or not producer.output_read(result, event):
+        if output_read is None or not output_read(result, event):
             compute.wait_event(event)
         return event
 

@@ -30,7 +30,7 @@ from engine.core.similarity import SimilarityFilter
 from engine.core.stream import StreamBatch, unet_batch_size
 from engine.errors import ConfigError
 from engine.models.family import Family
-from engine.models.load import ModelParts
+from engine.models.parts import ModelParts
 from engine.realtime.processor import Counters, FrameResult
 
 log = logging.getLogger("streamvj.pipeline")

@@ -10,7 +10,7 @@ import torch
 from engine.core.blend import blend
 from engine.errors import ConfigError
 from engine.models.family import Family
-from engine.models.load import ModelParts
+from engine.models.parts import ModelParts
 
 MAX_PROMPT_CHARS = 4000
 

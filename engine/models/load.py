@@ -10,68 +10,24 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from engine.errors import ModelLoadError
 from engine.models.family import Family, detect_family, parse_family
+from engine.models.parts import ALLOWED_CLASSES, ModelParts, class_for
 from engine.models.random_weights import RANDOM_MODELS
+from engine.models.single_file import load_single_file
 from engine.models.tiny import build_tiny_components
 
 log = logging.getLogger("streamvj.models")
 
 TINY_NAMES = {"tiny": Family.SD15, "tiny-sdxl": Family.SDXL}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# Only these classes may be instantiated from a folder's model_index.json / config.json.
-_ALLOWED_CLASSES = {
-    "UNet2DConditionModel": "diffusers",
-    "AutoencoderKL": "diffusers",
-    "AutoencoderTiny": "diffusers",
-    "CLIPTextModel": "transformers",
-    "CLIPTextModelWithProjection": "transformers",
-    "CLIPTokenizer": "transformers",
-    "CLIPTokenizerFast": "transformers",
-}
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 _HUB_FOLDERS = ("scheduler", "unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".onnx_data", ".msgpack", ".h5")
-
-
-@dataclass
-class ModelParts:
-    family: Family
-    unet: torch.nn.Module
-    vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    scheduler_config: dict
-    text_encoder_2: torch.nn.Module | None = None
-    tokenizer_2: object | None = None
-    source: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        found = {name: getattr(self, name) for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
-        return {name: m for name, m in found.items() if m is not None}
-
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> ModelParts:
-        for module in self.modules().values():
-            current = next(module.parameters())
-            if current.dtype != dtype or current.device != torch.device(device):
-                module.to(device=device, dtype=dtype)
-            module.eval().requires_grad_(False)
-        return self
-
-
-def _class_for(name: str):
-    library = _ALLOWED_CLASSES.get(name)
-    if library is None:
-        allowed = ", ".join(sorted(_ALLOWED_CLASSES))
-        raise ModelLoadError(f"component class {name!r} is not supported by streamvj (allowed: {allowed})")
-    module = __import__(library, fromlist=[name])
-    return getattr(module, name)
 
 
 def _read_json(path: Path) -> dict:
@@ -91,7 +47,7 @@ def load_vae(spec: str, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """A VAE from a folder (its config.json names the class) or a hub id (e.g. madebyollin/taesd)."""
     folder = _resolve_folder(spec, fp16=dtype == torch.float16)
     config = _read_json(folder / "config.json")
-    cls = _class_for(config.get("_class_name", "AutoencoderKL"))
+    cls = class_for(config.get("_class_name", "AutoencoderKL"))
     try:
         return cls.from_pretrained(str(folder), torch_dtype=dtype, variant=_variant(folder))
     except (OSError, ValueError, RuntimeError) as exc:
@@ -106,7 +62,7 @@ def load_folder(folder: Path, family: Family | None = None, dtype: torch.dtype |
         entry = index.get(name)
         if not entry or entry[1] is None:
             continue
-        cls = _class_for(entry[1])
+        cls = class_for(entry[1])
         kwargs = {} if "Tokenizer" in entry[1] else {"torch_dtype": dtype, "variant": _variant(folder / name)}
         try:
             parts[name] = cls.from_pretrained(str(folder / name), **kwargs)
@@ -131,7 +87,7 @@ def save_folder(parts: ModelParts, folder: Path) -> None:
         if component is None:
             continue
         cls_name = type(component).__name__
-        index[name] = [_ALLOWED_CLASSES[cls_name], cls_name]
+        index[name] = [ALLOWED_CLASSES[cls_name], cls_name]
         component.save_pretrained(str(folder / name))
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(parts.scheduler_config, indent=2))
@@ -218,8 +174,6 @@ def load_model(spec: str, family: str | Family | None = None, vae: str | None = 
             raise ModelLoadError(f"model {spec!r} is {built_family.value}-shaped; family {wanted.value} was asked for")
         parts = ModelParts(family=built_family, source=spec, **build(device))
     elif spec.endswith(".safetensors"):
-        from engine.models.single_file import load_single_file
-
         parts = load_single_file(Path(spec).expanduser(), family=wanted, dtype=dtype)
     else:
         parts = load_folder(_resolve_folder(spec, fp16=dtype == torch.float16), family=wanted, dtype=dtype)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.errors import ModelLoadError
 from engine.models.family import Family
-from engine.models.load import ModelParts
+from engine.models.parts import ModelParts
 
 log = logging.getLogger("streamvj.lora")
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.errors import ModelLoadError
 from engine.models.family import Family, detect_family
-from engine.models.load import ModelParts, _class_for
+from engine.models.parts import ModelParts, class_for
 
 FORMAT_KEY = "streamvj.format"
 FORMAT_VERSION = "1"
@@ -53,7 +53,7 @@ def save_single_file(parts: ModelParts, path: Path) -> None:
 
 
 def _build_module(cls_name: str, config: dict) -> torch.nn.Module:
-    cls = _class_for(cls_name)
+    cls = class_for(cls_name)
     if hasattr(cls, "from_config"):
         return cls.from_config(config)
     config_cls = cls.config_class
@@ -82,7 +82,7 @@ def _load_streamvj(path: Path, meta: dict, family: Family | None, dtype: torch.d
         with tempfile.TemporaryDirectory() as tmp:
             for filename, text in json.loads(meta[f"{name}.files"]).items():
                 (Path(tmp) / Path(filename).name).write_text(text)
-            parts[name] = _class_for(meta[f"{name}.class"]).from_pretrained(tmp)
+            parts[name] = class_for(meta[f"{name}.class"]).from_pretrained(tmp)
     stored = Family(meta["family"]) if "family" in meta else detect_family(dict(parts["unet"].config))
     return ModelParts(family=family or stored, scheduler_config=json.loads(meta["scheduler_config"]),
                       source=str(path), **parts)

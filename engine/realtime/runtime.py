@@ -535,7 +535,7 @@ class Runtime:
             self._download = DeviceDownload(result.device)
         # A producer that alternates output buffers lets the GPU go on with the next frame
         # while this one downloads; any other producer's compute waits for the download.
-        return buf, self._download.start(result, buf.tensor, producer=self._processor)
+        return buf, self._download.start(result, buf.tensor, output_read=self._processor.output_read)
 
     def _stats_loop(self) -> None:
         assert self._on_stats is not None

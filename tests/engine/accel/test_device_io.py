@@ -67,7 +67,7 @@ def test_download_leaves_the_ordering_to_a_producer_that_takes_the_event():
             taken.append(event)
             return True
 
-    landed = download.start(result, host, producer=Producer())
+    landed = download.start(result, host, output_read=Producer().output_read)
     assert taken == [landed]
     torch.cuda.current_stream().wait_event(landed)  # what StreamPipeline does before rewriting the buffer
     result.fill_(0)
