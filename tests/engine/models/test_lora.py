@@ -40,9 +40,20 @@ def test_lora_is_fused_with_its_scale(lora_file):
     torch.testing.assert_close(half, full / 2, atol=1e-6, rtol=1e-4)
 
 
-def test_lora_from_a_folder_with_weight_name(lora_file):
+def test_lora_from_a_folder_with_weight_name(lora_file, tmp_path):
+    """A folder holding several LoRAs: `weight_name` picks the file. The other one (the same LoRA
+    three times as strong) sits under the name diffusers loads by default, so a weight_name that
+    were ignored would fuse the wrong file (or fail to choose), never the right delta."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(lora_file))
+    save_file(state, str(tmp_path / "style_a.safetensors"))
+    save_file({key: 3 * value for key, value in state.items()}, str(tmp_path / "pytorch_lora_weights.safetensors"))
     parts = load_model("tiny")
-    fuse_loras(parts, [(str(lora_file.parent), 1.0, lora_file.name)])
+    before = parts.unet.state_dict()[LAYER].clone()
+    fuse_loras(parts, [(str(tmp_path), 1.0, "style_a.safetensors")])
+    delta = parts.unet.state_dict()[LAYER] - before
+    torch.testing.assert_close(delta, fused_delta(lora_file, 1.0), atol=1e-6, rtol=1e-4)
 
 
 def test_missing_lora_file_is_a_clear_error(tmp_path):
