@@ -269,20 +269,62 @@ def _start_show(run: _Run, preset, name: str, pipeline, gpu, source, sinks):
     return show, store, tempo
 
 
-def _start_osc(run: _Run, preset, show, store, tempo) -> None:
+def _start_osc(run: _Run, preset, show, store, tempo) -> tuple[str, int]:
     from bridges.control.osc import OscServer
 
     server = OscServer.from_settings(preset.osc, store, show, tempo=tempo).start()
     run.closers.append(server.stop)
     log.info("OSC on udp://%s:%d%s (see docs/osc.md)", *server.address, preset.osc.prefix)
-    if preset.osc.query_port is not None:
-        from bridges.control.oscquery import OscQueryServer
+    return server.address
 
-        query = OscQueryServer(store, osc_port=server.address[1], osc_host=server.address[0],
-                               prefix=preset.osc.prefix, host=preset.osc.host,
-                               port=preset.osc.query_port, presets_dir=run.args.presets_dir).start()
-        run.closers.append(query.stop)
-        log.info("OSCQuery on http://%s:%d/", *query.address)
+
+def _preview_taps(run: _Run, preset, source, sinks):
+    """With the web page on: a preview fed by the output's own sink thread and the source's thread."""
+    if run.args.no_osc or preset.osc.query_port is None:
+        return None, source, sinks
+    from bridges.video.preview import Preview, PreviewSink, PreviewSource
+
+    preview = Preview().start()
+    run.closers.append(preview.stop)
+    return preview, (PreviewSource(source, preview) if source is not None else None), [*sinks, PreviewSink(preview)]
+
+
+def _start_web(run: _Run, preset, show, store, tempo, gpu, preview, osc_address: tuple[str, int]) -> None:
+    """OSCQuery and the web page on one port (osc.query_port, --web-port), and mDNS discovery (docs/web.md)."""
+    import os
+
+    from bridges.control.discovery import Advertiser, addresses_for, server_name, wanted
+    from bridges.control.oscquery import OscQuery
+    from bridges.control.recent_errors import RecentErrors
+    from bridges.control.status import status_payload
+    from bridges.control.web_page import PageControl, page_status
+    from bridges.control.web_security import Token, is_loopback
+    from bridges.control.web_server import WebServer
+
+    host, web = preset.osc.host, None
+    if preset.osc.query_port is not None:
+        errors = RecentErrors().install()
+        run.closers.append(errors.uninstall)
+
+        def status() -> dict:
+            stats = run.runtime.stats()
+            gpu_now = gpu.read() if gpu is not None else None
+            return page_status(status_payload(stats, show.status(), show.player.pipeline.backend, gpu_now), stats)
+
+        query = OscQuery(store, osc_port=osc_address[1], osc_host=osc_address[0], prefix=preset.osc.prefix,
+                         presets_dir=run.args.presets_dir)
+        page = PageControl(store, show, prefix=preset.osc.prefix, presets_dir=run.args.presets_dir, tempo=tempo,
+                           status=status, errors=errors)
+        token = Token(os.environ.get("STREAMVJ_WEB_TOKEN") or None, required=not is_loopback(host))
+        web = WebServer(query, page=page, preview=preview, host=host, port=preset.osc.query_port, token=token,
+                        names=[server_name()]).start()
+        run.closers.append(web.stop)
+        log.info("OSCQuery on http://%s:%d/", *web.address)
+        log.info("web page on %s", web.page_url(addresses_for(host)[1][0] if host in ("0.0.0.0", "::") else None))
+    if wanted(host, run.args.mdns):
+        advertiser = Advertiser("streamvj", host, osc_port=osc_address[1],
+                                query_port=web.address[1] if web is not None else None).start()
+        run.closers.append(advertiser.stop)
 
 
 def _start_midi(run: _Run, preset, show, store, tempo) -> None:
@@ -335,9 +377,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _start_feedback(run, preset, name)
         pipeline, gpu = _build_pipeline(run, preset)
         spec, source, sinks = _frame_bridges(preset)
+        preview, source, sinks = _preview_taps(run, preset, source, sinks)
         show, store, tempo = _start_show(run, preset, name, pipeline, gpu, source, sinks)
         if not args.no_osc:
-            _start_osc(run, preset, show, store, tempo)
+            osc_address = _start_osc(run, preset, show, store, tempo)
+            _start_web(run, preset, show, store, tempo, gpu, preview, osc_address)
         if preset.midi.port:
             _start_midi(run, preset, show, store, tempo)
         run.runtime.start()
@@ -427,7 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--osc-port", type=int, help="OSC listen port (default from the preset, 9000)")
     run.add_argument("--osc-feedback", metavar="HOST:PORT",
                      help="send status (state, fps, latency, errors, heartbeat) to this OSC address")
-    run.add_argument("--oscquery-port", type=int, help="serve OSCQuery (HTTP) on this port (0 = any free port)")
+    run.add_argument("--web-port", "--oscquery-port", dest="oscquery_port", type=int,
+                     help="serve OSCQuery and the web page on this port (0 = any free port; default: the "
+                          "preset's osc.query_port, else off; see docs/web.md)")
+    run.add_argument("--mdns", action=argparse.BooleanOptionalAction, default=None,
+                     help="announce OSC and OSCQuery over mDNS (default: only when osc.host is not loopback)")
     run.add_argument("--no-osc", action="store_true", help="do not open the OSC port")
     run.add_argument("--switch-on", choices=get_args(Quantum), help="quantise preset switches to the next beat/bar")
     run.add_argument("--transition", type=float, default=0.0,

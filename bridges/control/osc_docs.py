@@ -11,7 +11,7 @@ from typing import Any
 from bridges.control.osc_address import OscAddress, address_table
 from bridges.control.osc_datagram import MAX_DATAGRAM
 from bridges.control.osc_feedback import STATES
-from bridges.control.oscquery import MAX_WS_CLIENTS
+from bridges.control.web_server import MAX_CLIENTS
 from engine.live.commands import Arg, Command, Target
 
 # Parameter type tags in words; commands spell out their own arguments.
@@ -156,16 +156,21 @@ def osc_markdown(prefix: str = "/streamvj") -> str:
         "",
         "## OSCQuery",
         "",
-        "With `osc.query_port` set, an OSCQuery HTTP server on that port describes every address",
-        "above with its type, range and current value (`GET /`, `GET /?HOST_INFO`).",
+        "With `osc.query_port` set (or `--web-port`), an OSCQuery server on that TCP port describes",
+        "every address above with its type, range and current value (`GET /`, `GET /<address>`,",
+        "`GET /<address>?VALUE`, `GET /?HOST_INFO`). The same port serves the web page (docs/web.md).",
+        "When the engine listens beyond this machine (or with `--mdns`) it announces itself over mDNS",
+        "as `_oscjson._tcp` (OSCQuery) and `_osc._udp` (OSC), so TouchDesigner, Chataigne or Vezér",
+        "list it by name.",
         "",
         "It also supports the LISTEN extension: open a WebSocket on the same port and send text",
         f'`{{"COMMAND": "LISTEN", "DATA": "{prefix}/guidance_scale"}}` (`"IGNORE"` to stop). Every',
-        "change of a listened value then arrives as a binary frame holding one OSC message with the",
+        "change of a listened value then arrives as a binary message holding one OSC message with the",
         "node's `TYPE` (a seed above 2147483647 goes as int64). Only nodes with a `VALUE` can be",
-        "listened to; a slow client gets the latest value of each path, not a backlog. The WebSocket",
-        f"is read-only (send OSC over UDP to set values); at most {MAX_WS_CLIENTS} clients; browser pages may",
-        "connect only from loopback or from the server's own IP address.",
+        "listened to; a slow client gets the latest value of each path, not a backlog. LISTEN is",
+        f"read-only (send OSC over UDP to set values); at most {MAX_CLIENTS} WebSocket clients; browser pages",
+        "may connect only from loopback or from the server's own IP address, and an HTTP request must",
+        "name the server by IP address, `localhost` or its `.local` name (DNS rebinding).",
         "",
     ]
     return "\n".join(lines)
