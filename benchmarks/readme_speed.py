@@ -10,7 +10,8 @@ little) and prints a markdown table for README, then one JSON object.
 
     .venv/bin/python benchmarks/readme_speed.py                 # all rows, 50 frames each
     .venv/bin/python benchmarks/readme_speed.py --frames 20     # cheaper; the caption says so
-    .venv/bin/python benchmarks/readme_speed.py --wait-idle 600 # shared machine: each row waits for quiet
+    .venv/bin/python benchmarks/readme_speed.py --wait-idle 600 --max-others 5   # a shared machine:
+        # each row waits for a quiet CPU, and is measured again (3 tries) if others took > 5% meanwhile
     .venv/bin/python benchmarks/readme_speed.py --json          # the JSON object only
 """
 
@@ -147,14 +148,23 @@ def measure_row(row: Row, frames: int, warmup: int, timeout: float) -> dict:
 
 
 def measure(frames: int, warmup: int, with_compile: bool, timeout: float, wait_idle_s: float = 0.0,
+            max_others_pct: float = 100.0, tries: int = 1,
             log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    """Every row; a row during which other processes took more than max_others_pct of the CPU is
+    measured again (at most `tries` times in all) and the quietest try is kept."""
     result = {"machine": machine(), "load_before": load_average(), "frames": frames, "warmup": warmup, "rows": []}
     for row in TABLE_ROWS + ((COMPILE_ROW,) if with_compile else ()):
-        waited = wait_until_idle(wait_idle_s) if wait_idle_s > 0 else 0.0
-        log(f"readme_speed: {row.label} ..." + (f" (waited {waited} s for a quiet CPU)" if waited else ""))
-        result["rows"].append(measure_row(row, frames, warmup, timeout))
-        log(f"readme_speed:   {result['rows'][-1]['fps']} fps; other processes used "
-            f"{result['rows'][-1]['others_cpu_pct']}% of the CPU meanwhile")
+        done: list[dict] = []
+        while len(done) < max(1, tries):
+            waited = wait_until_idle(wait_idle_s) if wait_idle_s > 0 else 0.0
+            log(f"readme_speed: {row.label} ..." + (f" (waited {waited} s for a quiet CPU)" if waited else ""))
+            done.append(measure_row(row, frames, warmup, timeout))
+            others = done[-1]["others_cpu_pct"]
+            log(f"readme_speed:   {done[-1]['fps']} fps; other processes used {others}% of the CPU meanwhile")
+            if others is None or others <= max_others_pct:
+                break
+        best = min(done, key=lambda r: r["others_cpu_pct"] or 0.0)
+        result["rows"].append({**best, "tries": len(done)})
     result["load_after"] = load_average()
     first = result["rows"][0]
     result["machine"] |= {"torch": first["torch"], "torch_threads": first["threads"]}
@@ -213,9 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per row before giving up")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                         help="before each row, wait up to S seconds for the CPU to be mostly idle (shared machines)")
+    parser.add_argument("--max-others", type=float, default=100.0, metavar="PCT",
+                        help="measure a row again when other processes took more than PCT%% of the CPU during it")
+    parser.add_argument("--tries", type=int, default=3, help="with --max-others: tries per row at most")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     args = parser.parse_args(argv)
-    result = measure(args.frames, args.warmup, not args.no_compile, args.timeout, args.wait_idle)
+    result = measure(args.frames, args.warmup, not args.no_compile, args.timeout, args.wait_idle, args.max_others,
+                     args.tries)
     if not args.json:
         print(markdown(result), end="\n\n")
     print(json.dumps(result))
