@@ -211,15 +211,6 @@ def test_txt2img_without_a_source(runtimes):
     assert rt.stats()["frames_rendered"] >= 5
 
 
-def test_source_errors_are_retried(runtimes, caplog):
-    src = CountingSource(fail_first=2)
-    with caplog.at_level(logging.WARNING, logger="streamvj.runtime"):
-        rt = start(runtimes, GatedProcessor(gated=False), src, [CollectingSink()])
-        wait_until(lambda: rt.frames_rendered >= 3, what="frames after the source recovered")
-    assert rt.stats()["counts"]["source_errors"] == 2
-    assert any("capture card unplugged" in r.getMessage() for r in caplog.records)
-
-
 def test_sink_errors_are_logged_once_and_the_sink_retried(runtimes, caplog):
     class FlakySink(CollectingSink):
         fails = 0

@@ -1,5 +1,5 @@
-"""Runtime output hand-off: deferred CUDA downloads, sources filling pooled buffers, whole
-frames through the real pipeline, and skipped frames handed off without a copy."""
+"""Output hand-off (engine/realtime/handoff.py) under the real runtime: deferred CUDA downloads,
+whole frames through the real pipeline, and skipped frames handed off without a copy."""
 
 from __future__ import annotations
 
@@ -15,11 +15,7 @@ from tests.engine.realtime.runtime_fakes import (
     CollectingSink,
     CountingSource,
     FakeProcessor,
-    H,
-    W,
     frame_index,
-    make_frame,
-    start,
     wait_until,
 )
 
@@ -63,14 +59,14 @@ def deferred_runtime(runtimes, source: AheadByOne, sink, log: list[str]) -> Runt
         return rgba_u8
 
     rt = Runtime(FunctionProcessor(processor), source, [sink])
-    plain = rt._to_host
+    plain = rt._handoff.to_host
 
-    def to_host(result):
-        buf, landed = plain(result)
+    def to_host(output, output_read):
+        buf, landed = plain(output, output_read)
         assert landed is None  # CPU results hand off at once; pretend this one is on a GPU
-        return buf, FakeLanded(log, frame_index(result))
+        return buf, FakeLanded(log, frame_index(output))
 
-    rt._to_host = to_host
+    rt._handoff.to_host = to_host
     runtimes.append(rt)
     return rt.start()
 
@@ -97,39 +93,7 @@ def test_stop_hands_off_a_pending_cuda_frame(runtimes):
     rt = deferred_runtime(runtimes, source, sink, log)
     wait_until(lambda: rt.frames_rendered == 3, what="three frames")
     rt.stop(timeout=10)
-    assert rt._pending is None and [e for e in log if e.startswith("wait")] == ["wait 0", "wait 1", "wait 2"]
-
-
-class IntoSource(CountingSource):
-    """A source that fills the runtime's buffer itself, and sometimes loses the race (torn read)."""
-
-    name = "into"
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit=limit)
-        self.asked = 0
-
-    def read_latest_into(self, acquire):
-        if self.produced >= self.limit:
-            return None
-        out = acquire((H, W, 4))
-        self.asked += 1
-        if self.asked % 3 == 0:  # every third read is torn: the buffer is left unfilled
-            return None
-        time.sleep(0.0005)
-        out[:] = make_frame(self.produced)
-        self.produced += 1
-        return out
-
-
-def test_sources_that_read_into_the_pool_skip_the_copy_and_return_unfilled_buffers(runtimes):
-    source, sink = IntoSource(limit=30), CollectingSink()
-    rt = start(runtimes, FunctionProcessor(lambda f: f), source, [sink])
-    wait_until(lambda: source.produced == 30 and sink.indices and sink.indices[-1] == 29, what="all frames")
-    assert sink.indices == sorted(set(sink.indices))
-    pool = rt._in_pool
-    wait_until(lambda: len(pool._free) == pool.size, what="every input buffer back in the pool")
-    assert pool.allocated == pool.size  # torn reads returned their buffers: the pool never grew
+    assert rt._handoff.pending is None and [e for e in log if e.startswith("wait")] == ["wait 0", "wait 1", "wait 2"]
 
 
 class FrameKeeper:
@@ -233,8 +197,8 @@ def test_a_skipped_frame_is_handed_off_again_without_a_copy(runtimes, monkeypatc
     source = CountingSource(limit=30)
     rt = Runtime(processor, source, [sink])
     copies = []
-    plain = rt._to_host
-    monkeypatch.setattr(rt, "_to_host", lambda result: (copies.append(1), plain(result))[1])
+    plain = rt._handoff.to_host
+    monkeypatch.setattr(rt._handoff, "to_host", lambda *args: (copies.append(1), plain(*args))[1])
     runtimes.append(rt)
     rt.start()
     wait_until(lambda: source.produced == 30 and rt.frames_rendered == processor.calls and processor.calls > 3,
@@ -245,4 +209,4 @@ def test_a_skipped_frame_is_handed_off_again_without_a_copy(runtimes, monkeypatc
     # Each frame the sink got is a whole frame (its index readable), in order.
     assert sink.indices == sorted(sink.indices)
     pool = rt._out_pool
-    assert rt._last_out is None and len(pool._free) == pool.size  # every buffer back in the pool
+    assert rt._handoff.last_out is None and len(pool._free) == pool.size  # every buffer back in the pool
