@@ -138,7 +138,7 @@ def model_calls(parts: Any, backend: str, *, width: int, height: int, unet_batch
     it raises) falls back to torch.compile with CUDA graphs on the same modules."""
     if backend != "tensorrt":
         return torch_calls(parts, backend)
-    from engine.accel.trt_engine import build_trt_components
+    from engine.accel.trt_components import build_trt_components
 
     try:
         trt = build_trt_components(parts, width=width, height=height, unet_batch=unet_batch,

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import engine.accel.trt_components as trt_components
 import engine.accel.trt_engine as trt_engine
 from engine.realtime.runtime import Runtime
 from tests.engine.accel.fake_tensorrt import make_fake_trt
@@ -64,5 +65,5 @@ def fake_cuda(monkeypatch, fake_trt):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: state.current)
     monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
-    monkeypatch.setattr(trt_engine, "_gpu_parts", lambda device: ("Fake GPU", {"compute_capability": "9.0"}))
+    monkeypatch.setattr(trt_components, "_gpu_parts", lambda device: ("Fake GPU", {"compute_capability": "9.0"}))
     return state

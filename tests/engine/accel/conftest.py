@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine.accel.trt_engine as trt_engine
+import engine.accel.trt_components as trt_components
 from engine.accel.onnx_export import OnnxGraph, TensorSpec, unet_input_specs
 from tests.engine.accel.fake_tensorrt import write_graph
 
@@ -43,9 +43,9 @@ def fake_exports(monkeypatch):
     def image(h, w):
         return (3, h, w)
 
-    monkeypatch.setattr(trt_engine, "export_unet", export_unet)
-    monkeypatch.setattr(trt_engine, "export_vae_decoder",
+    monkeypatch.setattr(trt_components, "export_unet", export_unet)
+    monkeypatch.setattr(trt_components, "export_vae_decoder",
                         export_vae("vae_decoder", "latents", "images", latent, image))
-    monkeypatch.setattr(trt_engine, "export_vae_encoder",
+    monkeypatch.setattr(trt_components, "export_vae_encoder",
                         export_vae("vae_encoder", "images", "latents", image, latent))
     return exported

@@ -124,12 +124,12 @@ def test_a_failed_engine_build_falls_back_to_compile_with_the_reason(tiny_parts,
 
 def test_any_tensorrt_failure_falls_back_to_compile(tiny_parts, monkeypatch, caplog):
     """A TensorRT version whose API moved raises whatever it raises: the preset still plays."""
-    import engine.accel.trt_engine as trt_engine
+    import engine.accel.trt_components as trt_components
 
     def api_moved(*args, **kwargs):
         raise AttributeError("'Builder' object has no attribute 'build_serialized_network'")
 
-    monkeypatch.setattr(trt_engine, "build_trt_components", api_moved)
+    monkeypatch.setattr(trt_components, "build_trt_components", api_moved)
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # the fallback's compile: not under test here
     with caplog.at_level("WARNING", logger="streamvj.backend"):
         pipeline = make_pipeline(tiny_parts, backend="tensorrt")

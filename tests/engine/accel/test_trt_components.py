@@ -7,10 +7,12 @@ import logging
 import pytest
 import torch
 
-import engine.accel.trt_engine as trt_engine
+import engine.accel.trt_components as trt_components
 from engine.accel.onnx_export import OnnxExportError
 from engine.accel.trt_cache import TrtCache
-from engine.accel.trt_engine import TrtBuildError, build_trt_components
+from engine.accel.trt_components import build_trt_components
+from engine.accel.trt_engine import TrtBuildError
+from engine.errors import ConfigError
 
 # ---- components: export -> build -> cache -> load, with the fake TensorRT -----------------------------
 
@@ -35,7 +37,7 @@ def test_components_build_once_then_load_from_the_cache(tiny_parts, fake_trt, fa
     torch.testing.assert_close(built.unet(x, torch.tensor([999, 400]), torch.randn(
         built.unet.engine.buffers["encoder_hidden_states"].shape)), x)
 
-    with caplog.at_level(logging.INFO, logger="streamvj.trt_engine"):
+    with caplog.at_level(logging.INFO, logger="streamvj.trt_components"):
         again = components(tiny_parts, cache)
     assert fake_exports == ["unet", "vae_decoder", "vae_encoder"] and fake_trt.build_count == 3  # nothing rebuilt
     assert caplog.text.count("loaded from") == 3 and "not cached" not in caplog.text
@@ -53,7 +55,7 @@ def test_engine_that_cannot_be_cached_still_runs(tiny_parts, fake_trt, fake_cuda
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(TrtCache, "store", disk_full)
-    with caplog.at_level(logging.WARNING, logger="streamvj.trt_engine"):
+    with caplog.at_level(logging.WARNING, logger="streamvj.trt_components"):
         built = components(tiny_parts, TrtCache(tmp_path), txt2img=True)
     assert built.unet.engine.outputs == ["noise_pred"]
     assert caplog.text.count("could not be cached") == 2 and "No space left" in caplog.text
@@ -63,7 +65,13 @@ def test_export_failure_is_a_build_error(tiny_parts, fake_trt, fake_cuda, fake_e
     def broken_export(*args, **kwargs):
         raise OnnxExportError("ONNX export of unet failed: unsupported op")
 
-    monkeypatch.setattr(trt_engine, "export_unet", broken_export)
+    monkeypatch.setattr(trt_components, "export_unet", broken_export)
     with pytest.raises(TrtBuildError, match="unsupported op"):
         components(tiny_parts, TrtCache(tmp_path))
     assert fake_trt.build_count == 0
+
+
+def test_components_need_cuda(tiny_parts, fake_trt):
+    with pytest.raises(ConfigError, match="CUDA"):
+        build_trt_components(tiny_parts, width=64, height=64, unet_batch=2, frame_buffer_size=1, device="cpu",
+                             dtype=torch.float32)

@@ -14,6 +14,7 @@ import torch
 
 import engine.accel.trt_engine as trt_engine
 from engine.accel.trt_cache import TrtCache
+from engine.accel.trt_components import build_trt_components
 from engine.accel.trt_engine import (
     INSTALL_HINT,
     BuildProgress,
@@ -22,7 +23,6 @@ from engine.accel.trt_engine import (
     TrtEngine,
     TrtUnet,
     build_engine,
-    build_trt_components,
     import_tensorrt,
     network_flags,
 )
@@ -145,12 +145,6 @@ def test_engine_stages_inputs_only_when_they_are_not_its_buffers(monkeypatch):
     assert len(copies) == 1 and engine.buffers["timestep"].tolist() == [999.0, 500.0]
     with pytest.raises(ValueError, match="engine built for"):
         engine._stage("sample", torch.zeros(3, 4))
-
-
-def test_components_need_cuda(tiny_parts, fake_tensorrt):
-    with pytest.raises(ConfigError, match="CUDA"):
-        build_trt_components(tiny_parts, width=64, height=64, unet_batch=2, frame_buffer_size=1, device="cpu",
-                             dtype=torch.float32)
 
 
 UNET_IO = ([["sample", [2, 4, 8, 8], "float16"], ["timestep", [2], "float32"],
@@ -398,7 +392,7 @@ def test_trt_unet_matches_pytorch_and_keeps_its_buffers(gpu_engines):
 @needs_gpu
 def test_second_build_loads_from_cache(gpu_engines, caplog):
     parts, cache, _ = gpu_engines
-    with caplog.at_level(logging.INFO, logger="streamvj.trt_engine"):
+    with caplog.at_level(logging.INFO, logger="streamvj.trt_components"):
         build_trt_components(parts, width=64, height=64, unet_batch=2, frame_buffer_size=1, device="cuda",
                              dtype=torch.float32, cache=cache)
     assert caplog.text.count("loaded from") == 3 and "not cached" not in caplog.text
