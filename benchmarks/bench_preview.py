@@ -3,8 +3,8 @@
 The real runtime renders the tiny model (a StreamPipeline) from the test pattern into a
 NullSink. The pattern runs at 60 fps, faster than the model on a CPU, so the render loop
 never waits for input: its output rate is its speed, and anything the preview takes from
-it shows as fewer frames per second. Three set-ups, taken in turn, round after round, in a rotating
-order (a shared machine's drift hits them alike):
+it shows as fewer frames per second. Three set-ups, taken in turn, round after round, in a
+rotating order (a shared machine's drift hits them alike):
 
 - off: no preview;
 - idle: the preview's taps on the source and the output, nobody watching (what every engine
@@ -12,11 +12,13 @@ order (a shared machine's drift hits them alike):
 - watching: a page watching: output and input pictures at the preview's rate, scaled,
   JPEG-encoded and sent through the web server to a WebSocket client in this process.
 
-Per set-up: output fps, the render loop's time per frame (1 / fps), the model stage's
-median and p90, latency median; for `watching` the pictures per second and encode time;
-and the CPU time the preview's own threads used per second (its sink thread, encoder, the
-web server and the page's reader), which is what a noisy shared machine cannot blur: the
-fps comparison shows the effect, the CPU time its size. Deltas are against `off`.
+Per set-up (medians over rounds; changes against `off` paired within each round): output
+fps, the render loop's time per frame (1 / fps), the model stage's median and p90, latency
+median; for `watching` the pictures per second and encode time; and the CPU time the
+preview's own threads used per second (its sink thread, encoder, the web server and the
+page's reader), which a noisy shared machine cannot blur: the fps comparison shows the
+effect, the CPU time its size. The load average at the end is recorded: on a busy machine
+the fps changes are mostly other processes.
 
     python benchmarks/bench_preview.py                  # 256x256, 3 rounds of 5 s
     python benchmarks/bench_preview.py --size 512 --json
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import threading
@@ -136,6 +139,8 @@ def run_once(pipeline: Any, size: int, seconds: float, preview: Preview | None) 
            "process_cpu_ms_per_s": 1000 * (proc1 - proc0) / (t1 - t0),
            "render_thread_cpu_ms_per_s": 1000 * _used(cpu0, cpu1, ("streamvj-render",)) / (t1 - t0),
            "preview_threads_cpu_ms_per_s": 1000 * _used(cpu0, cpu1, PREVIEW_THREADS) / (t1 - t0)}
+    for name in PREVIEW_THREADS:
+        out[f"cpu_ms_per_s[{name}]"] = 1000 * _used(cpu0, cpu1, (name,)) / (t1 - t0)
     if preview is not None:
         p = preview.stats()
         out["pictures_per_s"] = (p["output"]["made"] - made0) / (t1 - t0)
@@ -179,14 +184,18 @@ def bench(size: int = 256, seconds: float = 5.0, rounds: int = 3) -> dict[str, A
     for setup, runs in samples.items():
         result[setup] = {key: round(statistics.median(r[key] for r in runs), 3) for key in runs[0]}
     for setup in ("idle", "watching"):
-        result[setup]["fps_change_pct"] = round(100 * (result[setup]["fps"] / result["off"]["fps"] - 1), 2)
-        result[setup]["frame_ms_added"] = round(result[setup]["frame_ms"] - result["off"]["frame_ms"], 3)
+        # Paired by round (the runs of one round are seconds apart): drift cancels, noise does not add up.
+        pairs = list(zip(samples[setup], samples["off"]))
+        result[setup]["fps_change_pct"] = round(statistics.median(
+            100 * (a["fps"] / b["fps"] - 1) for a, b in pairs), 2)
+        result[setup]["frame_ms_added"] = round(statistics.median(a["frame_ms"] - b["frame_ms"] for a, b in pairs), 3)
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return result
 
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"preview cost, tiny model {result['size']}x{result['size']} on the CPU, "
-             f"{result['rounds']} rounds x {result['seconds']:g} s (medians)",
+             f"{result['rounds']} rounds x {result['seconds']:g} s (medians), load average {result['load_average']}",
              f"{'setup':<10}{'fps':>8}{'ms/frame':>10}{'model p50':>11}{'model p90':>11}{'latency':>9}"
              f"{'vs off':>9}{'pictures/s':>12}{'encode ms':>11}{'preview CPU ms/s':>18}"]
     for setup in SETUPS:

@@ -199,11 +199,10 @@ function build(tree) {
   const nodes = leaves(tree).filter((n) => n.FULL_PATH.startsWith(prefix + "/"));
   const names = nodes.map((n) => rel(n.FULL_PATH));
   const groups = new Map(GROUP_ORDER.map((g) => [g, []]));
-  const transport = $("transport");
-  transport.replaceChildren();
+  const buttons = new Map();
   for (const node of nodes) {
     const name = rel(node.FULL_PATH);
-    if (TRANSPORT.includes(name)) { transport.append(commandControl(node).firstChild); continue; }
+    if (TRANSPORT.includes(name)) { buttons.set(name, commandControl(node).firstChild); continue; }
     if (name === "preset/load") continue; // the preset list is its control
     let row;
     if (node.VALUE !== undefined) {
@@ -222,6 +221,7 @@ function build(tree) {
     if (!groups.has(group)) groups.set(group, []);
     groups.get(group).push(row);
   }
+  $("transport").replaceChildren(...TRANSPORT.filter((n) => buttons.has(n)).map((n) => buttons.get(n)));
   const target = $("groups");
   target.replaceChildren();
   for (const [group, rows] of groups) {
@@ -258,7 +258,7 @@ function showStatus(s) {
     for (const b of document.querySelectorAll("#preset-list button")) b.classList.toggle("current", b.dataset.preset === s.preset);
   }
   $("backend").textContent = s.backend || "";
-  $("numbers").textContent = `${fmt(s.fps ?? 0)} fps · ${fmt(s.latency_ms ?? 0)} ms`;
+  $("numbers").textContent = `${(s.fps ?? 0).toFixed(1)} fps · ${(s.latency_ms ?? 0).toFixed(1)} ms`;
   const err = $("status-error");
   err.hidden = !s.error;
   err.textContent = s.error || "";
@@ -296,11 +296,13 @@ function drawGraphs() {
     series.forEach((s, k) => {
       ctx.strokeStyle = k === 0 ? "#7fd1ff" : "#ffb86b";
       ctx.beginPath();
+      let drawing = false;
       s.forEach((v, x) => {
-        if (v === null) return;
-        const px = (x / (HISTORY - 1)) * canvas.width;
+        if (v === null) { drawing = false; return; }
+        const px = ((HISTORY - s.length + x) / (HISTORY - 1)) * canvas.width; // the newest at the right
         const py = canvas.height - (v / top) * (canvas.height - 4) - 2;
-        if (x === 0) ctx.moveTo(px, py); else ctx.lineTo(px, py);
+        if (drawing) ctx.lineTo(px, py); else ctx.moveTo(px, py);
+        drawing = true;
       });
       ctx.stroke();
     });
