@@ -210,6 +210,8 @@ class FrameStep:
             compiled = torch.compile(fn, dynamic=False, fullgraph=False, mode=torch_compile_mode(compile_mode))
             self._run = self._compiled_or_eager(compiled)
         self.graphed: GraphedStep | None = None
+        # What a frame calls: the graphed step, or the compiled-or-eager one (no wrapper in between).
+        self.run: Callable[..., torch.Tensor] = self._run
         if self.device.type == "cuda" and backend != "none":
             self.use_graphs(CUDA_GRAPHS)
 
@@ -239,11 +241,11 @@ class FrameStep:
             self.graphed.release()
         self.graphed = None if graphs is None else GraphedStep(
             self._run, self.static_inputs, watch=self.watch, preserve=self.preserve, backend=graphs)
+        self.run = self._run if self.graphed is None else self.graphed
         return self.graphed
 
     def __call__(self, *args: Any) -> torch.Tensor:
-        graphed = self.graphed
-        return graphed(*args) if graphed is not None else self._run(*args)
+        return self.run(*args)
 
     @property
     def status(self) -> str:

@@ -307,7 +307,7 @@ class StreamPipeline:
         its own timestep and the very first output is a finished image, not the decoded empty
         buffer ("brown frames")."""
         for _ in range(1 if self.primed else self.stream.n):
-            rgb = self.step(self.input_u8, self.txt_noise, fx)
+            rgb = self.step.run(self.input_u8, self.txt_noise, fx)
             self.counters.unet_calls += 1
         self.primed = True
         return rgb
