@@ -30,7 +30,7 @@ log = logging.getLogger("streamvj.preview")
 
 KINDS = ("output", "input")
 FPS = 5.0  # pictures per second and kind: enough to see what plays, cheap to make
-MAX_SIDE = 480  # pixels: a preview, not a monitor
+MAX_SIDE = 512  # pixels (larger frames are reduced by a whole factor): a preview, not a monitor
 QUALITY = 70
 OnJpeg = Callable[[str, bytes], None]
 
@@ -107,13 +107,14 @@ class Preview:
             self._thread = None
 
     def encode(self, rgba_u8: np.ndarray) -> bytes:
-        """One frame as a JPEG, scaled down to `max_side` (alpha dropped)."""
+        """One frame as a JPEG, reduced by the smallest whole factor that fits `max_side` (alpha dropped)."""
         h, w = rgba_u8.shape[:2]
-        img = Image.frombuffer("RGBA", (w, h), rgba_u8, "raw", "RGBA", 0, 1)
-        scale = self.max_side / max(w, h)
-        if scale < 1.0:
-            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR,
-                             reducing_gap=2.0)
+        # RGBX, not RGBA: the alpha is dropped anyway, and Pillow reduces RGBA about 4x slower.
+        img = Image.frombuffer("RGBX", (w, h), rgba_u8, "raw", "RGBX", 0, 1)
+        factor = -(-max(w, h) // self.max_side)
+        if factor > 1:
+            # By a whole factor (a box filter): a fraction of what a resize to exactly max_side takes.
+            img = img.reduce(factor)
         out = io.BytesIO()
         img.convert("RGB").save(out, "JPEG", quality=self.quality)
         return out.getvalue()
