@@ -331,6 +331,14 @@ class WebServer:
     # ---- producers (any thread) ---------------------------------------------------------------------
 
     def _on_change(self, name: str, value: Any, source: str) -> None:
+        # Runs on whichever thread set the value (OSC, MIDI, a preset switch): it only offers,
+        # and nothing it meets may reach back into that thread's store.set.
+        try:
+            self._offer_change(name, value)
+        except Exception:  # noqa: BLE001 (the last guard of someone else's thread)
+            self._limiter.warning(("change", name), f"web: could not pass on a change of {name}", exc_info=True)
+
+    def _offer_change(self, name: str, value: Any) -> None:
         changes = self.query.changes(name, value)
         with self._lock:
             targets = [(s, set(s.paths)) for s in self._sessions.values()]

@@ -68,7 +68,7 @@ class Engine:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "run_engine.py"), "run", "--preset", "tiny", "--presets-dir", str(presets),
-             "--osc-port", "0", "--web-port", "0"],
+             "--osc-port", "0", "--web-port", "0", "--mdns"],  # --mdns: announced on loopback only
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._drain, daemon=True).start()  # a full pipe would stall the engine
@@ -186,3 +186,40 @@ def test_a_broken_preset_shows_its_error(engine: Engine, page: object) -> None:
     banner.wait_for(state="visible", timeout=30_000)
     assert "broken" in banner.text_content()
     assert engine.value("/streamvj/prompt") == ["a jellyfish"]  # the show played on
+
+
+def test_the_engine_announces_itself_over_mdns(engine: Engine) -> None:
+    from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
+
+    from bridges.control.discovery import OSC_TYPE, OSCQUERY_TYPE
+
+    web_port, osc_port = int(engine.base.rsplit(":", 1)[1]), engine.osc[1]
+    found: set[tuple[str, int]] = set()
+
+    def browse() -> None:
+        # On a thread of its own: this thread has Playwright's event loop set, which zeroconf
+        # would take for its own and never run.
+        zc = Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+        seen: list[tuple[str, str]] = []
+
+        def on_change(zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
+            if state_change is ServiceStateChange.Added:
+                seen.append((service_type, name))
+
+        browser = ServiceBrowser(zc, [OSC_TYPE, OSCQUERY_TYPE], handlers=[on_change])
+        try:
+            deadline = time.monotonic() + 30
+            while not {(OSCQUERY_TYPE, web_port), (OSC_TYPE, osc_port)} <= found and time.monotonic() < deadline:
+                for kind, name in list(seen):
+                    info = zc.get_service_info(kind, name, timeout=3000)
+                    if info is not None:
+                        found.add((kind, info.port))
+                time.sleep(0.05)
+        finally:
+            browser.cancel()
+            zc.close()
+
+    thread = threading.Thread(target=browse)
+    thread.start()
+    thread.join()
+    assert {(OSCQUERY_TYPE, web_port), (OSC_TYPE, osc_port)} <= found

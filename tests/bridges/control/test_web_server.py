@@ -327,3 +327,14 @@ def test_preview_pictures_reach_watching_pages_only(store: ParamStore, commands:
             wait_for(lambda: not any(s.watching for s in server.sessions()), "not watching")
     finally:
         preview.stop()
+
+
+def test_a_failing_change_never_reaches_the_setter(srv: WebServer, store: ParamStore, monkeypatch: pytest.MonkeyPatch,
+                                                    logged: Callable[[str], list[str]]) -> None:
+    def broken(name: str, value: Any) -> list:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(srv.query, "changes", broken)
+    store.set("guidance_scale", 2.0, source="osc")  # the OSC thread's set must not see the web's bug
+    assert store.get("guidance_scale") == 2.0
+    assert len(logged("could not pass on a change of guidance_scale")) == 1
