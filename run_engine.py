@@ -293,13 +293,14 @@ def _start_web(run: _Run, preset, show, store, tempo, gpu, preview, osc_address:
     """OSCQuery and the web page on one port (osc.query_port, --web-port), and mDNS discovery (docs/web.md)."""
     import os
 
-    from bridges.control.discovery import Advertiser, addresses_for, server_name, wanted
+    from bridges.control.discovery import Advertiser, address_for_people, server_name, wanted
     from bridges.control.oscquery import OscQuery
     from bridges.control.recent_errors import RecentErrors
     from bridges.control.status import status_payload
     from bridges.control.web_page import PageControl, page_status
     from bridges.control.web_security import Token, is_loopback
     from bridges.control.web_server import WebServer
+    from engine.errors import ConfigError
 
     host, web = preset.osc.host, None
     if preset.osc.query_port is not None:
@@ -320,11 +321,15 @@ def _start_web(run: _Run, preset, show, store, tempo, gpu, preview, osc_address:
                         names=[server_name()]).start()
         run.closers.append(web.stop)
         log.info("OSCQuery on http://%s:%d/", *web.address)
-        log.info("web page on %s", web.page_url(addresses_for(host)[1][0] if host in ("0.0.0.0", "::") else None))
+        log.info("web page on %s", web.page_url(address_for_people(host)))
     if wanted(host, run.args.mdns):
-        advertiser = Advertiser("streamvj", host, osc_port=osc_address[1],
-                                query_port=web.address[1] if web is not None else None).start()
-        run.closers.append(advertiser.stop)
+        try:  # discovery is a convenience: without it the engine plays on, and says why
+            advertiser = Advertiser("streamvj", host, osc_port=osc_address[1],
+                                    query_port=web.address[1] if web is not None else None).start()
+        except ConfigError as exc:
+            log.warning("%s; not announced over mDNS (connect by address)", exc)
+        else:
+            run.closers.append(advertiser.stop)
 
 
 def _start_midi(run: _Run, preset, show, store, tempo) -> None:

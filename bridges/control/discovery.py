@@ -64,6 +64,17 @@ def addresses_for(host: str) -> tuple[list[str] | None, list[str]]:
     return [ip], [ip]
 
 
+def address_for_people(host: str) -> str:
+    """Where to tell a person to point a browser: the bind address, or for one that listens
+    everywhere this machine's first network address (its host name when it has none)."""
+    if host not in ("", "0.0.0.0", "::"):
+        return host
+    try:
+        return addresses_for(host)[1][0]
+    except ConfigError:
+        return socket.gethostname()
+
+
 class Advertiser:
     """Announces `_osc._udp` (with `osc_port`) and `_oscjson._tcp` (with `query_port`) for `host`."""
 

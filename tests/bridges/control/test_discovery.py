@@ -3,6 +3,7 @@ only, where multicast works in this sandbox too; nothing is sent onto a real net
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
@@ -10,6 +11,7 @@ import pytest
 from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
 
 from bridges.control.discovery import OSC_TYPE, OSCQUERY_TYPE, Advertiser, addresses_for, server_name, wanted
+from engine.errors import ConfigError
 
 
 @pytest.mark.parametrize(("host", "asked", "want"), [
@@ -78,3 +80,14 @@ def test_osc_only_without_a_query_port() -> None:
     advertiser = Advertiser("streamvj-test", "127.0.0.1", osc_port=9000, query_port=None)
     assert [info.type for info in advertiser.infos] == [OSC_TYPE]
     advertiser.stop()  # never started: nothing to withdraw
+
+
+def test_address_for_people() -> None:
+    from bridges.control.discovery import address_for_people
+
+    assert address_for_people("127.0.0.1") == "127.0.0.1" and address_for_people("192.168.1.5") == "192.168.1.5"
+    try:
+        expected = addresses_for("0.0.0.0")[1][0]  # a real address of this machine, not 0.0.0.0
+    except ConfigError:  # a machine with no network at all: its name
+        expected = socket.gethostname()
+    assert address_for_people("0.0.0.0") == expected
