@@ -49,7 +49,7 @@ pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 PRESET = """\
 name: {name}
 load: {{model: tiny, width: 64, height: 64, acceleration: none, device: cpu, source: pattern, sinks: ["null"]}}
-live: {{prompt: "{prompt}", guidance_scale: 1.2, t_index_list: [32, 45]}}
+live: {{prompt: "{prompt}", guidance_scale: 1.2, t_index_list: {steps}}}
 """
 
 
@@ -103,9 +103,11 @@ class Engine:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     presets = tmp_path_factory.mktemp("presets")
-    (presets / "tiny.yaml").write_text(PRESET.format(name="tiny", prompt="a jellyfish"))
-    (presets / "warm.yaml").write_text(PRESET.format(name="warm", prompt="a warm sunset"))
-    (presets / "broken.yaml").write_text(PRESET.format(name="broken", prompt="x").replace("width: 64", "width: 100"))
+    (presets / "tiny.yaml").write_text(PRESET.format(name="tiny", prompt="a jellyfish", steps=[32, 45]))
+    (presets / "warm.yaml").write_text(PRESET.format(name="warm", prompt="a warm sunset", steps=[32, 45]))
+    (presets / "onestep.yaml").write_text(PRESET.format(name="onestep", prompt="one step", steps=[30]))
+    (presets / "broken.yaml").write_text(
+        PRESET.format(name="broken", prompt="x", steps=[32, 45]).replace("width: 64", "width: 100"))
     engine = Engine(presets)
     try:
         engine.url = engine.line(r"web page on (http://\S+)").group(1)
@@ -175,6 +177,19 @@ def test_the_preset_list_switches_presets(engine: Engine, page: object) -> None:
     assert page.locator("#preset-name").text_content() == "warm"
     page.click('#preset-list button[data-preset="tiny"]')
     wait_for(lambda: engine.value("/streamvj/prompt") == ["a jellyfish"], "back to tiny")
+
+
+def test_a_preset_with_another_step_count_reshapes_t_index_list(engine: Engine, page: object) -> None:
+    sliders = page.locator('input[type=range][data-path="/streamvj/t_index_list"]')
+    assert sliders.count() == 2
+    page.click('#preset-list button[data-preset="onestep"]')  # a rebuild, in the background
+    wait_for(lambda: engine.value("/streamvj/t_index_list") == [30], "the one-step pipeline on air")
+    wait_for(lambda: sliders.count() == 1, "one t_index_list slider")
+    sliders.first.focus()
+    page.keyboard.press("ArrowRight")
+    wait_for(lambda: engine.value("/streamvj/t_index_list") == [31], "t_index_list [31] in the engine")
+    page.click('#preset-list button[data-preset="tiny"]')
+    wait_for(lambda: engine.value("/streamvj/t_index_list") == [32, 45] and sliders.count() == 2, "back to two steps")
 
 
 def test_a_broken_preset_shows_its_error(engine: Engine, page: object) -> None:

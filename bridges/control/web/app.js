@@ -127,13 +127,23 @@ function paramControl(node) {
     row.append(num, dice);
     return [row, (v) => { if (document.activeElement !== num) num.value = v; }];
   }
-  // One slider per argument: a float, an int, or t_index_list's one int per step.
-  const sliders = [];
+  // One slider per argument: a float, an int, or t_index_list's one int per step (a preset
+  // with another step count changes how many: the sliders follow the value's length).
+  let sliders = [];
   const push = throttled(path);
   const collect = () => push(sliders.map((s) => Number(s.input.value)));
-  for (let i = 0; i < type.length; i++) sliders.push(slider(node, i, collect));
-  row.append(...sliders.flatMap((s) => [s.input, s.out]));
-  return [row, (v) => { (Array.isArray(v) ? v : [v]).forEach((x, i) => sliders[i] && sliders[i].set(x)); }];
+  const make = (n) => {
+    for (const s of sliders) { s.input.remove(); s.out.remove(); }
+    const one = { ...node, TYPE: node.TYPE[0].repeat(n), RANGE: Array(n).fill(ranges[0] || {}) };
+    sliders = Array.from({ length: n }, (_, i) => slider(one, i, collect));
+    row.append(...sliders.flatMap((s) => [s.input, s.out]));
+  };
+  make(type.length);
+  return [row, (v) => {
+    const values = Array.isArray(v) ? v : [v];
+    if (values.length !== sliders.length) make(values.length);
+    values.forEach((x, i) => sliders[i].set(x));
+  }];
 }
 
 function blendControl(node) {
