@@ -43,8 +43,10 @@ def test_feedback_publish_and_heartbeat(receiver: tuple[tuple[str, int], list[tu
     (host, port), got = receiver
     fb = OscFeedback(host, port, heartbeat_s=0.02)
     fb.publish({"state": "running", "fps": 29.5, "preset": "tiny", "vram_mb": 812})
-    assert wait_for(lambda: ("/streamvj/status/fps", 29.5) in got)
-    assert ("/streamvj/status/state", "running") in got and ("/streamvj/status/vram_mb", 812.0) in got
+    # Every message is waited for: the receiver thread may handle the datagrams in any order.
+    for message in (("/streamvj/status/fps", 29.5), ("/streamvj/status/state", "running"),
+                    ("/streamvj/status/vram_mb", 812.0)):
+        assert wait_for(lambda message=message: message in got), message
     fb.start()
     try:
         assert wait_for(lambda: ("/streamvj/status/heartbeat", 2) in got)
