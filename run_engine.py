@@ -173,7 +173,26 @@ class StatusLine:
 
 
 def _interrupt(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    from engine.realtime.os_signals import signal_label
+
+    raise KeyboardInterrupt(signal_label(signum))
+
+
+def _prepare_process() -> None:
+    """Before anything loads: every stop signal of this platform (SIGTERM; Ctrl-Break on Windows)
+    stops a run that is still loading (minutes for real weights) as cleanly as Ctrl-C does, and
+    on Windows the engine's short waits get a 1 ms timer (engine/realtime/timer_resolution.py)."""
+    import signal
+
+    from engine.realtime.os_signals import stop_signals
+    from engine.realtime.timer_resolution import raise_timer_resolution
+
+    for signum in stop_signals():
+        if signum != signal.SIGINT:  # Ctrl-C raises KeyboardInterrupt by itself
+            signal.signal(signum, _interrupt)
+    line = raise_timer_resolution()
+    if line:
+        log.info(line)
 
 
 @dataclass
@@ -368,12 +387,9 @@ def _stop(run: _Run) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import signal
-
     from engine.errors import StreamVJError
 
-    # SIGTERM while loading (minutes for real weights) stops as cleanly as Ctrl-C does.
-    signal.signal(signal.SIGTERM, _interrupt)
+    _prepare_process()
     quiet_libraries()
     run = _Run(args)
     ok = True

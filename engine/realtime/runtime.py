@@ -40,6 +40,7 @@ from engine.realtime.frames import FrameSink, FrameSource
 from engine.realtime.handoff import OutputHandoff
 from engine.realtime.log_limit import LogLimiter
 from engine.realtime.mailbox import Mailbox
+from engine.realtime.os_signals import signal_label, stop_signals
 from engine.realtime.processor import Processor
 from engine.realtime.render_loop import RenderLoop
 from engine.realtime.sinkgroup import SinkGroup, close_quietly
@@ -174,11 +175,12 @@ class Runtime:
         return not stuck
 
     def run_until_signal(self, timeout: float = 5.0) -> bool:
-        """Start (if needed) and run until SIGINT/SIGTERM or stop(); then shut down cleanly.
+        """Start (if needed) and run until a stop signal or stop(); then shut down cleanly.
 
-        Main thread only (Python delivers signals there). The handlers only set a flag: the
-        shutdown itself runs here, outside the signal handler. Previous handlers are restored.
-        Call it instead of start() so a signal during startup is handled too.
+        The stop signals are engine/realtime/os_signals.py's: Ctrl-C, SIGTERM, and Ctrl-Break
+        (SIGBREAK) on Windows. Main thread only (Python delivers signals there). The handlers
+        only set a flag: the shutdown itself runs here, outside the signal handler. Previous
+        handlers are restored. Call it instead of start() so a signal during startup is handled too.
         """
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("run_until_signal() must be called from the main thread")
@@ -191,7 +193,7 @@ class Runtime:
         def handler(signum: int, _frame: Any) -> None:
             received.append(signum)
 
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, handler) for s in stop_signals()}
         try:
             if not self._started:
                 self.start()
@@ -202,7 +204,7 @@ class Runtime:
             for s, h in previous.items():
                 signal.signal(s, h)
         if received:
-            log.info("received %s: stopping", signal.Signals(received[0]).name)
+            log.info("received %s: stopping", signal_label(received[0]))
         return self.stop(timeout)
 
     def __enter__(self) -> Runtime:

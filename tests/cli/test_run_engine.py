@@ -161,3 +161,48 @@ def test_transport_specs_are_refused_before_the_model_loads(args, message):
     result = run_cli("run", "--no-osc", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert "warmed up" not in result.stderr and "pipeline ready" not in result.stderr
+
+
+def test_every_stop_signal_interrupts_a_run_still_loading(monkeypatch):
+    """Before the runtime's own handlers exist (minutes of model loading), SIGTERM and Windows'
+    Ctrl-Break (SIGBREAK, faked with SIGUSR1) raise KeyboardInterrupt like Ctrl-C, so `run` stops
+    cleanly instead of dying (SIGBREAK's default action ends the process on the spot)."""
+    import run_engine
+
+    fake_break = signal.SIGUSR1
+    monkeypatch.setattr(signal, "SIGBREAK", fake_break, raising=False)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, fake_break)}
+    try:
+        run_engine._prepare_process()
+        assert signal.getsignal(signal.SIGTERM) is run_engine._interrupt
+        assert signal.getsignal(fake_break) is run_engine._interrupt
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]  # Python's own KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt, match=r"Ctrl-Break \(SIGBREAK\)"):
+            signal.raise_signal(fake_break)  # Python runs the handler right after this call
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+@pytest.mark.windows
+@pytest.mark.skipif(sys.platform != "win32", reason="Ctrl-Break is a Windows console event")
+def test_ctrl_break_stops_cleanly_on_windows():
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_engine.py"), "run", "--sink", "null", *SMALL],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
+    try:
+        deadline = time.monotonic() + 120
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "running: source" in line:
+                break
+        proc.send_signal(signal.CTRL_BREAK_EVENT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(lines) + err
+    assert "runtime stopped" in err and "timer resolution 1 ms" in "".join(lines) + err

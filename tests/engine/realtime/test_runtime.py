@@ -351,3 +351,48 @@ def test_sigterm_stops_a_runtime_process_cleanly(tmp_path):
     assert "received SIGTERM" not in err or "Traceback" not in err
     with pytest.raises(ProcessLookupError):  # nothing left in its process group
         os.killpg(proc.pid, 0)
+
+
+def test_ctrl_break_stops_run_until_signal_like_ctrl_c(runtimes, monkeypatch, caplog):
+    """Windows' Ctrl-Break (SIGBREAK, faked with SIGUSR1 here) is a stop signal too: without a
+    handler its default action kills the process without closing bridges."""
+    fake_break = signal.SIGUSR1
+    monkeypatch.setattr(signal, "SIGBREAK", fake_break, raising=False)
+    before = signal.getsignal(fake_break)
+    rt = Runtime(FunctionProcessor(lambda f: f), CountingSource(), [CollectingSink()])
+    runtimes.append(rt)
+
+    def press_ctrl_break() -> None:
+        wait_until(lambda: rt.frames_rendered >= 2, what="frames before Ctrl-Break")
+        os.kill(os.getpid(), fake_break)
+
+    presser = threading.Thread(target=press_ctrl_break, daemon=True)
+    presser.start()
+    with caplog.at_level(logging.INFO, logger="streamvj.runtime"):
+        assert rt.run_until_signal(timeout=10)
+    presser.join(10)
+    assert not rt.running and runtime_threads() == []
+    assert "received Ctrl-Break (SIGBREAK): stopping" in caplog.text
+    assert signal.getsignal(fake_break) is before  # the previous handler is back
+
+
+@pytest.mark.windows
+@pytest.mark.skipif(sys.platform != "win32", reason="Ctrl-Break is a Windows console event")
+def test_ctrl_break_stops_a_runtime_process_cleanly_on_windows(tmp_path):
+    script = tmp_path / "run_small.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # CTRL_BREAK_EVENT reaches a process group: the child gets its own, so pytest is not hit.
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", proc.stderr.read()
+        proc.send_signal(signal.CTRL_BREAK_EVENT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err
+    assert "STOPPED True []" in out
