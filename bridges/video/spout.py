@@ -1,9 +1,12 @@
 """Spout (Windows) through `SpoutGL`: receive a sender's texture as rgba_u8, publish ours.
 
 SpoutGL and PyOpenGL are imported lazily, so this module imports everywhere; they are the
-'spout' extra (Windows only). Both classes create their Spout object, and its hidden GL
-context (`createOpenGL`, needed headless), on the first `read_latest` / `send`: a GL
-context is current on one thread, and that must be the thread that keeps polling.
+'spout' extra (Windows only). A Spout object's hidden GL context (`createOpenGL`, needed
+headless) is current on one thread, and its hidden window can only be destroyed there, so
+each SpoutSource / SpoutSink runs every Spout call on its own `GLThread`
+(bridges/video/gl_thread.py, started by `open`): the context is created on the first
+`read_latest` / `send`, used, and released by `close`, all on that thread, although the
+runtime reads on its source thread and closes from the main thread.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bridges.video.gl_thread import GLThread, GLThreadStuck
 from engine.errors import BridgeUnavailable
 from engine.realtime.frames import check_rgba_u8
 
@@ -29,6 +33,7 @@ _MISSING = "Spout needs the 'spout' extra on Windows: pip install 'streamvj[spou
 _DXGI_RGBA = 28  # DXGI_FORMAT_R8G8B8A8_UNORM
 _DXGI_BGRA = 87  # DXGI_FORMAT_B8G8R8A8_UNORM
 _BGRA_FORMATS = frozenset({_DXGI_BGRA})
+CLOSE_TIMEOUT_S = 5.0  # a driver stuck in a release call must not hang the engine's shutdown
 
 
 def _import_spout() -> tuple[Any, Any]:
@@ -58,6 +63,19 @@ def _with_gl_context(spout_object: Any) -> Any:
     return spout_object
 
 
+def _close_on(gl: GLThread | None, release: Callable[[], None], what: str, timeout: float) -> None:
+    """Run `release` on the object's GL thread, then end that thread; a stuck driver is logged."""
+    if gl is None:
+        return
+    try:
+        gl.call(release, timeout=timeout)
+    except GLThreadStuck as exc:
+        log.warning("%s: %s; leaving it to the end of the process", what, exc)
+        return
+    finally:
+        gl.stop(timeout)
+
+
 def _bgra_to_rgba(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     dst[..., 0] = src[..., 2]
     dst[..., 1] = src[..., 1]
@@ -84,12 +102,16 @@ class SpoutSource:
         retry_s: float = 1.0,
         stale_s: float = 5.0,
         clock: Callable[[], float] = time.perf_counter,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         self.sender_name = sender_name
         self.name = f"spout:{sender_name}" if sender_name else "spout"
         self._retry_s = retry_s
         self._stale_s = stale_s
         self._clock = clock
+        self._close_timeout_s = close_timeout_s
+        self._gl: GLThread | None = None
+        self._read_on_gl = self._read  # bound once: no allocation per poll
         self._spout: Any = None
         self._gl_rgba = 0
         self._gl_bgra = 0
@@ -119,6 +141,7 @@ class SpoutSource:
         self._gl_rgba = gl.GL_RGBA
         self._gl_bgra = gl.GL_BGRA
         self._rx_format = self._gl_rgba
+        self._gl = GLThread("streamvj-spout-in")
         self._opened = True
 
     def _create_receiver(self) -> None:
@@ -192,8 +215,12 @@ class SpoutSource:
         self._release_receiver()
 
     def read_latest(self) -> np.ndarray | None:
-        if not self._opened:
+        if not self._opened or self._gl is None:
             raise RuntimeError("SpoutSource.read_latest() called before open()")
+        return self._gl.call(self._read_on_gl)
+
+    def _read(self) -> np.ndarray | None:
+        """One poll, on the GL thread."""
         if self._receiver is None:
             self._create_receiver()
         receiver = self._receiver
@@ -234,8 +261,9 @@ class SpoutSource:
         return out
 
     def close(self) -> None:
-        self._release_receiver()
+        gl, self._gl = self._gl, None
         self._opened = False
+        _close_on(gl, self._release_receiver, f"Spout receiver '{self._label}'", self._close_timeout_s)
 
 
 class SpoutSink:
@@ -253,11 +281,16 @@ class SpoutSink:
         sender_name: str = "streamvj",
         retry_s: float = 1.0,
         clock: Callable[[], float] = time.perf_counter,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         self.sender_name = sender_name
         self.name = f"spout:{sender_name}"
         self._retry_s = retry_s
         self._clock = clock
+        self._close_timeout_s = close_timeout_s
+        self._gl: GLThread | None = None
+        self._send_on_gl = self._send  # bound once: no allocation per frame
+        self._frame: np.ndarray | None = None  # the frame being sent, only during send()
         self._spout: Any = None
         self._gl_rgba = 0
         self._sender: Any = None
@@ -272,6 +305,7 @@ class SpoutSink:
     def open(self) -> None:
         self._spout, gl = _require_spout()
         self._gl_rgba = gl.GL_RGBA
+        self._gl = GLThread("streamvj-spout-out")
         self._opened = True
 
     def _create_sender(self) -> None:
@@ -286,9 +320,19 @@ class SpoutSink:
             sender.closeOpenGL()
 
     def send(self, rgba_u8: np.ndarray) -> None:
-        if not self._opened:
+        if not self._opened or self._gl is None:
             raise RuntimeError("SpoutSink.send() called before open()")
         check_rgba_u8(rgba_u8, self.name)
+        self._frame = rgba_u8
+        try:
+            self._gl.call(self._send_on_gl)
+        finally:
+            self._frame = None  # the caller's buffer goes back to its pool after send()
+
+    def _send(self) -> None:
+        """One frame, on the GL thread."""
+        rgba_u8 = self._frame
+        assert rgba_u8 is not None
         now = self._clock()
         if self._sender is None:
             if now < self._next_retry:
@@ -313,5 +357,6 @@ class SpoutSink:
         self._next_retry = now + self._retry_s
 
     def close(self) -> None:
-        self._release_sender()
+        gl, self._gl = self._gl, None
         self._opened = False
+        _close_on(gl, self._release_sender, f"Spout sender '{self.sender_name}'", self._close_timeout_s)

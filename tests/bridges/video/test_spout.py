@@ -4,6 +4,9 @@ The fake mimics the SDK behaviour the bridge relies on: the call that connects (
 new size) reports isUpdated() and copies nothing; pixels arrive in the requested GL order
 only when it matches the sender's texture format (a mismatch hands over native bytes, the
 red/blue-swap bug); a receiver that knew a sender stays stuck after that sender restarts.
+Like WGL, a fake Spout object's GL context is current on the thread that created it, and only
+while no other object created one there since: every call made anywhere else is recorded as a
+violation, which every test checks for at its end.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import itertools
 import logging
 import sys
+import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -24,6 +29,8 @@ from engine.realtime.frames import FrameSink, FrameSource
 GL_RGBA = 0x1908
 GL_BGRA = 0x80E1
 _instance_ids = itertools.count(1)
+_current = threading.local()  # the GL context current on each thread, as WGL keeps it
+T = TypeVar("T")
 
 
 class FakeSender:
@@ -50,11 +57,41 @@ class World:
         self.receivers: list[FakeReceiver] = []
         self.spout_senders: list[FakeSpoutSender] = []
         self.send_ok = True
+        self.violations: list[str] = []
+        self.release_gate: threading.Event | None = None  # set: releases block until it is set (a stuck driver)
 
 
-class FakeReceiver:
+class GLObject:
+    """What a Spout object shares: a hidden GL context that is current on one thread."""
+
     def __init__(self, world: World) -> None:
         self.world = world
+        self.gl_thread: int | None = None
+        self.gl_open = False
+
+    def createOpenGL(self) -> bool:
+        self.gl_thread = threading.get_ident()
+        _current.context = self
+        self.gl_open = True
+        return True
+
+    def closeOpenGL(self) -> bool:
+        self.on_gl("closeOpenGL")
+        _current.context = None
+        self.gl_open = False
+        return True
+
+    def on_gl(self, call: str) -> None:
+        here = threading.current_thread().name
+        if self.gl_thread != threading.get_ident():
+            self.world.violations.append(f"{type(self).__name__}.{call} on {here}, not the thread of its context")
+        elif getattr(_current, "context", None) is not self:
+            self.world.violations.append(f"{type(self).__name__}.{call} on {here} with another context current")
+
+
+class FakeReceiver(GLObject):
+    def __init__(self, world: World) -> None:
+        super().__init__(world)
         world.receivers.append(self)
         self.name = ""
         self.bound: int | None = None
@@ -66,20 +103,15 @@ class FakeReceiver:
         self.last_count = -1
         self.requested: list[int] = []
         self.released = False
-        self.gl_open = False
-
-    def createOpenGL(self) -> bool:
-        self.gl_open = True
-        return True
-
-    def closeOpenGL(self) -> bool:
-        self.gl_open = False
-        return True
 
     def setReceiverName(self, name: str) -> None:
+        self.on_gl("setReceiverName")
         self.name = name
 
     def releaseReceiver(self) -> None:
+        self.on_gl("releaseReceiver")
+        if self.world.release_gate is not None:
+            self.world.release_gate.wait(30)
         self.released = True
 
     def _sender(self) -> tuple[str, FakeSender] | None:
@@ -89,6 +121,7 @@ class FakeReceiver:
         return next(iter(self.world.senders.items()), None)
 
     def receiveImage(self, buf: np.ndarray | None, gl_format: int, invert: bool, fbo: int) -> bool:
+        self.on_gl("receiveImage")
         assert invert is False and fbo == 0
         self.requested.append(gl_format)
         found = self._sender()
@@ -139,35 +172,33 @@ class FakeReceiver:
         return next(iter(self.world.senders), "")
 
 
-class FakeSpoutSender:
+class FakeSpoutSender(GLObject):
     def __init__(self, world: World) -> None:
-        self.world = world
+        super().__init__(world)
         world.spout_senders.append(self)
         self.name = ""
         self.sent: list[tuple[np.ndarray, int, int, int, bool, int]] = []
         self.syncs: list[str] = []
         self.released = False
 
-    def createOpenGL(self) -> bool:
-        return True
-
-    def closeOpenGL(self) -> bool:
-        return True
-
     def setSenderName(self, name: str) -> None:
+        self.on_gl("setSenderName")
         self.name = name
 
     def sendImage(
         self, buf: np.ndarray, width: int, height: int, gl_format: int, invert: bool, fbo: int
     ) -> bool:
+        self.on_gl("sendImage")
         assert buf.flags.c_contiguous and buf.nbytes >= width * height * 4
         self.sent.append((buf.copy(), width, height, gl_format, invert, fbo))
         return self.world.send_ok
 
     def setFrameSync(self, name: str) -> None:
+        self.on_gl("setFrameSync")
         self.syncs.append(name)
 
     def releaseSender(self) -> None:
+        self.on_gl("releaseSender")
         self.released = True
 
 
@@ -180,7 +211,7 @@ class FakeClock:
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch) -> World:
+def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     w = World()
     spoutgl = types.ModuleType("SpoutGL")
     spoutgl.SpoutReceiver = lambda: FakeReceiver(w)  # type: ignore[attr-defined]
@@ -193,7 +224,24 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setitem(sys.modules, "SpoutGL", spoutgl)
     monkeypatch.setitem(sys.modules, "OpenGL", opengl)
     monkeypatch.setitem(sys.modules, "OpenGL.GL", gl)
-    return w
+    yield w
+    assert w.violations == []
+
+
+@pytest.fixture
+def opened(world: World) -> Iterator[Callable[[T], T]]:
+    """opened(bridge): the bridge, opened; closed when the test ends (its GL thread with it)."""
+    bridges: list = []
+
+    def open_it(bridge: T) -> T:
+        bridge.open()  # type: ignore[attr-defined]
+        bridges.append(bridge)
+        return bridge
+
+    yield open_it
+    for bridge in bridges:
+        bridge.close()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("streamvj-spout")]
 
 
 def test_unavailable_without_spoutgl(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,13 +254,12 @@ def test_unavailable_without_spoutgl(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_source_lifecycle(
-    world: World, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
+    world: World, opened: Callable, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="streamvj.spout")
     clock = FakeClock()
-    src = SpoutSource("TDOut", retry_s=1.0, stale_s=100.0, clock=clock)
+    src = opened(SpoutSource("TDOut", retry_s=1.0, stale_s=100.0, clock=clock))
     assert isinstance(src, FrameSource)
-    src.open()
     assert world.receivers == []  # created on the polling thread, at the first read
 
     # No sender yet.
@@ -267,14 +314,13 @@ def test_source_lifecycle(
 
 
 def test_source_recreates_a_receiver_that_went_stale(
-    world: World, logged: Callable[[str], list[str]]
+    world: World, opened: Callable, logged: Callable[[str], list[str]]
 ) -> None:
     clock = FakeClock()
     sender = FakeSender(2, 2)
     world.senders["A"] = sender
     sender.publish(1)
-    src = SpoutSource("A", stale_s=5.0, clock=clock)
-    src.open()
+    src = opened(SpoutSource("A", stale_s=5.0, clock=clock))
     src.read_latest()
     assert src.read_latest() is not None
     for _ in range(3):
@@ -289,23 +335,21 @@ def test_source_recreates_a_receiver_that_went_stale(
 
 
 def test_source_without_name_uses_active_sender(
-    world: World, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
+    world: World, opened: Callable, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
 ) -> None:
     caplog.set_level(logging.INFO, logger="streamvj.spout")
     world.senders["Resolume Out"] = FakeSender(3, 3)
     world.senders["Resolume Out"].publish(7)
-    src = SpoutSource("", clock=FakeClock())
-    src.open()
+    src = opened(SpoutSource("", clock=FakeClock()))
     src.read_latest()
     assert src.read_latest() is not None
     assert world.receivers[0].name == ""
     assert logged("Spout sender 'Resolume Out' is 3x3")
 
 
-def test_sink_sends_rgba_and_frame_sync(world: World) -> None:
-    sink = SpoutSink("streamvj-out", clock=FakeClock())
+def test_sink_sends_rgba_and_frame_sync(world: World, opened: Callable) -> None:
+    sink = opened(SpoutSink("streamvj-out", clock=FakeClock()))
     assert isinstance(sink, FrameSink)
-    sink.open()
     frame = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     sink.send(frame)
     sink.send(np.zeros((5, 7, 4), dtype=np.uint8))
@@ -322,12 +366,11 @@ def test_sink_sends_rgba_and_frame_sync(world: World) -> None:
 
 
 def test_sink_failure_is_logged_once_and_recreated(
-    world: World, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
+    world: World, opened: Callable, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
 ) -> None:
     caplog.set_level(logging.INFO, logger="streamvj.spout")
     clock = FakeClock()
-    sink = SpoutSink("out", retry_s=1.0, clock=clock)
-    sink.open()
+    sink = opened(SpoutSink("out", retry_s=1.0, clock=clock))
     frame = np.zeros((2, 2, 4), dtype=np.uint8)
     world.send_ok = False
     for _ in range(4):
@@ -341,6 +384,82 @@ def test_sink_failure_is_logged_once_and_recreated(
     clock.t += 1.0
     sink.send(frame)
     assert logged("sending again")
+
+
+# ---- the GL context's thread ---------------------------------------------------------------------
+
+
+def test_every_spout_call_runs_on_the_bridges_own_thread(world: World, opened: Callable) -> None:
+    """The runtime reads a source on its source thread and closes it from the main thread once
+    that thread ended; WGL wants the context created, used and destroyed on one thread."""
+    sender = FakeSender(2, 2)
+    world.senders["TD"] = sender
+    sender.publish(1)
+    src = opened(SpoutSource("TD", clock=FakeClock()))
+    got: list = []
+
+    def source_thread() -> None:
+        got.extend(src.read_latest() for _ in range(2))
+
+    reader = threading.Thread(target=source_thread, name="streamvj-source")
+    reader.start()
+    reader.join(30)
+    assert got[1] is not None
+    src.close()  # from the main thread, after the reader ended
+    receiver = world.receivers[0]
+    assert receiver.released and not receiver.gl_open
+    assert receiver.gl_thread not in (threading.get_ident(), reader.ident)
+    assert world.violations == []
+
+
+def test_a_source_and_a_sink_on_one_caller_thread_keep_their_own_contexts(world: World, opened: Callable) -> None:
+    """Creating a second context makes it current on that thread: had the sink and the source
+    run their calls on one thread, the source would have received with the sink's context."""
+    sender = FakeSender(2, 2)
+    world.senders["TD"] = sender
+    src = opened(SpoutSource("TD", clock=FakeClock()))
+    sink = opened(SpoutSink("out", clock=FakeClock()))
+    frame = np.zeros((2, 2, 4), np.uint8)
+    received = 0
+    for k in range(4):
+        sender.publish(k)
+        sink.send(frame)
+        received += src.read_latest() is not None
+    assert received == 3  # the first read connects (isUpdated) and copies nothing
+    assert world.receivers[0].gl_thread != world.spout_senders[0].gl_thread
+    assert world.violations == []
+
+
+def test_a_driver_stuck_in_release_does_not_hang_close(
+    world: World, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
+) -> None:
+    caplog.set_level(logging.WARNING, logger="streamvj.spout")
+    world.senders["TD"] = FakeSender(2, 2)
+    src = SpoutSource("TD", clock=FakeClock(), close_timeout_s=0.2)
+    src.open()
+    src.read_latest()
+    world.release_gate = threading.Event()
+    try:
+        src.close()  # returns although releaseReceiver never does
+        assert logged("Spout receiver 'TD'") and logged("leaving it to the end of the process")
+        with pytest.raises(RuntimeError, match="before open"):
+            src.read_latest()
+    finally:
+        world.release_gate.set()
+    gl_threads = [t for t in threading.enumerate() if t.name == "streamvj-spout-in"]
+    for t in gl_threads:
+        t.join(30)  # the fake driver returned: the thread finishes its call and waits for no more
+    assert world.receivers[0].released
+
+
+def test_sink_close_releases_on_its_thread(world: World) -> None:
+    sink = SpoutSink("out", clock=FakeClock())
+    sink.open()
+    sink.send(np.zeros((2, 2, 4), np.uint8))
+    sink.close()
+    sender = world.spout_senders[0]
+    assert sender.released and not sender.gl_open and sender.gl_thread != threading.get_ident()
+    assert not [t for t in threading.enumerate() if t.name == "streamvj-spout-out"]
 
 
 @pytest.mark.windows
