@@ -171,7 +171,9 @@ class ShmSink:
             return
         try:
             header = self._check_stale(block)
-            if header is not None:
+            # Our own pid here is a block this process retired (CLOSED, or it would be "in use"),
+            # still held open by readers on Windows while it is resized: no dead writer to report.
+            if header is not None and header.writer_pid != os.getpid():
                 log.info("shm %r: replacing the block of dead writer pid %d", self.block_name, header.writer_pid)
                 ShmView(block.io, header.layout).set_state(STATE_CLOSED)  # its readers detach (and, on Windows, free it)
         finally:
