@@ -180,6 +180,10 @@ def _eager_twin(result: dict, row: dict) -> dict | None:
     return None
 
 
+def _pct(row: dict) -> str:
+    return "?" if row.get("others_cpu_pct") is None else f"{row['others_cpu_pct']:.0f}%"
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     load = result["load_before"], result["load_after"]
@@ -193,8 +197,8 @@ def markdown(result: dict) -> str:
         + ".",
         "",
         "| size | steps (`t_index_list`) | streamvj fps | ms median / p90 | UNet ms | "
-        "AutoPipelineForImage2Image fps | speed-up |",
-        "|---|---|---|---|---|---|---|",
+        "AutoPipelineForImage2Image fps | speed-up | CPU taken by other processes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     extra = []
     for row in result["rows"]:
@@ -204,14 +208,16 @@ def markdown(result: dict) -> str:
             base = row.get("baseline", {})
             lines.append(f"| {r['width']}x{r['height']} | {steps} | {row['fps']:.1f} | {row['ms_median']:.1f} / "
                          f"{row['ms_p90']:.1f} | {row['unet_ms_median']:.1f} | "
-                         f"{base.get('fps', float('nan')):.1f} | {row.get('speedup_vs_baseline', float('nan')):.2f}x |")
+                         f"{base.get('fps', float('nan')):.1f} | {row.get('speedup_vs_baseline', float('nan')):.2f}x | "
+                         f"{_pct(row)} |")
             continue
         eager = _eager_twin(result, row)
         if eager is None:
             continue
         extra.append(f"`--acceleration {r['acceleration']}` on the same CPU, {r['width']}x{r['height']}, {steps} "
                      f"steps: {row['fps']:.1f} fps against {eager['fps']:.1f} eager ({row['ms_median']:.1f} vs "
-                     f"{eager['ms_median']:.1f} ms median), {eager['ms_median'] / row['ms_median']:.2f}x.")
+                     f"{eager['ms_median']:.1f} ms median), {eager['ms_median'] / row['ms_median']:.2f}x "
+                     f"(other processes took {_pct(row)} of the CPU meanwhile).")
     return "\n".join(lines + ([""] + extra if extra else []))
 
 
@@ -227,7 +233,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure a row again when other processes took more than PCT%% of the CPU during it")
     parser.add_argument("--tries", type=int, default=3, help="with --max-others: tries per row at most")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
+    parser.add_argument("--render", type=Path, metavar="FILE",
+                        help="measure nothing: print the markdown for the JSON object on FILE's last line")
     args = parser.parse_args(argv)
+    if args.render:
+        print(markdown(json.loads(args.render.read_text().strip().splitlines()[-1])))
+        return 0
     result = measure(args.frames, args.warmup, not args.no_compile, args.timeout, args.wait_idle, args.max_others,
                      args.tries)
     if not args.json:

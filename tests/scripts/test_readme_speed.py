@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from tests.paths import REPO
@@ -49,16 +50,25 @@ def test_markdown_names_the_machine_and_gives_every_row():
     text = rs.markdown(fake_result())
     assert "Test CPU 9000 (2 logical CPUs, torch 2.13.0+cpu with 2 threads, no GPU)" in text
     assert "20 frames after 3 warm-up" in text and "load average 0.5 before, 1.0 after" in text
-    assert "| 256x256 | 2 (`32,45`) | 50.0 | 20.0 / 22.0 | 10.0 | 5.0 | 1.50x |" in text
+    assert "| 256x256 | 2 (`32,45`) | 50.0 | 20.0 / 22.0 | 10.0 | 5.0 | 1.50x | ? |" in text
     assert text.count("\n| 512x512 |") == 2
     # compile 12.5 ms against the 256x256 2-step eager row's 20.0 ms
-    assert "80.0 fps against 50.0 eager (12.5 vs 20.0 ms median), 1.60x." in text
+    assert "80.0 fps against 50.0 eager (12.5 vs 20.0 ms median), 1.60x (other processes took ? of" in text
 
 
 def test_markdown_says_how_busy_the_machine_was():
     result = fake_result()
     result["rows"][0]["others_cpu_pct"], result["rows"][2]["others_cpu_pct"] = 3.5, 12.0
-    assert "other processes used at most 12.0% of the CPU during a row" in rs.markdown(result)
+    text = rs.markdown(result)
+    assert "other processes used at most 12.0% of the CPU during a row" in text
+    assert text.count(" | 12% |") == 1 and text.count(" | 4% |") == 1  # 3.5 rounds to 4
+
+
+def test_render_prints_the_markdown_of_a_saved_run(tmp_path, capsys):
+    saved = tmp_path / "speed.out"
+    saved.write_text("some table\n\n" + json.dumps(fake_result()) + "\n")
+    assert rs.main(["--render", str(saved)]) == 0
+    assert "Test CPU 9000" in capsys.readouterr().out
 
 
 def test_one_real_row_through_the_bench_command():
