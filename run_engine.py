@@ -108,10 +108,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _preset_path(value: str, presets_dir: Path) -> Path:
-    from engine.config.preset_files import resolve_preset
+    from engine.config.preset_files import preset_file
 
-    path = Path(value)
-    return path if path.suffix in (".yaml", ".yml") and path.is_file() else resolve_preset(presets_dir, value)
+    return preset_file(value, presets_dir)
 
 
 def _apply_overrides(preset, args: argparse.Namespace):

@@ -11,6 +11,10 @@ event stream with a counter per anchor, so a 500-byte "billion laughs" costs a f
 Preset files are regular files: a symbolic link is refused, never followed (a preset name
 sent over OSC could otherwise read any file the link points at, and echo parts of it back
 in validation errors).
+
+Windows paths in presets: in a double-quoted YAML string a backslash starts an escape, so
+"C:\\temp\\new.mp4" silently holds a tab and a newline and "C:\\Users\\vj" is a syntax error.
+Both are refused with the fix (single quotes or forward slashes), never "corrected".
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ MAX_PRESET_BYTES = 64 * 1024  # the shipped presets are ~1 kB; a large MIDI map 
 MAX_YAML_NODES = 20_000  # after alias expansion; 256 MIDI mappings of 8 keys are ~4,500
 MAX_YAML_DEPTH = 32  # presets nest 4 deep; PyYAML's composer recurses once per level
 
+# A drive letter and one backslash inside a double-quoted scalar's source text: a Windows path
+# whose backslashes YAML reads as escapes ("C:\\clips" with the backslash doubled is fine).
+_QUOTED_WINDOWS_PATH = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]:\\(?!\\)")
+_WINDOWS_PATH_FIX = ("write Windows paths in single quotes ('C:\\clips\\loop.mp4'), unquoted, or with "
+                     "forward slashes (C:/clips/loop.mp4): in double quotes YAML reads a backslash as an escape")
 _COLLECTION_START = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
 _COLLECTION_END = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 
@@ -59,6 +68,8 @@ def _check_yaml_bounds(text: str, source_name: str) -> None:
             total += 1
             if event.anchor is not None:
                 sizes[event.anchor] = 1
+            if event.style == '"':
+                _check_quoted_path(text[event.start_mark.index:event.end_mark.index], where)
         elif isinstance(event, _COLLECTION_START):
             total += 1
             open_nodes.append((event.anchor, total - 1))
@@ -74,6 +85,12 @@ def _check_yaml_bounds(text: str, source_name: str) -> None:
                 f"{where}: YAML expands to more than {MAX_YAML_NODES} values (aliases counted each time "
                 "they are used); refusing it"
             )
+
+
+def _check_quoted_path(source: str, where: str) -> None:
+    """Refuse a double-quoted scalar holding a Windows path with single backslashes."""
+    if _QUOTED_WINDOWS_PATH.search(source):
+        raise ConfigError(f"{where}: {source} is a Windows path in double quotes; {_WINDOWS_PATH_FIX}")
 
 
 def _yaml_positions(text: str) -> tuple[dict[tuple[Any, ...], int], list[str]]:
@@ -173,6 +190,8 @@ def parse_preset(text: str, source_name: str) -> Preset:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source_name}:{mark.line + 1}:{mark.column + 1}" if mark else source_name
         problem = getattr(exc, "problem", None) or str(exc)
+        if "escape" in problem:  # "found unknown escape character", "expected escape sequence of 8 ..."
+            problem += f"; {_WINDOWS_PATH_FIX}"
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     if dups:
         raise ConfigError("\n".join(f"{source_name}:{d}" for d in dups))
@@ -231,10 +250,26 @@ def load_preset(path: str | Path) -> Preset:
     return parse_preset(_read_text(path), str(path))
 
 
+def preset_file(value: str, presets_dir: str | Path) -> Path:
+    """The file a `--preset` argument means: a .yaml/.yml path, or a preset name in `presets_dir`.
+
+    The extension is matched in any case (Windows' file names are case-insensitive and
+    Explorer shows "Neon.YAML" as it was saved); spaces and backslashes are the shell's and
+    Path's business, not ours."""
+    path = Path(value)
+    if path.suffix.lower() in PRESET_EXTENSIONS:
+        if not os.path.lexists(path):
+            raise ConfigError(f"preset file {value!r} does not exist (relative paths start at {Path.cwd()})")
+        return path
+    return resolve_preset(presets_dir, value)
+
+
 def resolve_preset(presets_dir: str | Path, name: str) -> Path:
     """The file for preset `name` inside `presets_dir`; names are plain ids, never paths."""
     if not isinstance(name, str) or not PRESET_NAME_RE.fullmatch(name):
-        raise ConfigError(f"preset name {shown(name)}: use 1-64 letters, digits, '_' or '-'")
+        looks_like_path = isinstance(name, str) and any(c in name for c in "/\\:")
+        hint = "; a preset file is given by its path ending in .yaml" if looks_like_path else ""
+        raise ConfigError(f"preset name {shown(name)}: use 1-64 letters, digits, '_' or '-'{hint}")
     root = Path(presets_dir).resolve()
     problems = []
     for ext in PRESET_EXTENSIONS:

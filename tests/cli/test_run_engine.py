@@ -206,3 +206,18 @@ def test_ctrl_break_stops_cleanly_on_windows():
             proc.kill()
     assert proc.returncode == 0, "".join(lines) + err
     assert "runtime stopped" in err and "timer resolution 1 ms" in "".join(lines) + err
+
+
+def test_presets_folder_and_preset_path_with_spaces(tmp_path):
+    """Windows users keep shows under "C:\\Users\\<name>\\My Shows": spaces (and, there,
+    backslashes) in --presets-dir and --preset go through as one argument and one path."""
+    folder = tmp_path / "My Shows" / "Friday night"
+    folder.mkdir(parents=True)
+    (folder / "neon.yaml").write_text((ROOT / "presets" / "tiny.yaml").read_text().replace("name: tiny", "name: neon"))
+    listed = run_cli("presets", "--presets-dir", str(folder))
+    assert listed.returncode == 0 and listed.stdout.split()[0] == "neon"
+    result = run_cli("run", "--preset", str(folder / "neon.yaml"), "--frames", "2", "--sink", "null", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert "preset neon:" in result.stderr
+    missing = run_cli("run", "--preset", str(folder / "gone.yaml"), *SMALL)
+    assert missing.returncode == 2 and "gone.yaml' does not exist" in missing.stderr

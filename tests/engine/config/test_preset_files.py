@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.preset_files import diff_load_time, list_presets, load_preset, parse_preset, resolve_preset
+from engine.config.preset_files import (
+    diff_load_time,
+    list_presets,
+    load_preset,
+    parse_preset,
+    preset_file,
+    resolve_preset,
+)
 from engine.config.schema import LIVE_SPECS, SMOOTHABLE, LiveParams, Preset
 from engine.errors import ConfigError
 from tests.paths import PRESETS
@@ -270,3 +277,57 @@ def test_symlinked_presets_are_refused_with_the_reason_and_never_listed(tmp_path
     assert load_preset(resolve_preset(folder, "good")).name == "t"
     for name in list_presets(PRESETS):  # whatever is listed loads
         load_preset(resolve_preset(PRESETS, name))
+
+
+# ---- Windows paths -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [
+    "'video:C:\\temp\\new clip.mp4'",  # single quotes: backslashes are plain characters
+    "video:C:\\temp\\new clip.mp4",  # unquoted: the same
+    '"video:C:\\\\temp\\\\new clip.mp4"',  # double quotes with every backslash doubled
+    '"video:C:/temp/new clip.mp4"',
+])
+def test_windows_paths_that_yaml_keeps_as_written(value: str) -> None:
+    preset = parse_preset(f"name: t\nload:\n  model: tiny\n  source: {value}\n", "t.yaml")
+    assert preset.load.source.replace("/", "\\") == "video:C:\\temp\\new clip.mp4"
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ('"video:C:\\temp\\new.mp4"', "is a Windows path in double quotes"),  # valid escapes: a tab and a newline
+    ('"png:E:\\renders\\a"', "is a Windows path in double quotes"),  # \r and \a: a carriage return, a bell
+    ('"video:C:\\Users\\vj\\loop.mp4"', "expected escape sequence"),  # \U wants 8 hex digits: a syntax error
+    ('"D:\\venue\\models\\sd15"', "unknown escape character 'm'"),  # \v is valid, \m is not
+])
+def test_windows_paths_in_double_quotes_are_refused_with_the_fix(value: str, words: str) -> None:
+    message = error_of(f"name: t\nload:\n  model: tiny\n  source: {value}\n")
+    assert words in message and "single quotes" in message and "forward slashes" in message
+    assert message.startswith("looks/t.yaml:4")
+
+
+def test_double_quoted_text_that_is_not_a_path_is_untouched() -> None:
+    preset = parse_preset('name: t\nload:\n  model: tiny\nlive:\n  prompt: "a neon city: 3 AM\\t\\u00e9"\n', "t.yaml")
+    assert preset.live.prompt == "a neon city: 3 AM\t\u00e9"
+
+
+def test_presets_in_a_folder_with_spaces(tmp_path: Path) -> None:
+    folder = tmp_path / "My Shows" / "Friday night"
+    folder.mkdir(parents=True)
+    (folder / "neon.yaml").write_text(MINIMAL)
+    assert list_presets(folder) == ["neon"]
+    assert resolve_preset(folder, "neon") == (folder / "neon.yaml").resolve()
+    assert load_preset(resolve_preset(str(folder), "neon")).name == "t"
+
+
+def test_preset_file_takes_a_path_or_a_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "My Presets"
+    folder.mkdir()
+    (folder / "Neon.YAML").write_text(MINIMAL)  # as Windows may save it
+    assert preset_file(str(folder / "Neon.YAML"), PRESETS) == folder / "Neon.YAML"
+    assert preset_file("tiny", PRESETS) == (PRESETS / "tiny.yaml").resolve()
+    monkeypatch.chdir(tmp_path)
+    assert preset_file("My Presets/Neon.YAML", PRESETS) == Path("My Presets/Neon.YAML")
+    with pytest.raises(ConfigError, match=r"preset file 'C:\\\\shows\\\\neon.yaml' does not exist"):
+        preset_file("C:\\shows\\neon.yaml", PRESETS)
+    with pytest.raises(ConfigError, match="a preset file is given by its path ending in .yaml"):
+        preset_file("C:\\shows\\neon", PRESETS)
