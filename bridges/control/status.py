@@ -4,11 +4,20 @@
 the fields OSC feedback sends (bridges/control/osc_feedback.py FIELDS); `status_text` is
 the same as one line. `TerminalLine` redraws that line in place and makes log records
 start on a cleared line instead of being printed onto it.
+
+The redraw is a carriage return and the padded line, nothing else: no ANSI sequences, so it
+works in Windows' console host without virtual-terminal mode, in Windows Terminal and in any
+POSIX terminal. What it needs is a line narrower than the window: Windows' console wraps as
+soon as the last column is written (others defer the wrap), and after a wrap "\r" returns to
+the wrapped part, so every redraw would leave a copy behind (cmd's default window is 120
+columns, narrower than the line). The line is cut to the window's width minus one, measured at
+every redraw (windows get resized), and log records wipe exactly what was drawn.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterable, Mapping
@@ -16,7 +25,8 @@ from typing import Any, TextIO
 
 from engine.live.show import ShowStatus
 
-WIDTH = 150  # characters of the terminal line (padded, so a shorter line wipes a longer one)
+WIDTH = 150  # characters of the terminal line at most (padded, so a shorter line wipes a longer one)
+MIN_WIDTH = 20  # a window narrower than this gets a wrapped line rather than no line
 
 
 def status_payload(stats: Mapping[str, Any], show: ShowStatus, backend: str,
@@ -62,6 +72,7 @@ class TerminalLine:
     def __init__(self, stream: TextIO | None = None, width: int = WIDTH) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
+        self._drawn_width = 0  # the width of the line on screen: what a record's wipe must cover
         self._drawn = self._closed = False
         self._handlers: list[logging.Handler] = []
         self._own = threading.RLock()
@@ -81,12 +92,13 @@ class TerminalLine:
         self._handlers.clear()
 
     def draw(self, text: str) -> None:
+        width = self.fit_width()
         with self._locked():
             if self._closed:
                 return
-            self.stream.write("\r" + text[: self.width].ljust(self.width))
+            self.stream.write("\r" + text[:width].ljust(width))
             self.stream.flush()
-            self._drawn = True
+            self._drawn, self._drawn_width = True, width
 
     def close(self) -> None:
         """Leave the last line on screen (end it); from now on draws are ignored and records untouched."""
@@ -104,7 +116,15 @@ class TerminalLine:
             if not self._drawn:
                 return ""
             self._drawn = False
-            return "\r" + " " * self.width + "\r"
+            return "\r" + " " * self._drawn_width + "\r"
+
+    def fit_width(self) -> int:
+        """`width`, cut to the window's columns minus one when the stream is a terminal."""
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):  # not a terminal (a file, a pipe, a test's StringIO)
+            return self.width
+        return self.width if columns <= 0 else max(MIN_WIDTH, min(self.width, columns - 1))
 
     def _locked(self) -> _Locks:
         # Handler locks first, then our own: the order emit -> format -> take_line takes them in.

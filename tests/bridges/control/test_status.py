@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 
 import pytest
 
+from bridges.control import status
 from bridges.control.osc_feedback import OscFeedback
 from bridges.control.status import TerminalLine, status_payload, status_text
 from engine.live.show import ShowStatus
@@ -112,3 +114,61 @@ def test_draws_after_close_are_ignored(terminal) -> None:
     line.draw("a late stats tick")
     logger.warning("stopping")
     assert stream.getvalue() == "\r" + "last status".ljust(40) + "\nWARNING stopping\n"
+
+
+class ConsoleStream(io.StringIO):
+    """A stream that says it is a console, `columns` wide (os.get_terminal_size is faked per test)."""
+
+    def fileno(self) -> int:
+        return 2
+
+
+@pytest.fixture
+def console(monkeypatch) -> list[int]:
+    columns = [120]  # cmd.exe's default window on Windows 10 and 11
+    monkeypatch.setattr(status.os, "get_terminal_size",
+                        lambda fd: os.terminal_size((columns[0], 30)) if fd == 2 else os.get_terminal_size(fd))
+    return columns
+
+
+def test_the_line_never_reaches_the_last_column_of_a_console(console) -> None:
+    """Windows' console wraps as soon as the last column is written; '\\r' then returns to the
+    wrapped part and every redraw leaves a copy: the line stops one column short."""
+    stream = ConsoleStream()
+    line = TerminalLine(stream)
+    line.draw("x" * 300)
+    assert stream.getvalue() == "\r" + "x" * 119
+    console[0] = 80  # the window was resized
+    line.draw("short")
+    assert stream.getvalue().split("\r")[-1] == "short".ljust(79)
+    assert line.take_line() == "\r" + " " * 79 + "\r"  # a record wipes what is on screen, no more
+
+
+def test_the_line_uses_only_carriage_returns_and_spaces(console) -> None:
+    """No ANSI escapes: Windows' console host without virtual-terminal mode would print them."""
+    stream = ConsoleStream()
+    line = TerminalLine(stream)
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("test.status.console")
+    logger.propagate = False
+    logger.addHandler(handler)
+    line.install([handler])
+    try:
+        line.draw("running tiny 24.0 fps")
+        logger.warning("a record")
+        line.draw("running tiny 25.0 fps")
+        line.close()
+    finally:
+        logger.removeHandler(handler)
+    assert "\x1b" not in stream.getvalue()
+    assert all(len(part) <= 119 for part in stream.getvalue().replace("\n", "\r").split("\r"))
+
+
+@pytest.mark.parametrize(("columns", "width"), [(0, 150), (10, 20), (400, 150)])
+def test_odd_console_sizes(console, columns: int, width: int) -> None:
+    console[0] = columns  # 0: a console that does not say (some CI runners, redirected handles)
+    assert TerminalLine(ConsoleStream()).fit_width() == width
+
+
+def test_a_file_keeps_the_full_width() -> None:
+    assert TerminalLine(io.StringIO(), width=150).fit_width() == 150
