@@ -13,6 +13,13 @@ fallback chain, each link logged once, so the show always goes on:
 
 `FrameStep.status` says what actually runs after these fallbacks ("compile + cuda graphs",
 "eager (compile failed)"...), for the status line and OSC feedback.
+
+Devices: `auto` is CUDA when torch sees an NVIDIA GPU, else Apple's MPS (Metal, Apple silicon)
+when torch has it, else the CPU. On MPS: float16 by default (Apple GPUs run it natively;
+bfloat16 needs macOS 14 there and not every op has it); eager by default, because
+inductor's Metal backend calls itself "an early prototype" in the torch streamvj pins
+(`acceleration: compile` still tries it, and a failure on the first frame falls back to eager
+as everywhere); no CUDA graphs and no TensorRT (NVIDIA only).
 """
 
 from __future__ import annotations
@@ -44,20 +51,38 @@ UnetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | Non
 # ---- choice -------------------------------------------------------------------------------------------
 
 
+def mps_available() -> bool:
+    """Whether torch can run on Apple's GPU here (an Apple silicon Mac, a torch built with MPS)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_built() and mps.is_available())
+
+
 def resolve_device(name: str) -> torch.device:
+    """A preset's `device`: auto picks CUDA, then MPS, then the CPU; an explicit GPU must be there."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
+        other = "device: mps (this Mac's GPU) or device: cpu" if mps_available() else "device: cpu"
         raise ConfigError(f"device {name!r} was asked for, but this torch build sees no CUDA GPU "
-                          f"(install a CUDA build of torch, or set device: cpu)")
+                          f"(install a CUDA build of torch, or set {other})")
+    if device.type == "mps" and not mps_available():
+        mps = getattr(torch.backends, "mps", None)
+        why = ("this torch build has no MPS backend (PyPI's macOS build has it)" if mps is None or not mps.is_built()
+               else "torch sees no Metal GPU (MPS needs an Apple silicon Mac and macOS 12.3 or later)")
+        raise ConfigError(f"device 'mps' was asked for, but {why}; set device: auto or cpu")
     return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
-        # CPU half-precision kernels run 10-100x slower than fp32; GPUs want fp16.
-        return torch.float16 if device.type == "cuda" else torch.float32
+        # CPU half-precision kernels run 10-100x slower than fp32; GPUs (CUDA, Apple's MPS) want fp16.
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if name == "bfloat16" and device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
+        raise ConfigError("dtype bfloat16 on mps needs macOS 14 or later (torch's MPS backend); "
+                          "use float16, what dtype: auto picks on mps")
     return DTYPES[name]
 
 
@@ -67,15 +92,26 @@ def select_backend(requested: str, device: torch.device | str) -> tuple[str, str
     TensorRT is chosen only when the library imports and the device is CUDA (an engine build
     that fails falls back later, in `model_calls`). Otherwise: on CUDA, torch.compile + CUDA
     graphs; on a CPU, eager (compiling there takes minutes per graph for little gain,
-    matching what `auto` does). `compile` and `none` are honoured as asked.
+    matching what `auto` does); on MPS, eager (inductor's Metal backend is a prototype).
+    `compile` and `none` are honoured as asked.
     """
     device = torch.device(device)
     cuda = device.type == "cuda" and torch.cuda.is_available()
     if requested == "none":
         return "none", "acceleration off: eager PyTorch"
     if requested == "compile":
-        return "compile", "torch.compile with CUDA graphs" if cuda else "torch.compile (inductor, CPU)"
-    fallback = ("compile", "torch.compile with CUDA graphs") if cuda else ("none", "eager PyTorch")
+        if cuda:
+            return "compile", "torch.compile with CUDA graphs"
+        if device.type == "mps":
+            return "compile", "torch.compile (inductor's Metal backend, a prototype: eager if it fails)"
+        return "compile", "torch.compile (inductor, CPU)"
+    if cuda:
+        fallback = ("compile", "torch.compile with CUDA graphs")
+    elif device.type == "mps":
+        fallback = ("none", "eager PyTorch on Apple's GPU (torch.compile's Metal backend is a prototype; "
+                            "acceleration: compile tries it)")
+    else:
+        fallback = ("none", "eager PyTorch")
     explicit = requested == "tensorrt"  # "auto" falling back is expected, not worth a warning
 
     def fall_back(why: str) -> tuple[str, str]:

@@ -176,7 +176,7 @@ class LoadSettings(_Strict):
     mode: Mode = "img2img"
     acceleration: Acceleration = "auto"
     compile_mode: CompileMode = "default"
-    device: Annotated[str, Strict(), Field(pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")] = "auto"
+    device: Annotated[str, Strict(), Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$")] = "auto"
     dtype: DtypeName = "auto"
     source: SourceSpec = Field(
         "pattern", description='Frame source spec, e.g. "pattern", "shm:streamvj_in", "spout:TDOut"'

@@ -59,6 +59,8 @@ class OutputHandoff:
         if isinstance(output, torch.Tensor):
             if output.is_cuda:
                 return self._download_cuda(output, output_read)
+            if output.device.type != "cpu":  # Apple's MPS: no streams to overlap; copy_ waits for the GPU
+                return self._download_sync(output)
             output = output.detach().numpy()  # a view: the ring copy below is the only copy
         if not isinstance(output, np.ndarray) or output.dtype != np.uint8 or output.ndim != 3 \
                 or output.shape[2] != 4:
@@ -68,6 +70,15 @@ class OutputHandoff:
             raise FrameError(f"processor must return an HxWx4 uint8 array or tensor, got {what}")
         buf = self.out_pool.acquire(output.shape, pinned=False)
         np.copyto(buf.array, output)
+        return buf, None
+
+    def _download_sync(self, output: torch.Tensor) -> tuple[FrameBuffer, Any]:
+        """A non-CUDA GPU's output (MPS) straight into a pooled host buffer: the one copy."""
+        if output.dtype != torch.uint8 or output.ndim != 3 or output.shape[2] != 4:
+            raise FrameError(f"processor must return an HxWx4 uint8 array or tensor, got {output.dtype} "
+                             f"{tuple(output.shape)} on {output.device}")
+        buf = self.out_pool.acquire(tuple(output.shape), pinned=False)
+        torch.from_numpy(buf.array).copy_(output)
         return buf, None
 
     def _download_cuda(self, output: torch.Tensor, output_read: OutputRead) -> tuple[FrameBuffer, Any]:

@@ -87,12 +87,85 @@ def test_library_on_cuda_selects_tensorrt(fake_tensorrt, cuda_visible):
 
 def test_device_and_dtype_follow_the_hardware(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)  # also on a Mac
     cpu = resolve_device("auto")
     assert cpu.type == "cpu" and resolve_dtype("auto", cpu) is torch.float32  # CPU half precision is slow
     assert resolve_dtype("auto", torch.device("cuda")) is torch.float16
     assert resolve_dtype("bfloat16", cpu) is torch.bfloat16
     with pytest.raises(ConfigError, match="sees no CUDA GPU"):
         resolve_device("cuda:0")
+
+
+# ---- Apple silicon (MPS), with torch.backends.mps faked ------------------------------------------------
+
+
+@pytest.fixture
+def apple_silicon(monkeypatch):
+    """A Mac with an M-series GPU as torch sees it: no CUDA, MPS built and available, macOS 15."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_built", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    macos = [(15, 0)]
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: macos[0] >= (major, minor))
+    return macos
+
+
+def test_auto_picks_mps_after_cuda_with_float16(apple_silicon, monkeypatch):
+    device = resolve_device("auto")
+    assert device.type == "mps" and resolve_dtype("auto", device) is torch.float16
+    assert resolve_device("mps").type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # an eGPU-era Mac or a Linux box with both
+    assert resolve_device("auto").type == "cuda"
+
+
+def test_cuda_asked_for_on_a_mac_names_mps(apple_silicon):
+    with pytest.raises(ConfigError, match=r"sees no CUDA GPU .*device: mps \(this Mac's GPU\)"):
+        resolve_device("cuda")
+
+
+@pytest.mark.parametrize(("built", "available", "words"), [
+    (False, False, "this torch build has no MPS backend"),
+    (True, False, "needs an Apple silicon Mac and macOS 12.3 or later"),
+])
+def test_mps_asked_for_where_there_is_none(monkeypatch, built, available, words):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_built", lambda: built)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: available)
+    assert resolve_device("auto").type == "cpu"  # an Intel Mac, or Linux/Windows without a GPU
+    with pytest.raises(ConfigError, match=words):
+        resolve_device("mps")
+
+
+def test_bfloat16_on_mps_needs_macos_14(apple_silicon):
+    mps = torch.device("mps")
+    assert resolve_dtype("bfloat16", mps) is torch.bfloat16
+    assert resolve_dtype("float32", mps) is torch.float32
+    apple_silicon[0] = (13, 6)
+    with pytest.raises(ConfigError, match="bfloat16 on mps needs macOS 14 or later"):
+        resolve_dtype("bfloat16", mps)
+    assert resolve_dtype("float16", mps) is torch.float16
+
+
+@pytest.mark.parametrize(("requested", "backend", "words"), [
+    ("auto", "none", "eager PyTorch on Apple's GPU"),  # inductor's Metal backend is a prototype
+    ("tensorrt", "none", "TensorRT needs an NVIDIA GPU (device is mps)"),
+    ("compile", "compile", "Metal backend, a prototype: eager if it fails"),
+    ("none", "none", "acceleration off"),
+])
+def test_acceleration_on_mps(no_tensorrt, apple_silicon, requested, backend, words):
+    chosen, reason = select_backend(requested, "mps")
+    assert chosen == backend and words in reason
+
+
+def test_no_cuda_graphs_on_mps(apple_silicon):
+    step = FrameStep(lambda x: x, "none", device="mps", static_inputs=[])
+    assert step.graphed is None and step.status == "eager"
+
+
+def test_the_schema_takes_mps():
+    assert LoadSettings(model="tiny", device="mps").device == "mps"
+    with pytest.raises(Exception, match="should match pattern"):
+        LoadSettings(model="tiny", device="metal")
 
 
 # ---- TensorRT -> compile when building -------------------------------------------------------------

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.errors import FrameError
 from engine.realtime.processor import FrameResult, FunctionProcessor
 from engine.realtime.runtime import Runtime
 from tests.engine.realtime.runtime_fakes import (
@@ -210,3 +211,34 @@ def test_a_skipped_frame_is_handed_off_again_without_a_copy(runtimes, monkeypatc
     assert sink.indices == sorted(sink.indices)
     pool = rt._out_pool
     assert rt._handoff.last_out is None and len(pool._free) == pool.size  # every buffer back in the pool
+
+
+class FakeMpsTensor(torch.Tensor):
+    """A CPU tensor that says it lives on Apple's GPU, and refuses .numpy() as an MPS tensor does."""
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return torch.device("mps")
+
+    def numpy(self, *args, **kwargs):  # type: ignore[override]
+        raise TypeError("can't convert mps:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+                        "to host memory first.")
+
+
+def test_an_mps_output_is_copied_once_into_a_pooled_host_buffer(runtimes):
+    """On a Mac the pipeline's output is an MPS tensor: it is copied into the output pool's host
+    buffer (copy_ waits for the GPU), never through .numpy(), which MPS refuses."""
+    def on_apple_gpu(rgba_u8: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(rgba_u8.copy()).as_subclass(FakeMpsTensor)
+
+    sink = CollectingSink()
+    rt = Runtime(FunctionProcessor(on_apple_gpu), CountingSource(limit=5), [sink])
+    runtimes.append(rt)
+    rt.start()
+    wait_until(lambda: len(sink.indices) >= 3, what="MPS frames at the sink")
+    assert rt.render_errors == 0 and sink.indices == sorted(sink.indices)
+    buf, landed = rt._handoff.to_host(torch.zeros(2, 3, 4, dtype=torch.uint8).as_subclass(FakeMpsTensor), None)
+    assert landed is None and buf.array.shape == (2, 3, 4) and type(buf.array) is np.ndarray
+    rt._out_pool.release(buf)
+    with pytest.raises(FrameError, match="HxWx4 uint8 array or tensor, got torch.float32"):
+        rt._handoff.to_host(torch.zeros(2, 3, 4).as_subclass(FakeMpsTensor), None)
