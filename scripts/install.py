@@ -46,6 +46,11 @@ PROBE_TIMEOUT_S = 5.0  # an unreachable index must cost seconds, not pip's minut
 BASE_EXTRAS = ("ndi", "midi")
 PLATFORM_EXTRAS = {"Windows": ("spout",), "Darwin": ("syphon",)}
 ENV_OVERRIDE = "STREAMVJ_TORCH"
+# The newest CPython every extra has prebuilt wheels for: python-rtmidi 1.5.8 (extra midi) ships
+# them up to 3.12 on every OS (SpoutGL 0.1.1 up to 3.13); on a newer Python pip compiles it.
+PREBUILT_UP_TO = (3, 12)
+COMPILER = {"Windows": "Visual Studio Build Tools with C++", "Darwin": "Xcode's command line tools",
+            "Linux": "a C++ compiler and the ALSA headers (libasound2-dev)"}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -62,6 +67,7 @@ class Facts:
     gpus: tuple[str, ...] = ()  # NVIDIA GPU names; empty = none found
     driver_cuda: tuple[int, int] | None = None  # newest CUDA the NVIDIA driver runs; None = unknown
     gpu_note: str = ""  # how the GPUs were looked for, or why none were found
+    python: tuple[int, int] = PREBUILT_UP_TO  # the Python the environment is made with
 
     def describe(self) -> str:
         gpu = ", ".join(self.gpus) if self.gpus else "no NVIDIA GPU"
@@ -101,6 +107,9 @@ def decide(facts: Facts, torch_override: str | None = None, dev: bool = False) -
     reasons.append("extras ndi, midi: NDI video and MIDI controllers (all platforms)")
     if dev:
         reasons.append("extra dev: test tools (pytest, ruff, onnxruntime, ...)")
+    note = newer_python_note(facts)
+    if note:
+        reasons.append(note)
     if torch_override:
         args = tuple(shlex.split(torch_override))
         reasons.insert(0, f"torch: `pip install {torch_override}` because {ENV_OVERRIDE} is set")
@@ -108,6 +117,17 @@ def decide(facts: Facts, torch_override: str | None = None, dev: bool = False) -
     sources, why = _torch_sources(facts)
     reasons.insert(0, f"torch: {sources[0].what}, because {why}")
     return Plan(sources, extras, tuple(reasons))
+
+
+def newer_python_note(facts: Facts) -> str:
+    """What a Python newer than PREBUILT_UP_TO costs here, and how to avoid it ("" when nothing)."""
+    if facts.python <= PREBUILT_UP_TO:
+        return ""
+    have, want = ".".join(map(str, facts.python)), ".".join(map(str, PREBUILT_UP_TO))
+    how = f"py -{want} scripts\\install.py" if facts.system == "Windows" else f"python{want} scripts/install.py"
+    return (f"note: Python {have}: python-rtmidi (extra midi) has no prebuilt wheel for it, so pip compiles it, "
+            f"which needs {COMPILER.get(facts.system, 'a C++ compiler')}; Python {want} installs everything "
+            f"prebuilt: {how}")
 
 
 def _torch_sources(facts: Facts) -> tuple[tuple[TorchSource, ...], str]:
@@ -172,21 +192,21 @@ def parse_nvidia_smi(query_output: str) -> tuple[tuple[str, ...], tuple[int, int
 
 
 def gather_facts() -> Facts:
-    system, machine = platform.system(), platform.machine()
+    system, machine, python = platform.system(), platform.machine(), tuple(sys.version_info[:2])
     if system == "Darwin":
-        return Facts(system, machine, gpu_note="macOS: no NVIDIA GPUs")
+        return Facts(system, machine, gpu_note="macOS: no NVIDIA GPUs", python=python)
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return Facts(system, machine, gpu_note="nvidia-smi is not on PATH")
+        return Facts(system, machine, gpu_note="nvidia-smi is not on PATH", python=python)
     try:
         done = subprocess.run([smi, "-q"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return Facts(system, machine, gpu_note=f"nvidia-smi failed: {exc}")
+        return Facts(system, machine, gpu_note=f"nvidia-smi failed: {exc}", python=python)
     if done.returncode != 0:
         last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
-        return Facts(system, machine, gpu_note=f"nvidia-smi exited {done.returncode}: {last[0]}")
+        return Facts(system, machine, gpu_note=f"nvidia-smi exited {done.returncode}: {last[0]}", python=python)
     gpus, cuda = parse_nvidia_smi(done.stdout)
-    return Facts(system, machine, gpus, cuda, gpu_note="" if gpus else "nvidia-smi lists no GPU")
+    return Facts(system, machine, gpus, cuda, gpu_note="" if gpus else "nvidia-smi lists no GPU", python=python)
 
 
 def index_unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
@@ -313,6 +333,9 @@ def main(argv: list | None = None) -> int:
         say(f"could not install torch; set {ENV_OVERRIDE} to a pip spec that works here and rerun")
         return 1
     if run([py, "-m", "pip", "install", "-q", "-e", plan.requirement()], args.dry_run) != 0:
+        note = newer_python_note(facts)
+        if note:
+            say(note)
         return 1
     if not args.dry_run:
         check_torch(py, plan)

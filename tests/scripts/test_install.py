@@ -249,3 +249,21 @@ def test_dry_run_prints_the_plan_and_commands_and_changes_nothing(monkeypatch, c
     assert "cannot reach https://download.pytorch.org/whl/cpu (faked: offline)" in out
     assert f"-m pip install -q {SPEC}\n" in out
     assert "'.[ndi,midi,dev]'" in out
+
+
+@pytest.mark.parametrize(("system", "fix"), [
+    ("Windows", "py -3.12 scripts\\install.py"),  # what docs/windows.md tells Windows users to run
+    ("Linux", "python3.12 scripts/install.py"),
+    ("Darwin", "python3.12 scripts/install.py"),
+])
+def test_a_python_newer_than_every_prebuilt_extra_is_told_what_it_costs(system, fix):
+    machine = "arm64" if system == "Darwin" else "x86_64"
+    newer = install.decide(Facts(system, machine, python=(3, 13)))
+    note = [r for r in newer.reasons if r.startswith("note: Python 3.13")]
+    assert len(note) == 1 and "python-rtmidi" in note[0] and fix in note[0] and install.COMPILER[system] in note[0]
+    assert not [r for r in install.decide(Facts(system, machine, python=(3, 12))).reasons if r.startswith("note")]
+
+
+def test_gather_facts_records_this_python(monkeypatch):
+    monkeypatch.setattr(install.shutil, "which", lambda name: None)
+    assert install.gather_facts().python == tuple(sys.version_info[:2])
