@@ -265,6 +265,7 @@ def install_torch(py: Path, plan: Plan, override: bool, dry_run: bool) -> bool:
     if not override and torch_satisfies(have, plan):
         say(f"torch {have} is already installed: keeping it (set {ENV_OVERRIDE} to install another)")
         return True
+    replace = have if not override else None  # another build of torch that must make room
     for i, source in enumerate(plan.torch):
         later = plan.torch[i + 1] if i + 1 < len(plan.torch) else None
         if source.index_url:
@@ -279,6 +280,14 @@ def install_torch(py: Path, plan: Plan, override: bool, dry_run: bool) -> bool:
             extra = ["--index-url", source.index_url, "--retries", "1", "--timeout", "30"]
         else:
             extra = []
+        if replace is not None:
+            # pip keeps an installed 2.13.0+cpu for the requirement torch==2.13.0 whatever the index
+            # offers (a local version label does not count in ==), so a rerun after the NVIDIA driver
+            # went in would keep the CPU build: remove it first, once the new one's index answers.
+            say(f"replacing torch {replace} with {source.what}")
+            if run([py, "-m", "pip", "uninstall", "-q", "-y", "torch"], dry_run) != 0:
+                return False
+            replace = None
         if run(pip + list(source.args) + extra, dry_run) == 0:
             return True
         if later is None:

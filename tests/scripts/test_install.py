@@ -267,3 +267,27 @@ def test_a_python_newer_than_every_prebuilt_extra_is_told_what_it_costs(system, 
 def test_gather_facts_records_this_python(monkeypatch):
     monkeypatch.setattr(install.shutil, "which", lambda name: None)
     assert install.gather_facts().python == tuple(sys.version_info[:2])
+
+
+def test_a_cpu_torch_is_replaced_once_the_gpu_build_is_wanted(monkeypatch):
+    """A rerun after the NVIDIA driver went in: pip would keep 2.13.0+cpu for torch==2.13.0
+    (local labels do not count in ==), so the installer removes it before installing the CUDA build."""
+    pip = FakePip()
+    monkeypatch.setattr(install, "run", pip)
+    monkeypatch.setattr(install, "installed_torch", lambda py: "2.13.0+cpu")
+    monkeypatch.setattr(install, "index_unreachable", lambda url: None)
+    plan = install.decide(Facts("Windows", "AMD64", ("NVIDIA GeForce RTX 4090",), (12, 8)))
+    assert install.install_torch(Path("py"), plan, override=False, dry_run=False)
+    assert pip.calls[0] == ["py", "-m", "pip", "uninstall", "-q", "-y", "torch"]
+    assert pip.calls[1][:5] == ["py", "-m", "pip", "install", "-q"] and "https://download.pytorch.org/whl/cu126" in pip.calls[1]
+    assert len(pip.calls) == 2
+
+
+def test_an_installed_torch_stays_when_the_wanted_index_is_unreachable(monkeypatch):
+    pip = FakePip()
+    monkeypatch.setattr(install, "run", pip)
+    monkeypatch.setattr(install, "installed_torch", lambda py: "2.13.0+cpu")
+    monkeypatch.setattr(install, "index_unreachable", lambda url: "timed out")
+    plan = install.decide(Facts("Windows", "AMD64", ("NVIDIA GeForce RTX 4090",), (12, 8)))
+    assert not install.install_torch(Path("py"), plan, override=False, dry_run=False)
+    assert pip.calls == []  # nothing removed: the CPU build still runs
