@@ -111,12 +111,21 @@ def decide(facts: Facts, torch_override: str | None = None, dev: bool = False) -
     if note:
         reasons.append(note)
     if torch_override:
-        args = tuple(shlex.split(torch_override))
+        args = split_override(torch_override, facts.system)
         reasons.insert(0, f"torch: `pip install {torch_override}` because {ENV_OVERRIDE} is set")
         return Plan((TorchSource(args, None, f"{ENV_OVERRIDE}={torch_override}"),), extras, tuple(reasons))
     sources, why = _torch_sources(facts)
     reasons.insert(0, f"torch: {sources[0].what}, because {why}")
     return Plan(sources, extras, tuple(reasons))
+
+
+def split_override(value: str, system: str) -> tuple[str, ...]:
+    """STREAMVJ_TORCH's words. On Windows a backslash is a path separator, not an escape
+    (POSIX splitting turned C:\\wheels\\torch.whl into C:wheelstorch.whl); quotes still group."""
+    if system != "Windows":
+        return tuple(shlex.split(value))
+    return tuple(w[1:-1] if len(w) > 1 and w[0] == w[-1] and w[0] in "\"'" else w
+                 for w in shlex.split(value, posix=False))
 
 
 def newer_python_note(facts: Facts) -> str:

@@ -291,3 +291,13 @@ def test_an_installed_torch_stays_when_the_wanted_index_is_unreachable(monkeypat
     plan = install.decide(Facts("Windows", "AMD64", ("NVIDIA GeForce RTX 4090",), (12, 8)))
     assert not install.install_torch(Path("py"), plan, override=False, dry_run=False)
     assert pip.calls == []  # nothing removed: the CPU build still runs
+
+
+def test_a_windows_override_keeps_its_backslashes():
+    wheel = r"C:\wheels\torch-2.13.0+cu126-cp312-cp312-win_amd64.whl"
+    plan = install.decide(Facts("Windows", "AMD64"), f"{wheel} --force-reinstall")
+    assert plan.torch[0].args == (wheel, "--force-reinstall")
+    spaced = install.decide(Facts("Windows", "AMD64"), r'"C:\My wheels\torch.whl" --no-deps')
+    assert spaced.torch[0].args == (r"C:\My wheels\torch.whl", "--no-deps")
+    posix = install.decide(Facts("Linux", "x86_64"), "'/opt/my wheels/torch.whl' --no-deps")
+    assert posix.torch[0].args == ("/opt/my wheels/torch.whl", "--no-deps")
