@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="override the preset's model")
     run.add_argument("--width", type=int, help="override the model width")
     run.add_argument("--height", type=int, help="override the model height")
-    run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    run.add_argument("--device", help="auto (CUDA, else Apple's MPS, else the CPU) | cpu | cuda | cuda:N | mps")
     run.add_argument("--acceleration", choices=ACCELERATIONS,
                      help="per-frame backend (docs/acceleration.md); default from the preset")
     run.add_argument("--source", help="frame source, e.g. pattern, shm:streamvj_in, spout:TDOut, ndi:NAME, image:x.png")
@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--frame-buffer-size", type=int, help="frames per UNet call (default 1)")
     bench.add_argument("--frames", type=int, default=50)
     bench.add_argument("--warmup", type=int, default=5)
-    bench.add_argument("--device", help="auto (the default) | cpu | cuda | cuda:N")
+    bench.add_argument("--device", help="auto (the default) | cpu | cuda | cuda:N | mps")
     bench.add_argument("--dtype", choices=DTYPES, help="default auto: float16 on a GPU, float32 on a CPU")
     bench.add_argument("--compile", action="store_true", help="same as --acceleration compile")
     bench.add_argument("--acceleration", choices=ACCELERATIONS,
