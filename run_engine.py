@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,6 +204,16 @@ class _Run:
     feedback: object = None
     runtime: object = None
     terminal: object = None  # the live status line, ended before anything else stops (it stays on screen)
+    started: float = 0.0  # time.monotonic() when frames started to flow
+
+
+def _summary(stats: dict, seconds: float) -> str:
+    """The exit line: the whole run's average (never 0 because input stopped before exit), and
+    the last seconds' rate (what benchmarks/runtime_vs_bench.py reads: steady state, no start-up)."""
+    frames = stats["frames_rendered"]
+    average = frames / seconds if seconds > 0 else 0.0
+    return (f"{frames} frames ({average:.1f} fps over {seconds:.1f} s; {stats.get('fps', 0.0):.1f} fps at the end; "
+            f"{stats.get('skipped', 0)} skipped)")
 
 
 def _load_run_preset(args: argparse.Namespace):
@@ -231,10 +242,10 @@ def _start_feedback(run: _Run, preset, name: str) -> None:
 
 
 def _build_pipeline(run: _Run, preset):
-    from engine.core.build import build_pipeline
+    from engine.core.build import build_pipeline_apart
     from engine.realtime.gpu_stats import GpuStats
 
-    pipeline = build_pipeline(preset)
+    pipeline = build_pipeline_apart(preset)
     gpu = GpuStats.for_device(pipeline.device)
     if gpu is not None:
         run.closers.append(gpu.close)
@@ -405,6 +416,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if preset.midi.port:
             _start_midi(run, preset, show, store, tempo)
         run.runtime.start()
+        run.started = time.monotonic()
         log.info("running: source %s -> sinks %s (Ctrl-C to stop)", spec if source else "none (txt2img)",
                  ", ".join(preset.load.sinks) or "none")
         ok = _play(run)
@@ -420,9 +432,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if ok is None:
         return 2
     if run.runtime is not None:
-        stats = run.runtime.stats()
-        log.info("stopped after %d frames (%.1f fps, %d skipped)", stats["frames_rendered"], stats.get("fps", 0.0),
-                 stats.get("skipped", 0))
+        log.info("stopped after %s", _summary(run.runtime.stats(), time.monotonic() - run.started))
     return 0 if ok else 1
 
 

@@ -7,6 +7,7 @@ puts a preset's pieces together.
 from __future__ import annotations
 
 import logging
+import threading
 
 from engine.accel.backend import resolve_acceleration, resolve_device, resolve_dtype
 from engine.config.schema import Preset
@@ -31,3 +32,31 @@ def build_pipeline(preset: Preset) -> StreamPipeline:
     seconds = pipeline.warm_up()
     log.info("pipeline warmed up in %.1f s (%s)", seconds, pipeline.backend)
     return pipeline
+
+
+def build_pipeline_apart(preset: Preset) -> StreamPipeline:
+    """`build_pipeline` on a short-lived thread of its own: for the engine's first pipeline.
+
+    torch's CPU kernels run on OpenMP thread teams, one per calling thread, and a team left
+    on a thread that stays alive (the main thread, which afterwards only waits for Ctrl-C)
+    slows the render thread's own team. On the 2-core development CPU the tiny model at
+    256x256 ran 55-66 ms a frame on a render thread after a build on the main thread, and
+    37-40 ms after a build on a thread that had ended, as fast as on the thread that built
+    it (benchmarks/runtime_vs_bench.py compares the engine with the bench). Preset switches
+    already build on short-lived threads (engine/live/show.py).
+    """
+    box: dict[str, object] = {}
+
+    def build() -> None:
+        try:
+            box["pipeline"] = build_pipeline(preset)
+        except BaseException as exc:  # handed to the caller, whatever it is
+            box["error"] = exc
+
+    thread = threading.Thread(target=build, name="streamvj-first-build", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)  # short joins: Ctrl-C during a download still reaches the main thread
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["pipeline"]  # type: ignore[return-value]

@@ -221,3 +221,10 @@ def test_presets_folder_and_preset_path_with_spaces(tmp_path):
     assert "preset neon:" in result.stderr
     missing = run_cli("run", "--preset", str(folder / "gone.yaml"), *SMALL)
     assert missing.returncode == 2 and "gone.yaml' does not exist" in missing.stderr
+
+
+def test_exit_summary_averages_the_run_when_input_stopped_before_exit():
+    import run_engine
+
+    line = run_engine._summary({"frames_rendered": 100, "fps": 0.0, "skipped": 3}, 10.0)
+    assert line == "100 frames (10.0 fps over 10.0 s; 0.0 fps at the end; 3 skipped)"
