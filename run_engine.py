@@ -35,71 +35,21 @@ def quiet_libraries() -> None:
     diffusers_logging.disable_progress_bar()
 
 
-def bench_plan(args: argparse.Namespace):
-    """The bench's settings, validated once by the preset schema (errors name the flag's key)."""
-    from pydantic import ValidationError
+def cmd_bench(args: argparse.Namespace) -> int:
+    from engine.bench import bench_plan, run_bench
+    from engine.errors import StreamVJError
 
-    from engine.accel.backend import resolve_acceleration, resolve_device
-    from engine.bench import BENCH_PROMPT, BenchPlan
-    from engine.config.preset_files import format_validation_error
-    from engine.config.schema import Preset
-    from engine.errors import ConfigError
-
+    quiet_libraries()
     load = {"model": args.model, "family": args.family, "vae": args.vae, "width": args.width, "height": args.height,
             "frame_buffer_size": args.frame_buffer_size, "cfg_type": args.cfg, "mode": args.mode,
             "acceleration": "compile" if args.compile else args.acceleration, "device": args.device,
             "dtype": args.dtype}
     try:
-        preset = Preset.model_validate({"name": "bench", "load": {k: v for k, v in load.items() if v is not None},
-                                        "live": {"prompt": BENCH_PROMPT, **({"t_index_list": args.t_index}
-                                                                            if args.t_index is not None else {})}})
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, "command line")) from None
-    device = resolve_device(preset.load.device)
-    if preset.load.model == "auto":
-        # On a GPU the real sd-turbo architecture (random weights: the speed is the same, no download).
-        model = "sd-turbo-random" if device.type == "cuda" else "tiny"
-        preset.load = preset.load.model_copy(update={"model": model})
-    return BenchPlan(preset.load, preset.live, resolve_acceleration(preset.load.acceleration, device),
-                     frames=args.frames, warmup=args.warmup)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from engine.accel.backend import resolve_device, resolve_dtype
-    from engine.bench import bench_autopipeline, bench_stream, format_table
-    from engine.errors import StreamVJError
-    from engine.models.load import load_model
-
-    quiet_libraries()
-    import torch
-
-    try:
-        plan = bench_plan(args)
-        load = plan.load
-        device = resolve_device(load.device)
-        dtype = resolve_dtype(load.dtype, device)
-        parts = load_model(load.model, family=load.family, vae=load.vae, device=device, dtype=dtype)
-        stream = bench_stream(parts, plan, device, dtype)
-        rows = [(f"streamvj ({plan.backend})", stream)]
-        result = {"model": load.model, "family": parts.family.value, "device": str(device),
-                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                  "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "width": load.width, "height": load.height, "t_index_list": plan.live.t_index_list,
-                  "cfg": load.cfg_type, "mode": load.mode, "frame_buffer_size": load.frame_buffer_size,
-                  "frames": plan.frames, **stream}
-        if args.baseline == "autopipeline":
-            if load.mode != "img2img":
-                raise StreamVJError("--baseline autopipeline compares img2img; drop it for txt2img")
-            base = bench_autopipeline(parts, plan, device, dtype)
-            rows.append(("diffusers AutoPipelineI2I", base))
-            result["baseline"] = {"name": "AutoPipelineForImage2Image", **base}
-            result["speedup_vs_baseline"] = round(base["ms_median"] / stream["ms_median"], 2)
+        plan = bench_plan(load, args.t_index, frames=args.frames, warmup=args.warmup)
+        table, result = run_bench(plan, baseline=args.baseline == "autopipeline")
     except StreamVJError as exc:
         print(f"streamvj: {exc}", file=sys.stderr)
         return 2
-    table = format_table(rows)
-    if "speedup_vs_baseline" in result:
-        table += f"\nspeed-up vs AutoPipelineForImage2Image: {result['speedup_vs_baseline']}x"
     if args.json:
         print(table, file=sys.stderr)
         print(json.dumps(result))
@@ -145,31 +95,6 @@ def _apply_overrides(preset, args: argparse.Namespace):
         return Preset.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "command line")) from None
-
-
-class StatusLine:
-    """on_stats: the status to OSC feedback, and one line redrawn on a terminal (or logged every 10 s)."""
-
-    def __init__(self, feedback=None, gpu=None, terminal=None):
-        self.show, self.feedback, self.gpu, self.terminal = None, feedback, gpu, terminal
-        self._last_log = 0.0
-
-    def __call__(self, stats: dict) -> None:
-        import time
-
-        from bridges.control.status import status_payload, status_text
-
-        if self.show is None:
-            return
-        gpu = self.gpu.read() if self.gpu is not None else {}
-        payload = status_payload(stats, self.show.status(), self.show.player.pipeline.backend, gpu)
-        if self.terminal is not None:
-            self.terminal.draw(status_text(payload, stats))
-        elif time.monotonic() - self._last_log >= 10.0:
-            self._last_log = time.monotonic()
-            log.info(status_text(payload, stats))
-        if self.feedback is not None:
-            self.feedback.publish(payload)
 
 
 def _interrupt(signum, _frame):
@@ -276,6 +201,7 @@ def _terminal(run: _Run):
 
 
 def _start_show(run: _Run, preset, name: str, pipeline, gpu, source, sinks):
+    from bridges.control.status import StatusReporter
     from engine.live.params import ParamStore
     from engine.live.player import LivePlayer
     from engine.live.preset_watch import PresetWatch
@@ -288,7 +214,7 @@ def _start_show(run: _Run, preset, name: str, pipeline, gpu, source, sinks):
     tempo = Tempo()
     store = ParamStore(preset.live, tempo=tempo)
     player = LivePlayer(pipeline, store)
-    status = StatusLine(run.feedback, gpu, _terminal(run))
+    status = StatusReporter(run.feedback, gpu, _terminal(run))
     run.runtime = Runtime(player, source, sinks, target_fps=preset.load.target_fps, on_stats=status)
     on_the_beat = Quantiser(tempo, args.switch_on) if args.switch_on else now
     show = status.show = Show(args.presets_dir, preset, name, store, player, run.runtime,

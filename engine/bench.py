@@ -160,3 +160,61 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
         unet = f"{r['unet_ms_median']:>10.2f}" if "unet_ms_median" in r else f"{'':>10}"
         lines.append(f"{name:<28}{r['fps']:>10.1f}{r['ms_median']:>12.2f}{r['ms_p90']:>10.2f}{unet}")
     return "\n".join(lines)
+
+
+def bench_plan(load: dict, t_index_list: list[int] | None, *, frames: int, warmup: int) -> BenchPlan:
+    """The bench's settings (None = the schema's default), validated once by the preset schema:
+    an error names the key, like a preset's. `model: auto` is sd-turbo-random on a GPU (the real
+    architecture with random weights: the same speed, no download), tiny elsewhere."""
+    from pydantic import ValidationError
+
+    from engine.accel.backend import resolve_acceleration, resolve_device
+    from engine.config.preset_files import format_validation_error
+    from engine.config.schema import Preset
+    from engine.errors import ConfigError
+
+    live: dict = {"prompt": BENCH_PROMPT}
+    if t_index_list is not None:
+        live["t_index_list"] = t_index_list
+    try:
+        preset = Preset.model_validate({"name": "bench", "load": {k: v for k, v in load.items() if v is not None},
+                                        "live": live})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "command line")) from None
+    device = resolve_device(preset.load.device)
+    if preset.load.model == "auto":
+        preset.load = preset.load.model_copy(update={"model": "sd-turbo-random" if device.type == "cuda" else "tiny"})
+    return BenchPlan(preset.load, preset.live, resolve_acceleration(preset.load.acceleration, device),
+                     frames=frames, warmup=warmup)
+
+
+def run_bench(plan: BenchPlan, baseline: bool = False) -> tuple[str, dict]:
+    """Load the model, time streamvj (and diffusers' AutoPipelineForImage2Image when `baseline`):
+    the table to print and one JSON-ready result."""
+    from engine.accel.backend import resolve_device, resolve_dtype
+    from engine.errors import StreamVJError
+    from engine.models.load import load_model
+
+    load = plan.load
+    device = resolve_device(load.device)
+    dtype = resolve_dtype(load.dtype, device)
+    parts = load_model(load.model, family=load.family, vae=load.vae, device=device, dtype=dtype)
+    stream = bench_stream(parts, plan, device, dtype)
+    rows = [(f"streamvj ({plan.backend})", stream)]
+    result = {"model": load.model, "family": parts.family.value, "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "width": load.width, "height": load.height, "t_index_list": plan.live.t_index_list,
+              "cfg": load.cfg_type, "mode": load.mode, "frame_buffer_size": load.frame_buffer_size,
+              "frames": plan.frames, **stream}
+    if baseline:
+        if load.mode != "img2img":
+            raise StreamVJError("--baseline autopipeline compares img2img; drop it for txt2img")
+        base = bench_autopipeline(parts, plan, device, dtype)
+        rows.append(("diffusers AutoPipelineI2I", base))
+        result["baseline"] = {"name": "AutoPipelineForImage2Image", **base}
+        result["speedup_vs_baseline"] = round(base["ms_median"] / stream["ms_median"], 2)
+    table = format_table(rows)
+    if "speedup_vs_baseline" in result:
+        table += f"\nspeed-up vs AutoPipelineForImage2Image: {result['speedup_vs_baseline']}x"
+    return table, result

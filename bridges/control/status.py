@@ -20,10 +20,13 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from engine.live.show import ShowStatus
+
+log = logging.getLogger("streamvj")
 
 WIDTH = 150  # characters of the terminal line at most (padded, so a shorter line wipes a longer one)
 MIN_WIDTH = 20  # a window narrower than this gets a wrapped line rather than no line
@@ -151,3 +154,24 @@ class _Clearing(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return self.line.take_line() + self.inner.format(record)
+
+
+class StatusReporter:
+    """on_stats: the status to OSC feedback, and one line redrawn on a terminal (or logged every 10 s)."""
+
+    def __init__(self, feedback=None, gpu=None, terminal=None):
+        self.show, self.feedback, self.gpu, self.terminal = None, feedback, gpu, terminal
+        self._last_log = 0.0
+
+    def __call__(self, stats: dict) -> None:
+        if self.show is None:
+            return
+        gpu = self.gpu.read() if self.gpu is not None else {}
+        payload = status_payload(stats, self.show.status(), self.show.player.pipeline.backend, gpu)
+        if self.terminal is not None:
+            self.terminal.draw(status_text(payload, stats))
+        elif time.monotonic() - self._last_log >= 10.0:
+            self._last_log = time.monotonic()
+            log.info(status_text(payload, stats))
+        if self.feedback is not None:
+            self.feedback.publish(payload)
