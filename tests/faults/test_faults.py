@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -51,10 +51,12 @@ while True:
 class Engine:
     """run_engine.py in a subprocess; its log lines collected as they come."""
 
-    def __init__(self, name_in: str, name_out: str) -> None:
+    def __init__(self, name_in: str | None, name_out: str, extra: list[str] | None = None) -> None:
+        # Without `extra`: shm in, no OSC. tests/faults/test_control_faults.py passes its own source and OSC port.
+        extra = ["--source", f"shm:{name_in}", "--no-osc"] if extra is None else extra
         self.popen = subprocess.Popen(
             [sys.executable, str(ROOT / "run_engine.py"), "run", "--preset", "tiny", "--width", "64", "--height",
-             "64", "--source", f"shm:{name_in}", "--sink", f"shm:{name_out}", "--no-osc"],
+             "64", "--sink", f"shm:{name_out}", *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []
@@ -98,15 +100,6 @@ def wait_for(condition: Callable[[], bool], what: str, engine: Engine) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}; engine log:\n" + "\n".join(engine.lines[-30:]))
         time.sleep(0.01)
-
-
-@pytest.fixture
-def names() -> Iterator[tuple[str, str]]:
-    tag = f"svj_{os.getpid()}_fault"
-    made = (f"{tag}_in", f"{tag}_out")
-    yield made
-    for name in made:
-        unlink(name)
 
 
 def _shm_fd(name: str) -> int:
