@@ -89,11 +89,11 @@ def test_bench_rejects_bad_settings_clearly():
     assert result.returncode == 2 and "command line: live.t_index_list[0]: Input should be less than or equal to 49" in result.stderr
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_sigterm_stops_cleanly():
+def stop_running_engine(stop_signal: int, **popen: object) -> str:
+    """Start `run`, wait until frames flow, send `stop_signal`; assert a clean exit, return the log."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_engine.py"), "run", "--sink", "null", *SMALL],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **popen)
     try:
         deadline = time.monotonic() + 120
         lines = []
@@ -102,13 +102,18 @@ def test_sigterm_stops_cleanly():
             lines.append(line)
             if "running: source" in line:
                 break
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop_signal)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, "".join(lines) + err
-    assert "runtime stopped" in err
+    return "".join(lines) + err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_stops_cleanly():
+    assert "runtime stopped" in stop_running_engine(signal.SIGTERM)
 
 
 def test_presets_dir_points_at_the_users_own_folder(tmp_path):
@@ -187,25 +192,8 @@ def test_every_stop_signal_interrupts_a_run_still_loading(monkeypatch):
 @pytest.mark.windows
 @pytest.mark.skipif(sys.platform != "win32", reason="Ctrl-Break is a Windows console event")
 def test_ctrl_break_stops_cleanly_on_windows():
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_engine.py"), "run", "--sink", "null", *SMALL],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
-    try:
-        deadline = time.monotonic() + 120
-        lines = []
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            lines.append(line)
-            if "running: source" in line:
-                break
-        proc.send_signal(signal.CTRL_BREAK_EVENT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, "".join(lines) + err
-    assert "runtime stopped" in err and "timer resolution 1 ms" in "".join(lines) + err
+    log = stop_running_engine(signal.CTRL_BREAK_EVENT, creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
+    assert "runtime stopped" in log and "timer resolution 1 ms" in log
 
 
 def test_presets_folder_and_preset_path_with_spaces(tmp_path):
