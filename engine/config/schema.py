@@ -32,6 +32,7 @@ CompileMode = Literal["default", "max-autotune"]
 FamilyName = Literal["sd15", "sd21", "sdxl"]
 DtypeName = Literal["auto", "float16", "float32", "bfloat16"]
 PromptInterp = Literal["linear", "slerp"]
+Quantum = Literal["beat", "bar"]  # what a preset switch can wait for (engine/live/quantise.py)
 CFG_TYPES: tuple[str, ...] = get_args(CfgType)
 MODES: tuple[str, ...] = get_args(Mode)
 ACCELERATIONS: tuple[str, ...] = get_args(Acceleration)
@@ -39,6 +40,7 @@ BACKENDS: tuple[str, ...] = tuple(a for a in ACCELERATIONS if a != "auto")  # wh
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 FAMILIES: tuple[str, ...] = get_args(FamilyName)
 DTYPES: tuple[str, ...] = get_args(DtypeName)
+QUANTA: tuple[str, ...] = get_args(Quantum)
 
 # Strict scalars: YAML and OSC both deliver typed values, so "1.5" for a float or
 # `true` for a number is a mistake to report, not to coerce. int -> float is allowed.

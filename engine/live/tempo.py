@@ -13,15 +13,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Literal, get_args
 
+from engine.config.schema import QUANTA, Quantum
 from engine.errors import ConfigError, shown
 
 BPM_MIN, BPM_MAX = 20.0, 300.0
 PPQN = 24  # MIDI clock pulses per quarter note
 TAP_RESET_S = 2.0  # a gap longer than this starts a new tap sequence
-Quantum = Literal["beat", "bar"]
-QUANTA: tuple[str, ...] = get_args(Quantum)
 
 
 class Tempo:

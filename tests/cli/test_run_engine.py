@@ -136,9 +136,10 @@ def test_presets_dir_points_at_the_users_own_folder(tmp_path):
 ])
 def test_run_is_the_default_command_and_verbose_goes_anywhere(argv, command, verbose):
     import run_engine
+    from engine.config.cli import with_default_command
 
     parser = run_engine.build_parser()
-    args = parser.parse_args(run_engine.with_default_command(argv, parser))
+    args = parser.parse_args(with_default_command(argv, parser))
     assert (args.command, args.verbose) == (command, verbose)
 
 
