@@ -28,7 +28,10 @@ from pythonosc.udp_client import SimpleUDPClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "clients"))
+sys.path.insert(0, str(ROOT))
 import streamvj_shm_client as client  # noqa: E402
+
+from bridges.video.shm_block import unlink  # noqa: E402
 
 PRESET = """name: {name}
 description: soak preset
@@ -185,6 +188,7 @@ def main() -> int:
         engine.kill()
         code = "killed"
     writer.kill()
+    unlink(shm_in)  # the killed writer could not remove its block; the engine removes its own output block
     result = {
         "seconds": args.seconds, "output_frames": frames, "fps": round(frames / args.seconds, 1),
         "max_gap_s_with_writer_up": round(max_gap, 3), "writer_restarts": restarts, "osc_sent": sent["osc"],
