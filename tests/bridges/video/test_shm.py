@@ -59,7 +59,7 @@ WAIT_S = 30.0  # deadline for any condition; generous, so a loaded 2-core machin
 # the pid of its resource tracker, if one started), then exits (mode "exit") or waits to
 # be killed (mode "hang").
 SOURCE_READER = """
-import json, sys, time
+import json, sys, threading, time
 from multiprocessing import resource_tracker
 from bridges.video.shm import ShmSource
 name, want, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -78,7 +78,7 @@ while len(seen) < want and time.monotonic() < deadline:
 tracker = resource_tracker._resource_tracker._pid
 print(json.dumps({"indices": seen, "ok": ok, "shape": shape, "tracker": tracker}), flush=True)
 if mode == "hang":
-    time.sleep(60)
+    threading.Event().wait()  # a reader that never lets go: blocked until the test kills it
 src.close()
 """
 
