@@ -110,6 +110,7 @@ class RenderLoop:
             t0 = clock()
             t_arrival = frame.t_arrival if frame is not None else t0
             result = processor.process(frame.rgba_u8 if frame is not None else None)
+            t1 = clock()  # the copy to the host below is "postprocess", not "model"
             out_buf, landed = handoff.buffer_for(result, processor.output_read)
         except Exception as e:  # one bad frame must not end the show: log, keep the last output
             self.errors += 1
@@ -121,7 +122,6 @@ class RenderLoop:
             handoff.out_pool.release(out_buf)
             self.in_pool.release(in_buf)
             return
-        t1 = clock()
         own = 0.0
         for name, seconds in result.stage_times.items():  # the processor's stages ("params", "preprocess")
             timings.record(name, seconds)
