@@ -331,16 +331,17 @@ print("STOPPED", ok, left, flush=True)
 """
 
 
-def test_sigterm_stops_a_runtime_process_cleanly(tmp_path):
+def stop_runtime_process(tmp_path, stop_signal: int, **popen: object) -> tuple[subprocess.Popen, str, str]:
+    """Run SCRIPT, wait for READY, send `stop_signal`; assert a clean exit; (process, stdout, stderr)."""
     script = tmp_path / "run_small.py"
     script.write_text(textwrap.dedent(SCRIPT))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, **popen)
     try:
         line = proc.stdout.readline()  # blocks until the runtime started (or the process died)
         assert line.strip() == "READY", proc.stderr.read()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop_signal)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -348,7 +349,12 @@ def test_sigterm_stops_a_runtime_process_cleanly(tmp_path):
             proc.wait(10)
     assert proc.returncode == 0, err
     assert "STOPPED True []" in out
-    assert "received SIGTERM" not in err or "Traceback" not in err
+    return proc, out, err
+
+
+def test_sigterm_stops_a_runtime_process_cleanly(tmp_path):
+    proc, _, err = stop_runtime_process(tmp_path, signal.SIGTERM, start_new_session=True)
+    assert "Traceback" not in err
     with pytest.raises(ProcessLookupError):  # nothing left in its process group
         os.killpg(proc.pid, 0)
 
@@ -379,20 +385,5 @@ def test_ctrl_break_stops_run_until_signal_like_ctrl_c(runtimes, monkeypatch, ca
 @pytest.mark.windows
 @pytest.mark.skipif(sys.platform != "win32", reason="Ctrl-Break is a Windows console event")
 def test_ctrl_break_stops_a_runtime_process_cleanly_on_windows(tmp_path):
-    script = tmp_path / "run_small.py"
-    script.write_text(textwrap.dedent(SCRIPT))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     # CTRL_BREAK_EVENT reaches a process group: the child gets its own, so pytest is not hit.
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "READY", proc.stderr.read()
-        proc.send_signal(signal.CTRL_BREAK_EVENT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 0, err
-    assert "STOPPED True []" in out
+    stop_runtime_process(tmp_path, signal.CTRL_BREAK_EVENT, creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
