@@ -18,12 +18,13 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.paths import REPO
+from tests.waiting import wait_for
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 # The flags a root CI machine with no network needs: no sandbox (root), no GPU, no calls home.
@@ -51,17 +52,6 @@ name: {name}
 load: {{model: tiny, width: 64, height: 64, acceleration: none, device: cpu, source: pattern, sinks: ["null"]}}
 live: {{prompt: "{prompt}", guidance_scale: 1.2, t_index_list: {steps}}}
 """
-
-
-def wait_for(cond: Callable[[], object], what: str, timeout: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
 
 class Engine:
     def __init__(self, presets: Path) -> None:

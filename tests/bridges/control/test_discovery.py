@@ -4,14 +4,13 @@ only, where multicast works in this sandbox too; nothing is sent onto a real net
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable
 
 import pytest
 from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
 
 from bridges.control.discovery import OSC_TYPE, OSCQUERY_TYPE, Advertiser, addresses_for, server_name, wanted
 from engine.errors import ConfigError
+from tests.waiting import wait_for
 
 
 @pytest.mark.parametrize(("host", "asked", "want"), [
@@ -36,14 +35,6 @@ def test_addresses_for_a_bind_address() -> None:
 def test_server_name_is_a_local_host_name() -> None:
     name = server_name()
     assert name.endswith(".local.") and all(c.isalnum() or c in "-." for c in name)
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
 
 def test_a_browser_finds_both_services_and_sees_them_withdrawn() -> None:
     browser_zc = Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)

@@ -6,7 +6,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tests.bridges.control.osc_datagrams import (
     SIMILARITY_ON,
     T_INDEX_10_20,
 )
+from tests.waiting import eventually
 
 LOGGER = "streamvj.osc"
 
@@ -45,17 +46,6 @@ class Recorder:
     def on_command(self, command: Command, args: tuple[Any, ...]) -> None:
         with self._lock:
             self.calls.append((command, args))
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll until pred() holds; the deadline only bounds a failing test, it asserts no timing."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.002)
-    return pred()
-
 
 @pytest.fixture
 def store() -> ParamStore:
@@ -127,10 +117,10 @@ def test_every_generated_address_applies(
         if addr.role == "param":
             args, expected = sample_value(addr.name)
             client.send_message(addr.path, args)
-            assert wait_for(lambda n=addr.name, e=expected: store.get(n) == e), addr.path
+            assert eventually(lambda n=addr.name, e=expected: store.get(n) == e), addr.path
         elif addr.role == "smoothing":
             client.send_message(addr.path, 0.5)
-            assert wait_for(lambda n=addr.name: store.get("smoothing").get(n) == 0.5), addr.path
+            assert eventually(lambda n=addr.name: store.get("smoothing").get(n) == 0.5), addr.path
 
     # Every show command reaches the sink as its enum member, arguments typed.
     show_args = {Command.PRESET_LOAD: ("tiny",), Command.MIDI_LEARN: ("fx_hue",)}
@@ -138,23 +128,23 @@ def test_every_generated_address_applies(
     assert {c for c, _ in expected_calls} >= {Command.PAUSE, Command.RESET}
     for command, args in expected_calls:
         client.send_message(f"/streamvj/{command.address}", list(args))
-    assert wait_for(lambda: commands.calls == expected_calls), commands.calls
+    assert eventually(lambda: commands.calls == expected_calls), commands.calls
 
     tempo = store.tempo
     assert tempo is not None
     client.send_message("/streamvj/tempo/bpm", 140.0)
-    assert wait_for(lambda: tempo.bpm == 140.0)
+    assert eventually(lambda: tempo.bpm == 140.0)
     client.send_message("/streamvj/tempo/tap", [])
     client.send_message("/streamvj/tempo/beat", 1.0)
-    assert wait_for(lambda: tempo.source == "tap")
+    assert eventually(lambda: tempo.source == "tap")
     client.send_message("/streamvj/prompt/transition", ["a new world", 2.0])
-    assert wait_for(lambda: store.get("prompt") == "a new world")
+    assert eventually(lambda: store.get("prompt") == "a new world")
     client.send_message("/streamvj/prompt/transition_beats", ["on the bar", 4.0, "bar"])
-    assert wait_for(lambda: store.get("prompt") == "on the bar")
+    assert eventually(lambda: store.get("prompt") == "on the bar")
     client.send_message("/streamvj/seed/transition", [99, 1.0])
-    assert wait_for(lambda: store.get("seed") == 99)
+    assert eventually(lambda: store.get("seed") == 99)
     client.send_message("/streamvj/seed/transition_beats", [100, 2.0])
-    assert wait_for(lambda: store.get("seed") == 100)
+    assert eventually(lambda: store.get("seed") == 100)
     assert server.is_alive()
     assert server.stats()["rejected"] == 0
 
@@ -282,7 +272,7 @@ def test_rejection_over_udp_is_logged(
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         client.send_message("/streamvj/fx_contrast", 9.0)
         client.send_message("/streamvj/fx_contrast", 2.0)
-        assert wait_for(lambda: store.get("fx_contrast") == 2.0)
+        assert eventually(lambda: store.get("fx_contrast") == 2.0)
     assert any(
         "fx_contrast" in r.getMessage() and "less than or equal to 4" in r.getMessage()
         for r in caplog.records
@@ -306,7 +296,7 @@ def test_allow_list_drops_other_senders(
         caplog.at_level(logging.WARNING, LOGGER),
     ):
         SimpleUDPClient(*srv.address).send_message("/streamvj/delta", 0.5)
-        assert wait_for(lambda: srv.stats()["dropped"] == 1)
+        assert eventually(lambda: srv.stats()["dropped"] == 1)
     assert store.get("delta") == 1.0
     assert "OSC from 127.0.0.1 dropped: not in osc.allow" in caplog.text
 
@@ -314,7 +304,7 @@ def test_allow_list_drops_other_senders(
 def test_allow_list_accepts_listed_sender(store: ParamStore, commands: Recorder) -> None:
     with OscServer(store, commands, port=0, allow=["127.0.0.1"]) as srv:
         SimpleUDPClient(*srv.address).send_message("/streamvj/delta", 0.5)
-        assert wait_for(lambda: store.get("delta") == 0.5)
+        assert eventually(lambda: store.get("delta") == 0.5)
 
 
 # ------------------------------------------------------------------ known datagrams
@@ -386,7 +376,7 @@ def test_20kb_prompt_blend_datagram_is_applied(server: OscServer, store: ParamSt
     assert len(dgram) > 20_000
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(dgram, server.address)
-    assert wait_for(lambda: store.get("prompt_blend") == blend)
+    assert eventually(lambda: store.get("prompt_blend") == blend)
 
 
 def test_future_bundle_does_not_block(server: OscServer, client: SimpleUDPClient, store: ParamStore) -> None:
@@ -396,7 +386,7 @@ def test_future_bundle_does_not_block(server: OscServer, client: SimpleUDPClient
     builder.add_content(m.build())
     client.send(builder.build())
     client.send_message("/streamvj/seed", 77)
-    assert wait_for(lambda: store.get("seed") == 77)
+    assert eventually(lambda: store.get("seed") == 77)
     assert store.get("guidance_scale") == 3.0  # time tags are not honoured: applied on arrival
 
 
@@ -438,7 +428,7 @@ def test_fuzz_over_udp_server_survives(server: OscServer, client: SimpleUDPClien
             if dgram:  # an empty UDP datagram is legal but says nothing
                 sock.sendto(dgram, server.address)
     client.send_message("/streamvj/fx_saturation", 2.5)
-    assert wait_for(lambda: store.get("fx_saturation") == 2.5)
+    assert eventually(lambda: store.get("fx_saturation") == 2.5)
     assert server.is_alive()
 
 
@@ -453,4 +443,4 @@ def test_from_settings(store: ParamStore, commands: Recorder) -> None:
     )
     with OscServer.from_settings(settings, store, commands) as srv:
         SimpleUDPClient(*srv.address).send_message("/vj/delta", 0.25)
-        assert wait_for(lambda: store.get("delta") == 0.25)
+        assert eventually(lambda: store.get("delta") == 0.25)

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,16 +12,7 @@ from pythonosc.osc_server import BlockingOSCUDPServer
 from bridges.control.osc_feedback import MAX_TEXT, OscFeedback
 from engine.config.schema import OscSettings
 from engine.errors import ConfigError
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll until pred() holds; the deadline only bounds a failing test, it asserts no timing."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.002)
-    return pred()
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -46,20 +36,20 @@ def test_feedback_publish_and_heartbeat(receiver: tuple[tuple[str, int], list[tu
     # Every message is waited for: the receiver thread may handle the datagrams in any order.
     for message in (("/streamvj/status/fps", 29.5), ("/streamvj/status/state", "running"),
                     ("/streamvj/status/vram_mb", 812.0)):
-        assert wait_for(lambda message=message: message in got), message
+        assert eventually(lambda message=message: message in got), message
     fb.start()
     try:
-        assert wait_for(lambda: ("/streamvj/status/heartbeat", 2) in got)
+        assert eventually(lambda: ("/streamvj/status/heartbeat", 2) in got)
     finally:
         fb.stop()
     # Heartbeats re-send the state (waited for, not assumed: the receiver may handle packets out of order).
-    assert wait_for(lambda: got.count(("/streamvj/status/preset", "tiny")) >= 2)
+    assert eventually(lambda: got.count(("/streamvj/status/preset", "tiny")) >= 2)
 
 
 def test_long_error_text_is_cut(receiver: tuple[tuple[str, int], list[tuple[str, Any]]]) -> None:
     (host, port), got = receiver
     OscFeedback(host, port).publish({"error": "x" * 5000})
-    assert wait_for(lambda: any(a == "/streamvj/status/error" for a, _ in got))
+    assert eventually(lambda: any(a == "/streamvj/status/error" for a, _ in got))
     (text,) = [v for a, v in got if a == "/streamvj/status/error"]
     assert len(text) == MAX_TEXT and text.endswith("…")
 

@@ -4,7 +4,6 @@ served by the real web server on loopback."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from engine.config.schema import LiveParams
 from engine.live.params import ParamStore
 from tests.bridges.control.ws_client import OP_BINARY, OP_TEXT, Ws
 from tests.paths import PRESETS
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -145,14 +145,6 @@ def test_port_in_use_is_a_config_error(query: WebServer, store: ParamStore) -> N
 # ------------------------------------------------------------------ LISTEN over WebSocket
 
 GS = "/streamvj/guidance_scale"
-
-
-def wait_for(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10.0  # generous: a shared 2-core machine
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
 
 def listening(srv: WebServer) -> list[set[str]]:
     return [set(s.paths) for s in srv.sessions() if s.kind == "listen"]

@@ -35,6 +35,7 @@ from tests.bridges.control.ws_client import (
     frame,
 )
 from tests.paths import PRESETS
+from tests.waiting import wait_for
 
 GS = "/streamvj/guidance_scale"
 
@@ -67,14 +68,6 @@ def make_server(store: ParamStore, commands: Commands, **kw: Any) -> WebServer:
 def srv(store: ParamStore, commands: Commands) -> Iterator[WebServer]:
     with make_server(store, commands) as server:
         yield server
-
-
-def wait_for(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10.0
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
 
 def http(srv: WebServer, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     host, port = srv.address

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -12,6 +11,7 @@ from PIL import Image
 from bridges.video.preview import Preview, PreviewSink, PreviewSource
 from engine.errors import ConfigError
 from engine.realtime.frames import FrameSink
+from tests.waiting import wait_for
 
 
 class Clock:
@@ -20,14 +20,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-def wait_for(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10.0
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.002)
-
 
 def frame(h: int = 64, w: int = 96, value: int = 128) -> np.ndarray:
     out = np.full((h, w, 4), value, np.uint8)

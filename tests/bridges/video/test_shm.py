@@ -25,6 +25,7 @@ from bridges.video import shm_protocol as p
 from bridges.video.shm import ShmSink, ShmSource
 from engine.errors import ConfigError, FrameError
 from tests.paths import REPO as ROOT
+from tests.waiting import wait_for
 
 # Frame k of a writer: R,G,B = (x + 3y + k) % 256, A = marker; marker -1: every byte = k % 251.
 SINK_WRITER = """
@@ -111,16 +112,6 @@ class Proc:
         if self.popen.poll() is None:
             self.popen.kill()  # SIGKILL on POSIX: no cleanup runs
         self.popen.wait(timeout=WAIT_S)
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
-    """Poll `condition` until it is true; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)
-
 
 def pid_gone(pid: int | None) -> bool:
     if pid is None:
