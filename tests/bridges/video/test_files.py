@@ -16,14 +16,7 @@ from bridges.video.files import ImageFileSource, MediaFileError, NullSink, PngSe
 from bridges.video.pattern import render_pattern
 from engine.errors import BridgeUnavailable, ConfigError, FrameError, StreamVJError
 from engine.realtime.frames import FrameSink, FrameSource
-
-
-class FakeClock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from tests.fake_clock import FakeClock
 
 
 def test_png_sink_to_image_source_round_trip(tmp_path: Path) -> None:
@@ -102,7 +95,7 @@ def test_image_source_reloads_when_the_file_changes(tmp_path: Path, caplog: pyte
     path = tmp_path / "live.png"
     Image.new("RGBA", (8, 8), (10, 20, 30, 255)).save(path)
     os.utime(path, ns=(1_000_000_000, 1_000_000_000))
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     src = ImageFileSource(path, poll_s=0.5, clock=clock)
     src.open()
     first = src.read_latest()
@@ -194,7 +187,7 @@ def test_video_source_paces_to_file_rate_and_loops(monkeypatch: pytest.MonkeyPat
     opened = _fake_av(monkeypatch, n_frames=5)
     path = tmp_path / "clip.mp4"
     path.write_bytes(b"\0")
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     src = VideoFileSource(path, clock=clock)
     src.open()
 
@@ -221,7 +214,7 @@ def test_video_source_without_loop_ends(monkeypatch: pytest.MonkeyPatch, tmp_pat
     _fake_av(monkeypatch, n_frames=2)
     path = tmp_path / "clip.mp4"
     path.write_bytes(b"\0")
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     src = VideoFileSource(path, loop=False, clock=clock)
     src.open()
     assert src.read_latest() is not None

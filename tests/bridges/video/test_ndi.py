@@ -23,6 +23,7 @@ import pytest
 from bridges.video.ndi import NdiSink, NdiSource, ndi_frame_rate
 from engine.errors import BridgeUnavailable, ConfigError
 from engine.realtime.frames import FrameSink, FrameSource
+from tests.fake_clock import FakeClock
 
 
 class FourCC(enum.IntEnum):
@@ -222,14 +223,6 @@ class FakeSender:
         return True
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 10.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def net(monkeypatch: pytest.MonkeyPatch) -> Net:
     n = Net()
@@ -260,7 +253,7 @@ def test_source_lifecycle(
     net: Net, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
 ) -> None:
     caplog.set_level(logging.INFO, logger="streamvj.ndi")
-    clock = FakeClock()
+    clock = FakeClock(10.0)
     name = "MY-PC (TouchDesigner)"
     src = NdiSource(name, timeout_s=2.0, retry_s=0.5, clock=clock)
     assert isinstance(src, FrameSource)
@@ -303,7 +296,7 @@ def test_source_lifecycle(
 
 @pytest.mark.parametrize("fourcc", [FourCC.RGBX, FourCC.BGRA, FourCC.BGRX])
 def test_source_converts_other_rgb_layouts(net: Net, fourcc: FourCC) -> None:
-    clock = FakeClock()
+    clock = FakeClock(10.0)
     remote = RemoteSource(5, 2, fourcc=fourcc)
     net.sources["S"] = remote
     expected = remote.publish(9)
@@ -321,7 +314,7 @@ def test_source_converts_other_rgb_layouts(net: Net, fourcc: FourCC) -> None:
 def test_source_skips_unexpected_formats_logging_once(net: Net, logged: Callable[[str], list[str]]) -> None:
     remote = RemoteSource(2, 2, fourcc=FourCC.UYVY)
     net.sources["S"] = remote
-    src = NdiSource("S", clock=FakeClock())
+    src = NdiSource("S", clock=FakeClock(10.0))
     src.open()
     for seed in range(3):
         remote.publish(seed)
@@ -380,7 +373,7 @@ def test_real_sender_and_receiver_construct_and_poll() -> None:
     sink.send(np.zeros((16, 16, 4), dtype=np.uint8))
     sink.close()
 
-    src = NdiSource("NO-SUCH-HOST (streamvj pytest)", clock=FakeClock())
+    src = NdiSource("NO-SUCH-HOST (streamvj pytest)", clock=FakeClock(10.0))
     src.open()
     assert src.read_latest() is None
     src.close()

@@ -6,14 +6,7 @@ import pytest
 from bridges.video.pattern import PatternSource, render_pattern
 from engine.errors import ConfigError
 from engine.realtime.frames import FrameSource, check_rgba_u8
-
-
-class FakeClock:
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from tests.fake_clock import FakeClock
 
 
 def _counter_value(frame: np.ndarray) -> int:

@@ -25,6 +25,7 @@ import pytest
 from bridges.video.spout import SpoutSink, SpoutSource
 from engine.errors import BridgeUnavailable, FrameError
 from engine.realtime.frames import FrameSink, FrameSource
+from tests.fake_clock import FakeClock
 
 GL_RGBA = 0x1908
 GL_BGRA = 0x80E1
@@ -202,14 +203,6 @@ class FakeSpoutSender(GLObject):
         self.released = True
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 50.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     w = World()
@@ -257,7 +250,7 @@ def test_source_lifecycle(
     world: World, opened: Callable, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="streamvj.spout")
-    clock = FakeClock()
+    clock = FakeClock(50.0)
     src = opened(SpoutSource("TDOut", retry_s=1.0, stale_s=100.0, clock=clock))
     assert isinstance(src, FrameSource)
     assert world.receivers == []  # created on the polling thread, at the first read
@@ -316,7 +309,7 @@ def test_source_lifecycle(
 def test_source_recreates_a_receiver_that_went_stale(
     world: World, opened: Callable, logged: Callable[[str], list[str]]
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(50.0)
     sender = FakeSender(2, 2)
     world.senders["A"] = sender
     sender.publish(1)
@@ -340,7 +333,7 @@ def test_source_without_name_uses_active_sender(
     caplog.set_level(logging.INFO, logger="streamvj.spout")
     world.senders["Resolume Out"] = FakeSender(3, 3)
     world.senders["Resolume Out"].publish(7)
-    src = opened(SpoutSource("", clock=FakeClock()))
+    src = opened(SpoutSource("", clock=FakeClock(50.0)))
     src.read_latest()
     assert src.read_latest() is not None
     assert world.receivers[0].name == ""
@@ -348,7 +341,7 @@ def test_source_without_name_uses_active_sender(
 
 
 def test_sink_sends_rgba_and_frame_sync(world: World, opened: Callable) -> None:
-    sink = opened(SpoutSink("streamvj-out", clock=FakeClock()))
+    sink = opened(SpoutSink("streamvj-out", clock=FakeClock(50.0)))
     assert isinstance(sink, FrameSink)
     frame = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     sink.send(frame)
@@ -369,7 +362,7 @@ def test_sink_failure_is_logged_once_and_recreated(
     world: World, opened: Callable, caplog: pytest.LogCaptureFixture, logged: Callable[[str], list[str]]
 ) -> None:
     caplog.set_level(logging.INFO, logger="streamvj.spout")
-    clock = FakeClock()
+    clock = FakeClock(50.0)
     sink = opened(SpoutSink("out", retry_s=1.0, clock=clock))
     frame = np.zeros((2, 2, 4), dtype=np.uint8)
     world.send_ok = False
@@ -395,7 +388,7 @@ def test_every_spout_call_runs_on_the_bridges_own_thread(world: World, opened: C
     sender = FakeSender(2, 2)
     world.senders["TD"] = sender
     sender.publish(1)
-    src = opened(SpoutSource("TD", clock=FakeClock()))
+    src = opened(SpoutSource("TD", clock=FakeClock(50.0)))
     got: list = []
 
     def source_thread() -> None:
@@ -417,8 +410,8 @@ def test_a_source_and_a_sink_on_one_caller_thread_keep_their_own_contexts(world:
     run their calls on one thread, the source would have received with the sink's context."""
     sender = FakeSender(2, 2)
     world.senders["TD"] = sender
-    src = opened(SpoutSource("TD", clock=FakeClock()))
-    sink = opened(SpoutSink("out", clock=FakeClock()))
+    src = opened(SpoutSource("TD", clock=FakeClock(50.0)))
+    sink = opened(SpoutSink("out", clock=FakeClock(50.0)))
     frame = np.zeros((2, 2, 4), np.uint8)
     received = 0
     for k in range(4):
@@ -435,7 +428,7 @@ def test_a_driver_stuck_in_release_does_not_hang_close(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="streamvj.spout")
     world.senders["TD"] = FakeSender(2, 2)
-    src = SpoutSource("TD", clock=FakeClock(), close_timeout_s=0.2)
+    src = SpoutSource("TD", clock=FakeClock(50.0), close_timeout_s=0.2)
     src.open()
     src.read_latest()
     world.release_gate = threading.Event()
@@ -453,7 +446,7 @@ def test_a_driver_stuck_in_release_does_not_hang_close(
 
 
 def test_sink_close_releases_on_its_thread(world: World) -> None:
-    sink = SpoutSink("out", clock=FakeClock())
+    sink = SpoutSink("out", clock=FakeClock(50.0))
     sink.open()
     sink.send(np.zeros((2, 2, 4), np.uint8))
     sink.close()

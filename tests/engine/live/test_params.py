@@ -9,19 +9,7 @@ from engine.config.schema import LIVE_SPECS, LiveParams
 from engine.errors import ConfigError
 from engine.live.params import ParamStore
 from engine.live.tempo import Tempo
-
-
-class FakeClock:
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from tests.fake_clock import FakeClock
 
 
 @pytest.fixture

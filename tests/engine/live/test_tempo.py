@@ -4,19 +4,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.live.tempo import Tempo
-
-
-class FakeClock:
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from tests.fake_clock import FakeClock
 
 
 def test_tempo_next_beat_and_bar(clock: FakeClock) -> None:

@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 
 from engine.realtime.timings import STAGES, Ring, Timings, rate
-
-
-class FakeClock:
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from tests.fake_clock import FakeClock
 
 
 def test_ring_keeps_the_last_samples_in_fixed_memory():
