@@ -3,6 +3,8 @@ tests/engine/conftest.py, an engine "builds" on any machine)."""
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,17 @@ def fake_exports(monkeypatch):
     monkeypatch.setattr(trt_components, "export_vae_encoder",
                         export_vae("vae_encoder", "images", "latents", image, latent))
     return exported
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch):
+    """A stand-in module that imports and reports a version (no engine API: see fake_tensorrt.py)."""
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "10.9.0.34"
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    return fake

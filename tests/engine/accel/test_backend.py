@@ -4,8 +4,6 @@ fallback: TensorRT -> compile, compile -> eager, a failed CUDA graph capture, an
 from __future__ import annotations
 
 import logging
-import sys
-import types
 
 import pytest
 import torch
@@ -25,20 +23,6 @@ from engine.config.schema import ACCELERATIONS, COMPILE_MODES, LiveParams, LoadS
 from engine.errors import ConfigError
 from tests.engine.accel.graph_emulator import EmulatedGraphs
 from tests.engine.core.pipelines import SIZE, make_pipeline
-
-
-@pytest.fixture
-def no_tensorrt(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
-
-
-@pytest.fixture
-def fake_tensorrt(monkeypatch):
-    fake = types.ModuleType("tensorrt")
-    fake.__version__ = "10.9.0.34"
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    return fake
-
 
 # ---- choice -----------------------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ import json
 import logging
 import sys
 import threading
-import types
 from types import SimpleNamespace
 
 import pytest
@@ -28,19 +27,6 @@ from engine.accel.trt_engine import (
 )
 from engine.errors import ConfigError
 from tests.engine.accel.fake_tensorrt import make_fake_trt, write_graph
-
-
-@pytest.fixture
-def no_tensorrt(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
-
-
-@pytest.fixture
-def fake_tensorrt(monkeypatch):
-    fake = types.ModuleType("tensorrt")
-    fake.__version__ = "10.9.0.34"
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    return fake
 
 
 def test_missing_library_is_one_line_naming_the_extra(no_tensorrt):
