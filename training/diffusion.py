@@ -1,0 +1,73 @@
+"""The trained model's UNet and its img2img diffusion loss.
+
+Prediction type: v (v = alpha*eps - beta*x0). The stream batch's first slot starts at
+t ~ 359, where most of the change toward the prompt happens; with epsilon prediction the x0
+the scheduler reads back is (x - beta*eps)/alpha, which multiplies the UNet's error by
+beta/alpha (and by ~14 at t = 999, txt2img's start). v is well conditioned at every t, and
+engine/core/stream.py converts it to epsilon (scheduler prediction_type "v_prediction").
+
+The loss (`pair_loss`): plain denoising never teaches a prompt to override the colours the
+noisy input still shows, because in training the caption always matches the picture. So the
+source picture A is noised, the caption is that of B (the same layout painted otherwise) and
+the target is B: x_t = alpha*z(A) + beta*n, and the v the model must give is the one whose
+implied x0 is z(B). For A == B (half the batches) it is ordinary v-prediction training.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from engine.core.schedule import alphas_cumprod, lcm_timesteps
+
+UNET_CHANNELS = (32, 64)
+
+
+def build_unet(cross_attention_dim: int, channels: tuple[int, int] = UNET_CHANNELS) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=channels,
+        layers_per_block=1,
+        # Attention only at half resolution, as in the random tiny model: 4x fewer tokens.
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def sample_timesteps(g: torch.Generator, batch: int, scheduler_config: dict) -> torch.Tensor:
+    """Mostly near the stream batch's default steps ([32, 45] -> 359, 99), the rest anywhere."""
+    t0, t1 = lcm_timesteps([32, 45], int(scheduler_config.get("num_train_timesteps", 1000)))
+    which = torch.rand(batch, generator=g)
+    near0 = (t0 + 60 * (torch.rand(batch, generator=g) * 2 - 1)).round()
+    near1 = (t1 + 40 * (torch.rand(batch, generator=g) * 2 - 1)).round()
+    anywhere = torch.randint(0, 1000, (batch,), generator=g).float()
+    t = torch.where(which < 0.4, near0, torch.where(which < 0.6, near1, anywhere))
+    return t.clamp(0, 999).long()
+
+
+def pair_loss(unet: UNet2DConditionModel, hidden: torch.Tensor, z_source: torch.Tensor, z_target: torch.Tensor,
+              t: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """MSE on v for x_t = alpha*z_source + beta*noise whose x0 should be z_target.
+
+    v-MSE is x0-MSE / beta^2; when source and target differ, the v target itself grows like
+    1/beta as t -> 0 (little noise left to explain the change), so those rows are weighted
+    down to x0-MSE / 0.3^2 below beta = 0.3: they would otherwise dominate the gradient.
+    """
+    a = abar[t].sqrt().float().view(-1, 1, 1, 1)
+    b = (1 - abar[t]).sqrt().float().view(-1, 1, 1, 1)
+    x_t = a * z_source + b * noise
+    eps = (x_t - a * z_target) / b
+    v = a * eps - b * z_target
+    pred = unet(x_t, t, encoder_hidden_states=hidden).sample
+    differs = (z_source - z_target).flatten(1).abs().amax(1).gt(0).float().view(-1, 1, 1, 1)
+    weight = 1 - differs + differs * (b / 0.3).pow(2).clamp(max=1.0)
+    return ((pred - v).pow(2) * weight).mean()
+
+
+def alphas(scheduler_config: dict) -> torch.Tensor:
+    return alphas_cumprod(scheduler_config)
