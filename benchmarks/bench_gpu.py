@@ -13,6 +13,7 @@ AutoPipelineForImage2Image runs the same steps on the same modules.
     python benchmarks/bench_gpu.py                      # CUDA, fp16, all variants
     python benchmarks/bench_gpu.py --tensorrt           # also TensorRT engines (cached)
     python benchmarks/bench_gpu.py --power              # watts with/without the similarity filter
+    python benchmarks/bench_gpu.py --power-only --steps 1   # only that (scripts/gpu_check.sh's last stage)
     python benchmarks/bench_gpu.py --device cpu --tiny --frames 2 --no-compile   # smoke run
 """
 
@@ -280,11 +281,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--autotune", action="store_true",
                    help="also torch.compile max-autotune (minutes of autotuning; preset compile_mode: max-autotune)")
     p.add_argument("--power", action="store_true", help="GPU watts on a static scene, similarity filter off/on")
+    p.add_argument("--power-only", action="store_true", help="only --power, no speed variants")
     p.add_argument("--power-seconds", type=float, default=10.0)
     p.add_argument("--power-fps", type=float, default=60.0, help="source frame rate for --power (default 60)")
     p.add_argument("--json-out", type=Path, help="also write the JSON object to this file")
     args = p.parse_args(argv)
     args.size = args.size or (64 if args.tiny else 512)
+    args.power = args.power or args.power_only
     try:
         args.steps = [int(s) for s in args.steps.split(",") if s.strip()]
     except ValueError:
@@ -313,24 +316,42 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dtype = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}.get(
         args.dtype, torch.float16 if device.type == "cuda" else torch.float32)
+    if args.power_only and (why := power_unavailable(device)):
+        return emit({"skipped": why, "device": str(device)}, args)  # said before minutes of model loading
     parts, label = load_parts(args, device, dtype)
     rows = []
-    for steps in args.steps:
+    for steps in [] if args.power_only else args.steps:
         rows.extend(run_variants(parts, args, steps, device, dtype))
     result = {
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "model": label, "width": args.size, "height": args.size, "cfg": args.cfg,
-        "frames": args.frames, "warmup": args.warmup, "results": rows, "speedups": speedups(rows),
+        "frames": args.frames, "warmup": args.warmup, "results": rows, "speedups": speedups(rows) if rows else {},
     }
     if args.power:
         result["power_static_scene"] = measure_power(parts, args, device, dtype)
-    print(format_rows(rows), file=sys.stderr)
+    if rows:
+        print(format_rows(rows), file=sys.stderr)
+    return emit(result, args)
+
+
+def emit(result: dict, args: argparse.Namespace) -> int:
     text = json.dumps(result)
     print(text)
     if args.json_out:
         args.json_out.write_text(text + "\n")
     return 0
+
+
+def power_unavailable(device: torch.device) -> str | None:
+    """Why watts cannot be read here (no GPU, no NVML), or None when they can."""
+    from engine.realtime.gpu_stats import GpuStats
+
+    stats = GpuStats.for_device(device)
+    if stats is None:
+        return f"no NVML power reading on {device} (needs an NVIDIA GPU and nvidia-ml-py: pip install 'streamvj[nvml]')"
+    stats.close()
+    return None
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from engine.accel.compile_cache import enable_compile_cache, log_compiles
 from engine.accel.cuda_graphs import CUDA_GRAPHS, CudaGraphs, GraphedStep, Watch
 from engine.accel.trt_engine import tensorrt_status
 from engine.errors import ConfigError
@@ -43,7 +44,8 @@ DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.
 # one code object; dynamo's default limit of 8 would silently leave a show's 5th shape eager.
 COMPILED_VARIANTS = 64
 
-# unet(latents, timesteps, hidden, pooled_or_None, time_ids_or_None) -> model output
+# unet(latents, timesteps, hidden, pooled_or_None, time_ids_or_None[, residuals=(down, mid)]) -> model output;
+# `residuals` (ControlNets', engine/core/controlnet.py) is passed only when a ControlNet runs.
 UnetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"],
                   torch.Tensor]
 
@@ -145,15 +147,26 @@ class ModelCalls:
     vae_encode: Callable[[torch.Tensor], torch.Tensor]  # img_pm1 -> latents as the VAE emits them
     vae_decode: Callable[[torch.Tensor], torch.Tensor]  # latents as the VAE takes them -> img_pm1
     backend: str  # the backend these realise: "tensorrt", or the one asked for when TensorRT fell back
+    # One per ControlNet: (latents, timesteps, hidden, maps, pooled, time_ids) -> (down residuals, mid)
+    controlnets: tuple[Callable[..., Any], ...] = ()
 
 
-def torch_calls(parts: Any, backend: str) -> ModelCalls:
+def torch_calls(parts: Any, backend: str, controlnets: Sequence[torch.nn.Module] = ()) -> ModelCalls:
     """The diffusers modules themselves (eager, or compiled as part of the frame step)."""
     unet, vae = parts.unet, parts.vae
 
-    def run_unet(x, timesteps, hidden, pooled, time_ids):
+    def run_unet(x, timesteps, hidden, pooled, time_ids, residuals=None):
         added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
-        return unet(x, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False)[0]
+        down, mid = (None, None) if residuals is None else residuals
+        return unet(x, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False,
+                    down_block_additional_residuals=down, mid_block_additional_residual=mid)[0]
+
+    def controlnet_call(controlnet: torch.nn.Module) -> Callable[..., Any]:
+        def run(x, timesteps, hidden, maps, pooled, time_ids):
+            added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
+            return controlnet(x, timesteps, encoder_hidden_states=hidden, controlnet_cond=maps,
+                              added_cond_kwargs=added, return_dict=False)
+        return run
 
     def encode(img_pm1: torch.Tensor) -> torch.Tensor:
         encoded = vae.encode(img_pm1)
@@ -163,17 +176,23 @@ def torch_calls(parts: Any, backend: str) -> ModelCalls:
     def decode(latents: torch.Tensor) -> torch.Tensor:
         return vae.decode(latents, return_dict=False)[0]
 
-    return ModelCalls(run_unet, encode, decode, backend)
+    return ModelCalls(run_unet, encode, decode, backend, tuple(controlnet_call(c) for c in controlnets))
 
 
 def model_calls(parts: Any, backend: str, *, width: int, height: int, unet_batch: int, frame_buffer_size: int,
-                device: torch.device, dtype: torch.dtype, txt2img: bool) -> ModelCalls:
+                device: torch.device, dtype: torch.dtype, txt2img: bool,
+                controlnets: Sequence[torch.nn.Module] = ()) -> ModelCalls:
     """TensorRT engines for `backend == "tensorrt"` (built once, then cached), else the torch modules.
 
     An engine build that fails in any way (a TensorRT version whose API moved raises whatever
-    it raises) falls back to torch.compile with CUDA graphs on the same modules."""
+    it raises) falls back to torch.compile with CUDA graphs on the same modules. So do
+    ControlNets: streamvj builds no ControlNet engines (nor a UNet engine taking residuals) yet."""
     if backend != "tensorrt":
-        return torch_calls(parts, backend)
+        return torch_calls(parts, backend, controlnets)
+    if controlnets:
+        log.warning("TensorRT: no ControlNet engines yet; this preset's %d ControlNet(s) run with "
+                    "torch.compile with CUDA graphs instead", len(controlnets))
+        return torch_calls(parts, "compile", controlnets)
     from engine.accel.trt_components import build_trt_components
 
     try:
@@ -242,6 +261,9 @@ class FrameStep:
         self._run = fn
         if backend == "compile":
             allow_compiled_variants(COMPILED_VARIANTS)
+            # Before the first compile: a restart reuses what earlier runs compiled (any preset, any size).
+            enable_compile_cache()
+            log_compiles()
             _import_inductor_quietly()
             compiled = torch.compile(fn, dynamic=False, fullgraph=False, mode=torch_compile_mode(compile_mode))
             self._run = self._compiled_or_eager(compiled)
