@@ -52,6 +52,10 @@ PREBUILT_UP_TO = (3, 12)
 COMPILER = {"Windows": "Visual Studio Build Tools with C++", "Darwin": "Xcode's command line tools",
             "Linux": "a C++ compiler and the ALSA headers (libasound2-dev)"}
 REPO = Path(__file__).resolve().parents[1]
+# The reference StreamDiffusion that benchmarks/reference_streamdiffusion.py measures streamvj against
+# (dev only). Installed without its dependencies: its metadata pins diffusers==0.24.0, which would
+# replace streamvj's diffusers, and its pipeline module imports only torch, numpy, PIL and diffusers.
+REFERENCE_NO_DEPS = ("streamdiffusion==0.1.1",)
 
 
 class PlanError(Exception):
@@ -90,6 +94,7 @@ class Plan:
     torch: tuple[TorchSource, ...]  # tried in order; the next only when the one before cannot be had
     extras: tuple[str, ...]
     reasons: tuple[str, ...]  # one line each: what was chosen and why
+    no_deps: tuple[str, ...] = ()  # installed last, with --no-deps (REFERENCE_NO_DEPS)
 
     def requirement(self) -> str:
         """The pip argument that installs streamvj itself (editable) with this plan's extras."""
@@ -105,18 +110,21 @@ def decide(facts: Facts, torch_override: str | None = None, dev: bool = False) -
     elif facts.system == "Darwin":
         reasons.append("extra syphon: macOS, so Syphon for TouchDesigner and Resolume")
     reasons.append("extras ndi, midi: NDI video and MIDI controllers (all platforms)")
+    no_deps = REFERENCE_NO_DEPS if dev else ()
     if dev:
         reasons.append("extra dev: test tools (pytest, ruff, onnxruntime, ...)")
+        reasons.append(f"{', '.join(no_deps)} without its dependencies: the reference the GPU check compares with "
+                       "(its pinned diffusers 0.24.0 is not needed)")
     note = newer_python_note(facts)
     if note:
         reasons.append(note)
     if torch_override:
         args = split_override(torch_override, facts.system)
         reasons.insert(0, f"torch: `pip install {torch_override}` because {ENV_OVERRIDE} is set")
-        return Plan((TorchSource(args, None, f"{ENV_OVERRIDE}={torch_override}"),), extras, tuple(reasons))
+        return Plan((TorchSource(args, None, f"{ENV_OVERRIDE}={torch_override}"),), extras, tuple(reasons), no_deps)
     sources, why = _torch_sources(facts)
     reasons.insert(0, f"torch: {sources[0].what}, because {why}")
-    return Plan(sources, extras, tuple(reasons))
+    return Plan(sources, extras, tuple(reasons), no_deps)
 
 
 def split_override(value: str, system: str) -> tuple[str, ...]:
@@ -355,6 +363,8 @@ def main(argv: list | None = None) -> int:
         if note:
             say(note)
         return 1
+    if plan.no_deps and run([py, "-m", "pip", "install", "-q", "--no-deps", *plan.no_deps], args.dry_run) != 0:
+        say(f"could not install {', '.join(plan.no_deps)}: the GPU check's reference stage will say it was skipped")
     if not args.dry_run:
         check_torch(py, plan)
     say(f"done: {py} run_engine.py")

@@ -32,7 +32,7 @@ ENV_CACHE_DIR = "STREAMVJ_COMPILE_CACHE"
 TORCH_ENV = "TORCHINDUCTOR_CACHE_DIR"
 _lock = threading.Lock()
 _enabled: Path | None = None
-_logging = False
+_progress: _CompileLog | None = None
 
 
 def default_cache_dir() -> Path:
@@ -117,17 +117,18 @@ class _CompileLog:
 
 
 def log_compiles() -> None:
-    """Log a line when dynamo starts compiling a graph and one when it is ready (once per process)."""
-    global _logging
+    """Log a line when dynamo starts compiling a graph and one when it is ready.
+
+    Registered once; again after torch._dynamo.reset(), which drops every callback."""
+    global _progress
     with _lock:
-        if _logging:
-            return
         import torch._dynamo
 
         handler = getattr(torch._dynamo, "callback_handler", None)
         if handler is None:  # older torch: compiles still work, silently
             return
-        progress = _CompileLog()
-        handler.register_start_callback(progress.start)
-        handler.register_end_callback(progress.end)
-        _logging = True
+        if _progress is None:
+            _progress = _CompileLog()
+        if _progress.start not in handler.start_callbacks:
+            handler.register_start_callback(_progress.start)
+            handler.register_end_callback(_progress.end)

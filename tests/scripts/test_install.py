@@ -249,6 +249,14 @@ def test_dry_run_prints_the_plan_and_commands_and_changes_nothing(monkeypatch, c
     assert "cannot reach https://download.pytorch.org/whl/cpu (faked: offline)" in out
     assert f"-m pip install -q {SPEC}\n" in out
     assert "'.[ndi,midi,dev]'" in out
+    assert "-m pip install -q --no-deps streamdiffusion==0.1.1" in out  # the GPU check's reference, last
+
+
+def test_only_dev_installs_the_reference_streamdiffusion_without_its_pins():
+    facts = Facts("Linux", "x86_64", (), None, "faked")
+    assert install.decide(facts, dev=True).no_deps == ("streamdiffusion==0.1.1",)
+    assert install.decide(facts).no_deps == ()
+    assert install.decide(facts, "torch==2.13.0", dev=True).no_deps == ("streamdiffusion==0.1.1",)
 
 
 @pytest.mark.parametrize(("system", "fix"), [
