@@ -33,6 +33,7 @@ FamilyName = Literal["sd15", "sd21", "sdxl"]
 DtypeName = Literal["auto", "float16", "float32", "bfloat16"]
 PromptInterp = Literal["linear", "slerp"]
 Quantum = Literal["beat", "bar"]  # what a preset switch can wait for (engine/live/quantise.py)
+Preprocessor = Literal["canny", "depth", "passthrough"]  # how a ControlNet's map is made (engine/core/preprocess/)
 CFG_TYPES: tuple[str, ...] = get_args(CfgType)
 MODES: tuple[str, ...] = get_args(Mode)
 ACCELERATIONS: tuple[str, ...] = get_args(Acceleration)
@@ -41,6 +42,9 @@ COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 FAMILIES: tuple[str, ...] = get_args(FamilyName)
 DTYPES: tuple[str, ...] = get_args(DtypeName)
 QUANTA: tuple[str, ...] = get_args(Quantum)
+PREPROCESSORS: tuple[str, ...] = get_args(Preprocessor)
+MAX_CONTROLNETS = 4  # each has its own live scale and on/off below (controlnet_<k>_scale, _enabled)
+CONTROL_FROM_INPUT = "input"  # a ControlNet source: the main input frame, through its preprocessor
 
 # Strict scalars: YAML and OSC both deliver typed values, so "1.5" for a float or
 # `true` for a number is a mistake to report, not to coerce. int -> float is allowed.
@@ -69,6 +73,15 @@ def _unit(unit: str, kind: str | None = None) -> dict[str, str]:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, validate_default=True)
+
+
+def _controlnet_scale(k: int) -> Any:
+    return Field(1.0, ge=0.0, le=3.0, description=f"ControlNet {k}'s conditioning scale (0 = no effect; "
+                 f"ignored when the preset has fewer ControlNets)")
+
+
+def _controlnet_enabled(k: int) -> Any:
+    return Field(True, description=f"ControlNet {k} on; off = neither it nor its preprocessor runs")
 
 
 class LiveParams(_Strict):
@@ -119,6 +132,20 @@ class LiveParams(_Strict):
     fx_hue: Flt = Field(
         0.0, ge=-180.0, le=180.0, description="Output hue rotation", json_schema_extra=_unit("deg")
     )
+    # One scale and one on/off per ControlNet slot k < MAX_CONTROLNETS (plain floats and bools, so
+    # OSC, MIDI, presets and smoothing treat them like any other live value).
+    controlnet_0_scale: Flt = _controlnet_scale(0)
+    controlnet_0_enabled: Bool = _controlnet_enabled(0)
+    controlnet_1_scale: Flt = _controlnet_scale(1)
+    controlnet_1_enabled: Bool = _controlnet_enabled(1)
+    controlnet_2_scale: Flt = _controlnet_scale(2)
+    controlnet_2_enabled: Bool = _controlnet_enabled(2)
+    controlnet_3_scale: Flt = _controlnet_scale(3)
+    controlnet_3_enabled: Bool = _controlnet_enabled(3)
+    canny_low: Flt = Field(0.08, ge=0.0, le=1.0, description="Canny preprocessor: weak-edge threshold "
+                           "(gradient of 0..1 luminance)")
+    canny_high: Flt = Field(0.2, ge=0.0, le=1.0, description="Canny preprocessor: strong-edge threshold "
+                            "(the larger of canny_low/canny_high is the strong one)")
     smoothing: dict[Str, Annotated[float, Strict(), Field(ge=0.0, le=60.0, allow_inf_nan=False)]] = Field(
         default_factory=dict,
         description="Per-parameter slew time in seconds for float parameters, e.g. {guidance_scale: 0.5}",
@@ -158,11 +185,56 @@ class LoraSpec(_Strict):
     )
 
 
+def _check_control_source(spec: str) -> str:
+    if spec == CONTROL_FROM_INPUT:
+        return spec
+    try:
+        return check_source_spec(spec)
+    except ValueError as exc:
+        raise ValueError(f'{exc}; or "{CONTROL_FROM_INPUT}" for the main input frame') from None
+
+
+ControlSource = Annotated[str, Strict(), AfterValidator(_check_control_source)]
+ModelSpec = Annotated[str, Strict(), Field(min_length=1, max_length=1000)]
+
+
+class ControlNetSpec(_Strict):
+    """One ControlNet: the network, where its control map comes from, when in the steps it acts."""
+
+    model: ModelSpec = Field(
+        description='"random" (shaped like the model, random weights), a Hugging Face id, a local diffusers '
+        "ControlNet folder or a .safetensors file; trained for the model's family"
+    )
+    source: ControlSource = Field(
+        "input", description='"input" (the main input frame) or a source spec of its own, e.g. "spout:TDDepth", '
+        '"shm:streamvj_depth" (a second live source, latest wins)'
+    )
+    preprocessor: Preprocessor = Field(
+        "passthrough", description="canny (edges), depth (a depth network) or passthrough (the map as sent)"
+    )
+    depth_model: ModelSpec = Field(
+        "depth-anything/Depth-Anything-V2-Small-hf",
+        description='Depth network for preprocessor depth: a Hugging Face id or folder, or "random" (tests)',
+    )
+    depth_resolution: Int = Field(518, ge=56, le=1022, multiple_of=14,
+                                  description="Side of the square the depth network sees (a multiple of 14)")
+    guidance_start: Flt = Field(0.0, ge=0.0, le=1.0, description="Acts from this fraction of the steps on")
+    guidance_end: Flt = Field(1.0, ge=0.0, le=1.0, description="Acts up to this fraction of the steps")
+
+    @model_validator(mode="after")
+    def _window(self) -> ControlNetSpec:
+        if self.guidance_start >= self.guidance_end:
+            raise ValueError(f"guidance_start ({self.guidance_start}) must be below guidance_end "
+                             f"({self.guidance_end})")
+        return self
+
+
 class LoadSettings(_Strict):
     """Fields that need a pipeline rebuild when they change."""
 
     model: Annotated[str, Strict(), Field(min_length=1, max_length=1000)] = Field(
-        description='"tiny", "tiny-sdxl", "sd-turbo-random", a Hugging Face id, a local diffusers folder or a .safetensors file'
+        description='"tiny" (the small trained model shipped in the repo), "tiny-random", "tiny-sdxl", "sd-turbo-random" '
+                    '(random weights, for tests), a Hugging Face id, a local diffusers folder or a .safetensors file'
     )
     family: FamilyName | None = Field(
         None, description="Model family; absent = from the model's config"
@@ -185,6 +257,19 @@ class LoadSettings(_Strict):
     )
     sinks: list[SinkSpec] = Field(default_factory=lambda: ["shm:streamvj_out"], max_length=8)
     target_fps: Annotated[float, Strict(), Field(gt=0.0, le=240.0, allow_inf_nan=False)] | None = None
+    controlnets: list[ControlNetSpec] = Field(
+        default_factory=list, max_length=MAX_CONTROLNETS,
+        description="ControlNets, in slot order (live: controlnet_<k>_scale, controlnet_<k>_enabled)",
+    )
+
+    @model_validator(mode="after")
+    def _controls_have_maps(self) -> LoadSettings:
+        if self.mode == "txt2img":
+            bad = [k for k, c in enumerate(self.controlnets) if c.source == CONTROL_FROM_INPUT]
+            if bad:
+                raise ValueError(f"controlnets {bad}: txt2img has no input frame; give each a source of its own "
+                                 f"(e.g. source: shm:streamvj_depth)")
+        return self
 
 
 class HostPort(_Strict):

@@ -12,6 +12,7 @@ import threading
 from engine.accel.backend import resolve_acceleration, resolve_device, resolve_dtype
 from engine.config.schema import Preset
 from engine.core.pipeline import StreamPipeline
+from engine.models.controlnet import load_controlnets
 from engine.models.load import load_model
 from engine.models.lora import fuse_loras
 
@@ -26,8 +27,10 @@ def build_pipeline(preset: Preset) -> StreamPipeline:
     backend = resolve_acceleration(load.acceleration, device)
     parts = load_model(load.model, family=load.family, vae=load.vae, device=device, dtype=dtype)
     fuse_loras(parts, [(lora.path, lora.scale, lora.weight_name) for lora in load.lora])
+    controlnets = load_controlnets(load.controlnets, parts.unet, parts.family, device=device, dtype=dtype)
     # fit_input: a live source sends whatever size it has; frames are cover-fitted on the device.
-    pipeline = StreamPipeline(parts, load, preset.live, device=device, dtype=dtype, backend=backend, fit_input=True)
+    pipeline = StreamPipeline(parts, load, preset.live, device=device, dtype=dtype, backend=backend, fit_input=True,
+                              controlnets=controlnets)
     # Compiling and capturing happen here, on the building thread, not on the first live frame.
     seconds = pipeline.warm_up()
     log.info("pipeline warmed up in %.1f s (%s)", seconds, pipeline.backend)

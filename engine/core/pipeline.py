@@ -14,21 +14,26 @@ import logging
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from engine.accel.backend import FrameStep, model_calls
-from engine.config.schema import LiveParams, LoadSettings
+from engine.config.schema import CONTROL_FROM_INPUT, MAX_CONTROLNETS, LiveParams, LoadSettings
 from engine.core.blend import blend
+from engine.core.controlnet import ControlBatch
 from engine.core.fit import fit_into
 from engine.core.fx import FxUniforms, feedback_mix, post_fx
 from engine.core.pixels import as_frame_batch, img_pm1_to_rgb_u8, rgba_u8_to_img_pm1
+from engine.core.preprocess import make_preprocessor
+from engine.core.preprocess.canny import Canny
 from engine.core.prompts import PromptEncoder
 from engine.core.similarity import SimilarityFilter
 from engine.core.stream import StreamBatch, unet_batch_size
 from engine.errors import ConfigError
+from engine.models.controlnet import ControlNetParts
 from engine.models.family import Family
 from engine.models.parts import ModelParts
 from engine.realtime.processor import Counters, FrameResult
@@ -45,6 +50,8 @@ LIVE_GROUPS: dict[str, tuple[str, ...]] = {
     "t_index": ("t_index_list",),
     "similarity": ("similarity_enabled", "similarity_threshold", "similarity_max_skip"),
     "fx": ("fx_feedback", "fx_blend", "fx_brightness", "fx_contrast", "fx_saturation", "fx_hue"),
+    "controlnet": (*(f"controlnet_{k}_{what}" for k in range(MAX_CONTROLNETS) for what in ("scale", "enabled")),
+                   "canny_low", "canny_high"),
 }
 
 
@@ -59,11 +66,13 @@ SEED_CACHE = 16  # seeds kept on the device: a seed crossfade reuses them every 
 class StreamPipeline:
     """Built for one preset's load settings, starting from its live values (both validated by
     engine/config/schema.py). `backend` is the resolved acceleration: none, compile or tensorrt.
-    `fit_input`: accept frames of any size and cover-fit them on the device."""
+    `fit_input`: accept frames of any size and cover-fit them on the device.
+    `controlnets`: load.controlnets, loaded (engine/models/controlnet.py), in the same order."""
 
     def __init__(self, parts: ModelParts, load: LoadSettings, live: LiveParams, *,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, backend: str = "none",
-                 fit_input: bool = False, rng: random.Random | None = None):
+                 fit_input: bool = False, rng: random.Random | None = None,
+                 controlnets: Sequence[ControlNetParts] = ()):
         self.parts, self.load, self.fit_input = parts, load, fit_input
         self.device, self.dtype = torch.device(device), dtype
         self.txt2img = load.mode == "txt2img"
@@ -73,13 +82,15 @@ class StreamPipeline:
             parts.unet.to(memory_format=torch.channels_last)
         calls = model_calls(parts, backend, width=w, height=h, frame_buffer_size=f, device=self.device,
                             dtype=dtype, txt2img=self.txt2img,
-                            unet_batch=unet_batch_size(load.cfg_type, len(live.t_index_list), f))
+                            unet_batch=unet_batch_size(load.cfg_type, len(live.t_index_list), f),
+                            controlnets=[c.model for c in controlnets])
         self._vae_encode, self._vae_decode = calls.vae_encode, calls.vae_decode
         sdxl = parts.family is Family.SDXL
+        self._init_controlnets(load, live, controlnets, calls.controlnets)
         self.stream = StreamBatch(
             calls.unet, parts.scheduler_config, list(live.t_index_list), latent_shape,
             frame_buffer_size=f, cfg_type=load.cfg_type, txt2img=self.txt2img, device=self.device,
-            dtype=dtype, pooled=sdxl, time_ids=(h, w, 0, 0, h, w) if sdxl else None)
+            dtype=dtype, pooled=sdxl, time_ids=(h, w, 0, 0, h, w) if sdxl else None, control=self.control)
         self.prompts = PromptEncoder(parts, self.device, dtype)
         self.similarity = SimilarityFilter(live.similarity_threshold, live.similarity_max_skip, rng,
                                            enabled=live.similarity_enabled)
@@ -113,11 +124,33 @@ class StreamPipeline:
         self.step = FrameStep(self._frame_step, calls.backend, device=self.device, compile_mode=load.compile_mode,
                               static_inputs=[self.input_u8, self.txt_noise],
                               watch=lambda: (stream.cond, stream.uncond, stream.cond_pooled, stream.uncond_pooled),
-                              preserve=lambda: (stream.x_buf, stream.anchor_buf, self.fx_last))
+                              preserve=lambda: (stream.x_buf, stream.anchor_buf, self.fx_last,
+                                                *(self.control.map_buf if self.control else ())))
         self.negative_prompt = live.negative_prompt
         self.guidance_scale, self.delta = live.guidance_scale, live.delta
         for group in LIVE_GROUPS:
             self.apply_live(group, live)
+
+    def _init_controlnets(self, load: LoadSettings, live: LiveParams, loaded: Sequence[ControlNetParts],
+                          calls: Sequence[Any]) -> None:
+        """ControlNets: per-slot maps (ControlBatch), each one's preprocessor, a map buffer per own source."""
+        specs = load.controlnets
+        if len(loaded) != len(specs):
+            raise ConfigError(f"the preset names {len(specs)} ControlNet(s) but {len(loaded)} were loaded")
+        f, h, w = load.frame_buffer_size, load.height, load.width
+        self.control: ControlBatch | None = None
+        if specs:
+            self.control = ControlBatch(calls, [(s.guidance_start, s.guidance_end) for s in specs],
+                                        len(live.t_index_list), f, (3, h, w), device=self.device, dtype=self.dtype)
+        self.canny = Canny(live.canny_low, live.canny_high, device=self.device, dtype=self.dtype)
+        self._preprocess = [make_preprocessor(s.preprocessor, device=self.device, dtype=self.dtype, canny=self.canny,
+                                              depth=c.depth, depth_resolution=s.depth_resolution)
+                            for s, c in zip(specs, loaded)]
+        # A ControlNet with a source of its own reads its latest map from here (set_control_frame).
+        self.control_u8 = [None if s.source == CONTROL_FROM_INPUT else
+                           torch.zeros(f, h, w, 4, dtype=torch.uint8, device=self.device) for s in specs]
+        self._control_staging: list[torch.Tensor | None] = [None] * len(specs)
+        self.control_on: tuple[int, ...] = tuple(range(len(specs)))  # which run: set live (controlnet_<k>_enabled)
 
     @property
     def needs_input(self) -> bool:
@@ -137,17 +170,63 @@ class StreamPipeline:
         return self._vae_decode(latents / self._vae_scale + self._vae_shift)
 
     @torch.no_grad()
-    def _frame_step(self, input_u8: torch.Tensor, txt_noise: torch.Tensor, fx: bool = False) -> torch.Tensor:
+    def _frame_step(self, input_u8: torch.Tensor, txt_noise: torch.Tensor, fx: bool = False,
+                    control: tuple[int, ...] = ()) -> torch.Tensor:
+        """`fx` and `control` (the ControlNets that run) are host-side modes: one compiled step and one
+        CUDA graph per value, all made in `warm_up`."""
+        img = None
         if self.txt2img:
             x_in = txt_noise
         else:
             img = rgba_u8_to_img_pm1(input_u8, self.dtype)
             x_in = self.encode(feedback_mix(img, self.fx_last, self.fx.feedback) if fx else img)
-        out = self.decode(self.stream.step(x_in))
+        maps = {k: self._control_map(k, img) for k in control}
+        out = self.decode(self.stream.step(x_in, maps or None))
         if fx:
             out = post_fx(out, self.fx_last, self.fx)
             self.fx_last.copy_(out)
         return img_pm1_to_rgb_u8(out)
+
+    def _control_map(self, k: int, img_pm1: torch.Tensor | None) -> torch.Tensor:
+        """ControlNet k's map of the newest frame(s): its preprocessor on the input or on its own source's map."""
+        own = self.control_u8[k]
+        if own is not None:
+            rgb01 = own[..., :3].permute(0, 3, 1, 2).to(self.dtype) / 255.0
+        else:
+            rgb01 = img_pm1 * 0.5 + 0.5  # type: ignore[operator]  (schema: txt2img ControlNets have own sources)
+        return self._preprocess[k](rgb01)
+
+    def set_control_frame(self, k: int, frame: np.ndarray | torch.Tensor) -> None:
+        """The latest map from ControlNet k's own source, rgba_u8 of any size, fitted like the input.
+        It holds until the next one (a source that stops leaves its last map in place)."""
+        out = self.control_u8[k] if 0 <= k < len(self.control_u8) else None
+        if out is None:
+            raise ConfigError(f"ControlNet {k} has no source of its own (its maps come from the input frame)")
+        load = self.load
+        frames = as_frame_batch(frame, load.frame_buffer_size, load.height, load.width, any_size=True)
+        if frames.shape[1:] == out.shape[1:] and frames.shape[0] in (1, out.shape[0]):
+            out.copy_(frames, non_blocking=True)  # one map for all F frames, or one each
+            return
+        staging = self._control_staging[k]
+        if staging is None or staging.shape != frames.shape:
+            staging = self._control_staging[k] = torch.empty(frames.shape, dtype=torch.uint8, device=self.device)
+        staging.copy_(frames, non_blocking=True)
+        fit_into(staging, out)
+
+    def set_controlnets(self, live: LiveParams) -> None:
+        """Scales (into the per-row buffers), which ControlNets run (a host-side choice), canny thresholds."""
+        self.canny.set_thresholds(live.canny_low, live.canny_high)
+        if self.control is None:
+            return
+        for k in range(len(self.control)):
+            self.control.set_scale(k, getattr(live, f"controlnet_{k}_scale"))
+        self.control_on = tuple(k for k in range(len(self.control)) if getattr(live, f"controlnet_{k}_enabled"))
+
+    def control_variants(self) -> list[tuple[int, ...]]:
+        """Every subset of this pipeline's ControlNets, the current one first (what warm_up builds)."""
+        count = len(self.control) if self.control is not None else 0
+        subsets = [tuple(k for k in range(count) if mask >> k & 1) for mask in range(2 ** count)]
+        return [self.control_on, *(s for s in subsets if s != self.control_on)]
 
     # ---- live settings ----------------------------------------------------------------------------
 
@@ -211,6 +290,8 @@ class StreamPipeline:
             self.fx.update({name: getattr(live, name) for name in LIVE_GROUPS["fx"]})
         elif group == "similarity":
             self.set_similarity(live.similarity_enabled, live.similarity_threshold, live.similarity_max_skip)
+        elif group == "controlnet":
+            self.set_controlnets(live)
         else:
             raise ValueError(f"unknown live group {group!r}: groups are {', '.join(LIVE_GROUPS)}")
 
@@ -230,8 +311,12 @@ class StreamPipeline:
             log.info("warming up: torch.compile compiles the frame step now (minutes on a first run)")
         if not self.txt2img:
             self._upload(torch.zeros(self.input_u8.shape, dtype=torch.uint8))  # through the upload path
-        for fx in (False, True):
-            self._run_step(fx)
+        # Eager steps need one run (lazy library setup); compiled or graphed ones one per ControlNet subset,
+        # so switching a ControlNet on or off on air never compiles or captures.
+        variants = self.control_variants() if self.step.backend != "none" or self.step.graphed else [self.control_on]
+        for control in variants:
+            for fx in (False, True):
+                self._run_step(fx, control)
         self.primed = False
         self.counters.unet_calls = 0
         self.fx_last.zero_()
@@ -301,13 +386,15 @@ class StreamPipeline:
         self.counters.frames_out += 1
         return FrameResult(self._result(frame), False, {"preprocess": prepared - started})
 
-    def _run_step(self, fx: bool) -> torch.Tensor:
+    def _run_step(self, fx: bool, control: tuple[int, ...] | None = None) -> torch.Tensor:
         """The frame step on the current input. The first call after a start or reset primes: it
         runs the step N times on that input, so every slot of the stream batch holds the frame at
         its own timestep and the very first output is a finished image, not the decoded empty
         buffer ("brown frames")."""
+        # The ControlNets that run are a mode of pipelines that have any (others keep the plain step).
+        modes = (fx,) if self.control is None else (fx, self.control_on if control is None else control)
         for _ in range(1 if self.primed else self.stream.n):
-            rgb = self.step.run(self.input_u8, self.txt_noise, fx)
+            rgb = self.step.run(self.input_u8, self.txt_noise, *modes)
             self.counters.unet_calls += 1
         self.primed = True
         return rgb

@@ -16,15 +16,18 @@ its whole frame step N times on the first input (engine/core/pipeline.py, `_run_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
+from engine.core.controlnet import same_rows
 from engine.core.schedule import check_t_index_list, slot_coefficients
 from engine.errors import ConfigError
 
 if TYPE_CHECKING:
     from engine.accel.backend import UnetFn
+    from engine.core.controlnet import ControlBatch
 
 
 def check_cfg_type(cfg_type: str, txt2img: bool) -> str:
@@ -49,7 +52,8 @@ class StreamBatch:
     def __init__(self, unet_fn: UnetFn, scheduler_config: dict, t_index_list: list[int], latent_shape: tuple,
                  frame_buffer_size: int = 1, cfg_type: str = "self", txt2img: bool = False,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 pooled: bool = False, time_ids: tuple[float, ...] | None = None):
+                 pooled: bool = False, time_ids: tuple[float, ...] | None = None,
+                 control: ControlBatch | None = None):
         t_index_list = check_t_index_list(t_index_list)
         if isinstance(frame_buffer_size, bool) or not isinstance(frame_buffer_size, int) or frame_buffer_size < 1:
             raise ConfigError(f"frame_buffer_size must be an integer >= 1, got {frame_buffer_size!r}")
@@ -82,6 +86,7 @@ class StreamBatch:
         self.uncond_pooled: torch.Tensor | None = None
         self.pooled = pooled
         self.time_ids = None if time_ids is None else torch.tensor(time_ids, device=self.device, dtype=dtype)
+        self.control = control  # ControlNets: per-slot maps carried like the anchors (engine/core/controlnet.py)
         self.set_t_index_list(t_index_list)
 
     # ---- live settings: copy into buffers -------------------------------------------------------
@@ -140,18 +145,25 @@ class StreamBatch:
     # ---- the per-frame math ----------------------------------------------------------------------
 
     def _unet(self, x: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor,
-              pooled: torch.Tensor | None) -> torch.Tensor:
+              pooled: torch.Tensor | None, maps: dict[int, torch.Tensor] | None = None,
+              layout: Callable[[torch.Tensor], torch.Tensor] = same_rows) -> torch.Tensor:
         time_ids = None
         if self.time_ids is not None:
             time_ids = self.time_ids.expand(x.shape[0], -1)
-        return self.unet_fn(x, timesteps, hidden, pooled, time_ids)
+        if not maps or self.control is None:
+            return self.unet_fn(x, timesteps, hidden, pooled, time_ids)
+        residuals = self.control.residuals(maps, layout, x, timesteps, hidden, pooled, time_ids)
+        return self.unet_fn(x, timesteps, hidden, pooled, time_ids, residuals=residuals)
 
     def _to_eps(self, out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         # v = alpha*eps - beta*x0  =>  eps = alpha*v + beta*x  (guidance then works in eps space)
         return alpha * out + beta * x if self.v_prediction else out
 
-    def step(self, x_in: torch.Tensor) -> torch.Tensor:
+    def step(self, x_in: torch.Tensor, control_maps: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """One call: x_in (F latents: clean input latents, or noise at t_0 for txt2img) -> F finished latents.
+
+        `control_maps`: ControlNet k -> the newest frames' control maps (F,3,H,W in 0..1), for the
+        ControlNets that run this call (the others are not run); they then travel with their frames.
 
         Pure tensor code (no host sync, no Python branches on tensor values) so it compiles and
         captures; the state update is in-place copies into the preallocated buffers.
@@ -161,26 +173,29 @@ class StreamBatch:
         x_new = x_in if self.txt2img else alpha[:f] * x_in + beta[:f] * self.noise[:f]
         x = torch.cat([x_new, self.x_buf]) if self.n > 1 else x_new
         cfg = self.cfg_type
+        maps = self.control.slot_maps(control_maps) if control_maps and self.control is not None else None
         anchors = None
         if cfg == "self":
             anchors = torch.cat([x_in, self.anchor_buf]) if self.n > 1 else x_in
         if cfg == "full":
             out = self._unet(torch.cat([x, x]), torch.cat([self.timesteps, self.timesteps]),
                              torch.cat([self.uncond, self.cond]),
-                             None if self.cond_pooled is None else torch.cat([self.uncond_pooled, self.cond_pooled]))
+                             None if self.cond_pooled is None else torch.cat([self.uncond_pooled, self.cond_pooled]),
+                             maps, lambda rows: torch.cat([rows, rows]))
             out_u, out_c = out.chunk(2)
             eps_u, eps_c = self._to_eps(out_u, x, alpha, beta), self._to_eps(out_c, x, alpha, beta)
         elif cfg == "initialize":
             out = self._unet(torch.cat([x_new, x]), torch.cat([self.timesteps[:f], self.timesteps]),
                              torch.cat([self.uncond, self.cond]),
-                             None if self.cond_pooled is None else torch.cat([self.uncond_pooled, self.cond_pooled]))
+                             None if self.cond_pooled is None else torch.cat([self.uncond_pooled, self.cond_pooled]),
+                             maps, lambda rows: torch.cat([rows[:f], rows]))
             eps_u_new = self._to_eps(out[:f], x_new, alpha[:f], beta[:f])
             eps_c = self._to_eps(out[f:], x, alpha, beta)
             # One-time negative: the x0 that the real negative pass implies becomes the anchor.
             anchor_new = (x_new - beta[:f] * eps_u_new) / alpha[:f]
             anchors = torch.cat([anchor_new, self.anchor_buf]) if self.n > 1 else anchor_new
         else:
-            eps_c = self._to_eps(self._unet(x, self.timesteps, self.cond, self.cond_pooled), x, alpha, beta)
+            eps_c = self._to_eps(self._unet(x, self.timesteps, self.cond, self.cond_pooled, maps), x, alpha, beta)
         if cfg in ("self", "initialize"):
             eps_u = self.delta * (x - alpha * anchors) / beta
         if cfg == "none":
@@ -192,6 +207,8 @@ class StreamBatch:
             self.x_buf.copy_(alpha[f:] * x0[:-f] + beta[f:] * self.noise[f:])
             if anchors is not None:
                 self.anchor_buf.copy_(anchors[:-f])
+        if maps:
+            self.control.advance(maps)
         return x0[-f:]
 
     def unet_batch_size(self) -> int:
