@@ -163,18 +163,22 @@ def _terminal(run: _Run):
 
 def _start_show(run: _Run, preset, name: str, pipeline, gpu, source, sinks):
     from bridges.control.status import StatusReporter
+    from bridges.video.registry import make_source
     from engine.live.params import ParamStore
     from engine.live.player import LivePlayer
     from engine.live.preset_watch import PresetWatch
     from engine.live.quantise import Quantiser, now
     from engine.live.show import Show
     from engine.live.tempo import Tempo
+    from engine.realtime.control_source import ControlFeed
     from engine.realtime.runtime import Runtime
 
     args = run.args
     tempo = Tempo()
     store = ParamStore(preset.live, tempo=tempo)
-    player = LivePlayer(pipeline, store)
+    controls = ControlFeed(make_source)  # ControlNets' own sources (Kinect depth from TouchDesigner...)
+    run.closers.append(controls.stop)
+    player = LivePlayer(pipeline, store, controls=controls)
     status = StatusReporter(run.feedback, gpu, _terminal(run))
     run.runtime = Runtime(player, source, sinks, target_fps=preset.load.target_fps, on_stats=status)
     on_the_beat = Quantiser(tempo, args.switch_on) if args.switch_on else now

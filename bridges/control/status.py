@@ -168,10 +168,14 @@ class StatusReporter:
             return
         gpu = self.gpu.read() if self.gpu is not None else {}
         payload = status_payload(stats, self.show.status(), self.show.player.pipeline.backend, gpu)
+        line = status_text(payload, stats)
+        controls = getattr(self.show.player, "controls", None)  # a stale ControlNet source says so here
+        if controls is not None and controls.summary():
+            line += "  " + controls.summary()
         if self.terminal is not None:
-            self.terminal.draw(status_text(payload, stats))
+            self.terminal.draw(line)
         elif time.monotonic() - self._last_log >= 10.0:
             self._last_log = time.monotonic()
-            log.info(status_text(payload, stats))
+            log.info(line)
         if self.feedback is not None:
             self.feedback.publish(payload)

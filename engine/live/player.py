@@ -19,12 +19,18 @@ import torch
 from engine.core.pipeline import StreamPipeline
 from engine.live.applier import LiveApplier
 from engine.live.params import ParamStore
+from engine.realtime.control_source import ControlFeed
 from engine.realtime.processor import Counters, FrameResult
 
 
 class LivePlayer:
-    def __init__(self, pipeline: StreamPipeline, store: ParamStore, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, pipeline: StreamPipeline, store: ParamStore, clock: Callable[[], float] = time.monotonic,
+                 controls: ControlFeed | None = None):
         self.pipeline, self.store, self.clock = pipeline, store, clock
+        # ControlNets' own sources (engine/realtime/control_source.py): new maps go in before each frame.
+        self.controls = controls
+        if controls is not None:
+            controls.follow(pipeline.load.controlnets)
         self.applier = LiveApplier(pipeline)
         self.applier.apply(store.snapshot(clock()))
 
@@ -50,6 +56,8 @@ class LivePlayer:
         fit_input: a frame of any size is fitted on the device)."""
         started = time.perf_counter()
         self.applier.apply(self.store.snapshot(self.clock()))
+        if self.controls is not None:
+            self.controls.feed(self.pipeline)
         applied = time.perf_counter()
         result = self.pipeline.process(rgba_u8 if self.pipeline.needs_input else None)
         result.stage_times["params"] = applied - started
@@ -65,3 +73,5 @@ class LivePlayer:
         """Put a freshly built pipeline on air (call on the render thread, between frames)."""
         self.pipeline = pipeline
         self.applier.rebind(pipeline)
+        if self.controls is not None:
+            self.controls.follow(pipeline.load.controlnets)
