@@ -47,7 +47,7 @@ T_INDEX = {1: [32], 2: [32, 45], 3: [16, 32, 45], 4: [0, 16, 32, 45]}
 
 def load_parts(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[ModelParts, str]:
     if args.tiny:
-        return load_model("tiny", device=device, dtype=dtype), "tiny (random weights)"
+        return load_model(args.tiny, device=device, dtype=dtype), f"{args.tiny} (tiny test model)"
     if args.model:
         parts = load_model(args.model, device=device, dtype=dtype)
         label = args.model
@@ -266,7 +266,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu")
     p.add_argument("--dtype", choices=["auto", "float16", "float32", "bfloat16"], default="auto")
-    p.add_argument("--tiny", action="store_true", help="the tiny test model (64x64): a quick check, not a benchmark")
+    p.add_argument("--tiny", nargs="?", const="tiny", metavar="NAME",
+                   help="a tiny test model (default tiny; 64x64): a quick check, not a benchmark")
     p.add_argument("--model", help="real weights, e.g. stabilityai/sd-turbo (default: random sd-turbo architecture)")
     p.add_argument("--vae", help="real VAE, e.g. madebyollin/taesd (default: random TAESD-sized)")
     p.add_argument("--size", type=int, help="square image size (default 512; 64 with --tiny)")

@@ -52,12 +52,12 @@ REFERENCE_VERSION = "0.1.1"
 INSTALL_HINT = f"pip install --no-deps {REFERENCE}=={REFERENCE_VERSION} (scripts/install.py --dev does)"
 
 
-def write_weights(folder: Path, tiny: bool, dtype: torch.dtype, device: torch.device) -> Path:
-    """The random-weight model as a diffusers folder (kept: a second run reuses it)."""
+def write_weights(folder: Path, tiny: str | None, dtype: torch.dtype, device: torch.device) -> Path:
+    """The model (sd-turbo-random, or the tiny model named) as a diffusers folder (kept: a second run reuses it)."""
     if (folder / "model_index.json").is_file():
         return folder
     # Built on the GPU when there is one: seconds, against a minute of CPU initialisation.
-    parts = load_model("tiny" if tiny else "sd-turbo-random", device=device, dtype=dtype)
+    parts = load_model(tiny or "sd-turbo-random", device=device, dtype=dtype)
     save_folder(parts, folder)
     return folder
 
@@ -145,7 +145,8 @@ def time_streamvj(folder: Path, args: argparse.Namespace, device: torch.device, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--tiny", action="store_true", help="the tiny test model (a CPU check, not a benchmark)")
+    p.add_argument("--tiny", nargs="?", const="tiny", metavar="NAME",
+                   help="a tiny test model (default tiny): a CPU check, not a benchmark")
     p.add_argument("--folder", type=Path, help="the weights' diffusers folder (written when missing; "
                                                "default: a temporary folder)")
     p.add_argument("--size", type=int, help="square image size (default 512; 64 with --tiny)")
@@ -172,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     result: dict = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""),
-                    "model": "tiny (random weights)" if args.tiny else "sd-turbo architecture, TAESD-sized "
-                                                                        "AutoencoderTiny (random weights)",
+                    "model": f"{args.tiny} (tiny test model)" if args.tiny else (
+                        "sd-turbo architecture, TAESD-sized AutoencoderTiny (random weights)"),
                     "width": args.size, "height": args.size, "steps": args.steps, "cfg": args.cfg,
                     "t_index_list": T_INDEX[args.steps], "frames": args.frames, "warmup": args.warmup}
     with tempfile.TemporaryDirectory(prefix="streamvj-weights-") as scratch:

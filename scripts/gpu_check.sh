@@ -94,16 +94,17 @@ stage() {
 
 if [ "$dry" = 1 ]; then
   # Same stages, CPU-sized: the tiny model at 64x64, a few frames, no compiling (minutes per graph on a CPU).
+  tiny=${GPU_CHECK_TINY:-tiny}  # which tiny model (run_engine.py bench --model's names)
   stage versions 60 5 "$py" scripts/gpu_check_report.py versions --json-out "$(result versions)"
   stage cuda_tests 120 10 "$py" -m pytest -q -m cuda -p no:cacheprovider --collect-only tests
-  stage bench 120 10 "$py" benchmarks/bench_gpu.py --device cpu --tiny --steps 1 --frames 2 --warmup 1 --no-compile \
+  stage bench 120 10 "$py" benchmarks/bench_gpu.py --device cpu --tiny "$tiny" --steps 1 --frames 2 --warmup 1 --no-compile \
     --json-out "$(result bench)"
-  stage reference 120 10 "$py" benchmarks/reference_streamdiffusion.py --device cpu --tiny --frames 2 --warmup 1 \
+  stage reference 120 10 "$py" benchmarks/reference_streamdiffusion.py --device cpu --tiny "$tiny" --frames 2 --warmup 1 \
     --no-compile --json-out "$(result reference)"
-  stage runtime 120 10 "$py" benchmarks/runtime_e2e.py --model tiny --size 64 --device cpu --acceleration none \
-    --fps 10 --switch-every 4 --seconds 2 --timeout 100 --tag "$tag" --json-out "$(result runtime)"
-  stage power 60 5 "$py" benchmarks/bench_gpu.py --device cpu --tiny --power-only --json-out "$(result power)"
-  stage cold_start 120 10 "$py" benchmarks/cold_start.py --model tiny --size 64 --device cpu --acceleration none \
+  stage runtime 120 10 "$py" benchmarks/runtime_e2e.py --model "$tiny" --size 64 --device cpu --acceleration none \
+    --fps 10 --switch-every 4 --seconds 1.5 --timeout 100 --tag "$tag" --json-out "$(result runtime)"
+  stage power 60 5 "$py" benchmarks/bench_gpu.py --device cpu --tiny "$tiny" --power-only --json-out "$(result power)"
+  stage cold_start 120 10 "$py" benchmarks/cold_start.py --model "$tiny" --size 64 --device cpu --acceleration none \
     --runs cold --timeout 100 --shm-prefix "${tag}_cold" --json-out "$(result cold_start)"
 else
   stage versions 30 5 "$py" scripts/gpu_check_report.py versions --json-out "$(result versions)"
