@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from engine.config.schema import LiveParams
+from engine.core.pipeline import LIVE_GROUPS
 from engine.live.applier import LiveApplier
 from tests.engine.core.pipelines import make_pipeline
 
@@ -17,7 +18,7 @@ def make(parts):
 def test_only_changed_groups_are_applied(tiny_parts):
     applier = LiveApplier(make(tiny_parts))
     live = LiveParams(prompt="a", t_index_list=[20, 40])
-    assert set(applier.apply(live)) == {"prompt", "seed", "guidance", "t_index", "similarity", "fx"}
+    assert set(applier.apply(live)) == set(LIVE_GROUPS)  # the first frame applies every group
     assert applier.apply(live) == []
     live.guidance_scale = 2.0
     assert applier.apply(live) == ["guidance"]
