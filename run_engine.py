@@ -39,7 +39,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "dtype": args.dtype}
     try:
         plan = bench_plan(load, args.t_index, frames=args.frames, warmup=args.warmup)
-        table, result = run_bench(plan, baseline=args.baseline == "autopipeline")
+        if args.controlnet:
+            from engine.bench_controlnet import run_controlnet_bench
+
+            table, result = run_controlnet_bench(plan, args.controlnet, args.depth_model)
+        else:
+            table, result = run_bench(plan, baseline=args.baseline == "autopipeline")
     except StreamVJError as exc:
         print(f"streamvj: {exc}", file=sys.stderr)
         return 2

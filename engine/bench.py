@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,9 +61,12 @@ def summarise(ms: list[float]) -> dict:
     return {"fps": round(1000.0 / median, 2), "ms_median": round(median, 3), "ms_p90": round(p90, 3)}
 
 
-def bench_stream(parts: ModelParts, plan: BenchPlan, device: torch.device, dtype: torch.dtype) -> dict:
+def bench_stream(parts: ModelParts, plan: BenchPlan, device: torch.device, dtype: torch.dtype,
+                 controlnets: Sequence[Any] = ()) -> dict:
+    """`controlnets`: plan.load.controlnets, loaded (engine/bench_controlnet.py)."""
     load = plan.load
-    pipe = StreamPipeline(parts, load, plan.live, device=device, dtype=dtype, backend=plan.backend)
+    pipe = StreamPipeline(parts, load, plan.live, device=device, dtype=dtype, backend=plan.backend,
+                          controlnets=controlnets)
     inputs = moving_frames(8, load.height, load.width)
     if load.frame_buffer_size > 1:
         inputs = [np.stack([inputs[(i + j) % 8] for j in range(load.frame_buffer_size)]) for i in range(8)]

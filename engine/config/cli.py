@@ -14,7 +14,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from engine.config.preset_files import format_validation_error
-from engine.config.schema import ACCELERATIONS, CFG_TYPES, DTYPES, FAMILIES, MODES, QUANTA, Preset
+from engine.config.schema import (
+    ACCELERATIONS,
+    CFG_TYPES,
+    DTYPES,
+    FAMILIES,
+    MODES,
+    PREPROCESSORS,
+    QUANTA,
+    Preset,
+)
 from engine.errors import ConfigError
 
 
@@ -124,6 +133,12 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]], pr
     bench.add_argument("--baseline", choices=["none", "autopipeline"], default="none",
                        help="also run diffusers' AutoPipelineForImage2Image in the same run")
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout (table on stderr)")
+    bench.add_argument("--controlnet", choices=PREPROCESSORS,
+                       help="time 0, 1 and 2 ControlNets (maps from the input through this preprocessor) side by "
+                            "side, and the preprocessor alone (engine/bench_controlnet.py)")
+    bench.add_argument("--depth-model", default="random",
+                       help="with --controlnet depth: random (tiny, built in code) or e.g. "
+                            "depth-anything/Depth-Anything-V2-Small-hf")
     bench.set_defaults(func=commands["bench"])
     return parser
 
