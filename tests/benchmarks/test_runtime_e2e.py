@@ -50,6 +50,12 @@ def test_written_preset_is_a_valid_preset(tmp_path):
     assert list(preset.live.t_index_list) == [20, 40] and preset.live.similarity_enabled is True
 
 
+def test_cpu_time_of_a_process_is_read_where_proc_exists():
+    own = cold_start.cpu_seconds(os.getpid())
+    assert own is None or own >= 0
+    assert cold_start.cpu_seconds(2**22 + 12345) is None  # no such process
+
+
 def test_cold_start_runs_on_its_own_caches_only(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/somewhere")
     monkeypatch.setenv("TRITON_CACHE_DIR", "/tmp/else")
