@@ -39,7 +39,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "dtype": args.dtype}
     try:
         plan = bench_plan(load, args.t_index, frames=args.frames, warmup=args.warmup)
-        if args.controlnet:
+        if args.temporal:
+            from engine.bench_temporal import run_temporal_bench
+
+            table, result = run_temporal_bench(plan)
+        elif args.controlnet:
             from engine.bench_controlnet import run_controlnet_bench
 
             table, result = run_controlnet_bench(plan, args.controlnet, args.depth_model)

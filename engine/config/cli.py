@@ -133,6 +133,9 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]], pr
     bench.add_argument("--baseline", choices=["none", "autopipeline"], default="none",
                        help="also run diffusers' AutoPipelineForImage2Image in the same run")
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout (table on stderr)")
+    bench.add_argument("--temporal", action="store_true",
+                       help="flicker and cost of the feature bank and latent feedback on a panning input "
+                            "(engine/bench_temporal.py, docs/temporal.md)")
     bench.add_argument("--controlnet", choices=PREPROCESSORS,
                        help="time 0, 1 and 2 ControlNets (maps from the input through this preprocessor) side by "
                             "side, and the preprocessor alone (engine/bench_controlnet.py)")

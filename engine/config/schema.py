@@ -22,6 +22,7 @@ from engine.config.transport_specs import check_sink_spec, check_source_spec
 MAX_TEXT = 4000  # chars per prompt: far above CLIP's 77 tokens, small enough to bound a datagram
 MAX_BLEND = 16  # prompt/seed blend entries
 SEED_MAX = 2**32 - 1
+MAX_BANK = 8  # feature bank frames (engine/core/feature_bank.py): each costs a copy of every self-attention K/V
 
 # Every list of allowed values, once. Argparse choices, the stream batch, backend selection,
 # OSCQuery and docs derive from these (`CFG_TYPES`, ...), never retype them.
@@ -123,6 +124,22 @@ class LiveParams(_Strict):
     )
     similarity_max_skip: Int = Field(
         10, ge=0, le=1000, description="Force a refresh after this many skipped frames"
+    )
+    # Temporal consistency (docs/temporal.md): the feature bank needs load.bank_max >= bank_frames.
+    bank_frames: Int = Field(
+        0, ge=0, le=MAX_BANK, description="Feature bank: earlier frames each self-attention layer also attends to "
+        "(0 = off; at most load.bank_max)"
+    )
+    bank_refresh: Int = Field(1, ge=1, le=120, description="Feature bank: store a frame's features every N frames")
+    bank_strength: Flt = Field(
+        1.0, ge=0.0, le=1.0, description="Feature bank: blend from plain (0) to extended self-attention (1)"
+    )
+    latent_feedback: Flt = Field(
+        0.0, ge=0.0, le=0.95, description="Fraction of the previous output latent blended into the next input latent"
+    )
+    cut_threshold: Flt = Field(
+        0.8, ge=0.0, le=1.0, description="Scene cut: below this cosine similarity between consecutive input frames "
+        "the feature bank and latent feedback forget the past (0 = never)"
     )
     fx_feedback: Flt = Field(0.0, ge=0.0, le=1.0, description="Mix of the last output into the next input")
     fx_blend: Flt = Field(0.0, ge=0.0, le=1.0, description="Temporal blend of outputs (anti-flicker)")
@@ -246,6 +263,10 @@ class LoadSettings(_Strict):
     width: Int = Field(512, ge=64, le=2048, multiple_of=8)
     height: Int = Field(512, ge=64, le=2048, multiple_of=8)
     frame_buffer_size: Int = Field(1, ge=1, le=8)
+    bank_max: Int = Field(
+        0, ge=0, le=MAX_BANK, description="Feature bank frames allocated at load (the most live bank_frames can "
+        "use); 0 = no bank installed, no cost"
+    )
     cfg_type: CfgType = "self"
     mode: Mode = "img2img"
     acceleration: Acceleration = "auto"
@@ -351,6 +372,13 @@ class Preset(_Strict):
     @property
     def steps(self) -> int:
         return len(self.live.t_index_list)
+
+    @model_validator(mode="after")
+    def _bank_allocated(self) -> Preset:
+        if self.live.bank_frames > self.load.bank_max:
+            raise ValueError(f"live.bank_frames {self.live.bank_frames} needs load.bank_max >= "
+                             f"{self.live.bank_frames} (the bank's memory is allocated when the pipeline is built)")
+        return self
 
 
 # --------------------------------------------------------------------------- LIVE_SPECS

@@ -32,6 +32,7 @@ from engine.core.preprocess.canny import Canny
 from engine.core.prompts import PromptEncoder
 from engine.core.similarity import SimilarityFilter
 from engine.core.stream import StreamBatch, unet_batch_size
+from engine.core.temporal import TEMPORAL_FIELDS, Temporal
 from engine.errors import ConfigError
 from engine.models.controlnet import ControlNetParts
 from engine.models.family import Family
@@ -50,6 +51,7 @@ LIVE_GROUPS: dict[str, tuple[str, ...]] = {
     "t_index": ("t_index_list",),
     "similarity": ("similarity_enabled", "similarity_threshold", "similarity_max_skip"),
     "fx": ("fx_feedback", "fx_blend", "fx_brightness", "fx_contrast", "fx_saturation", "fx_hue"),
+    "temporal": TEMPORAL_FIELDS,
     "controlnet": (*(f"controlnet_{k}_{what}" for k in range(MAX_CONTROLNETS) for what in ("scale", "enabled")),
                    "canny_low", "canny_high"),
 }
@@ -91,6 +93,11 @@ class StreamPipeline:
             calls.unet, parts.scheduler_config, list(live.t_index_list), latent_shape,
             frame_buffer_size=f, cfg_type=load.cfg_type, txt2img=self.txt2img, device=self.device,
             dtype=dtype, pooled=sdxl, time_ids=(h, w, 0, 0, h, w) if sdxl else None, control=self.control)
+        # Feature bank processors on the UNet's self-attention, latent feedback, scene cuts (docs/temporal.md).
+        self.temporal = Temporal(parts.unet, load, unet_rows=self.stream.unet_batch_size(), latent_shape=latent_shape,
+                                 device=self.device, dtype=dtype, backend=calls.backend)
+        if self.temporal.bank is not None:
+            self.stream.unet_fn = self.temporal.bank.wrap(self.stream.unet_fn)
         self.prompts = PromptEncoder(parts, self.device, dtype)
         self.similarity = SimilarityFilter(live.similarity_threshold, live.similarity_max_skip, rng,
                                            enabled=live.similarity_enabled)
@@ -124,7 +131,7 @@ class StreamPipeline:
         self.step = FrameStep(self._frame_step, calls.backend, device=self.device, compile_mode=load.compile_mode,
                               static_inputs=[self.input_u8, self.txt_noise],
                               watch=lambda: (stream.cond, stream.uncond, stream.cond_pooled, stream.uncond_pooled),
-                              preserve=lambda: (stream.x_buf, stream.anchor_buf, self.fx_last,
+                              preserve=lambda: (stream.x_buf, stream.anchor_buf, self.fx_last, *self.temporal.tensors(),
                                                 *(self.control.map_buf if self.control else ())))
         self.negative_prompt = live.negative_prompt
         self.guidance_scale, self.delta = live.guidance_scale, live.delta
@@ -179,9 +186,11 @@ class StreamPipeline:
             x_in = txt_noise
         else:
             img = rgba_u8_to_img_pm1(input_u8, self.dtype)
-            x_in = self.encode(feedback_mix(img, self.fx_last, self.fx.feedback) if fx else img)
+            x_in = self.temporal.mix(self.encode(feedback_mix(img, self.fx_last, self.fx.feedback) if fx else img))
         maps = {k: self._control_map(k, img) for k in control}
-        out = self.decode(self.stream.step(x_in, maps or None))
+        latents = self.stream.step(x_in, maps or None)
+        self.temporal.keep(latents)
+        out = self.decode(latents)
         if fx:
             out = post_fx(out, self.fx_last, self.fx)
             self.fx_last.copy_(out)
@@ -290,6 +299,8 @@ class StreamPipeline:
             self.fx.update({name: getattr(live, name) for name in LIVE_GROUPS["fx"]})
         elif group == "similarity":
             self.set_similarity(live.similarity_enabled, live.similarity_threshold, live.similarity_max_skip)
+        elif group == "temporal":
+            self.temporal.apply(live)
         elif group == "controlnet":
             self.set_controlnets(live)
         else:
@@ -321,6 +332,7 @@ class StreamPipeline:
         self.counters.unet_calls = 0
         self.fx_last.zero_()
         self.similarity.reset()
+        self.temporal.reset()
         self._fx_on = self._has_output = False
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # build thread only: ready means ready
@@ -330,6 +342,7 @@ class StreamPipeline:
         """Drop frames in flight and the filter's reference; the next frame re-primes the batch."""
         self.primed = False
         self.similarity.reset()
+        self.temporal.reset()
         self._fx_on = False
 
     # ---- per frame --------------------------------------------------------------------------------
@@ -363,6 +376,7 @@ class StreamPipeline:
                     and self._has_output:
                 self.counters.skipped += 1
                 return FrameResult(self._result(frame), True, {"preprocess": time.perf_counter() - started})
+            self.temporal.observe(self._similarity_sample(frames))  # a scene cut clears the bank and feedback
             self._upload(frames)
         prepared = time.perf_counter()
         # 2. FX run only when some uniform is off neutral (decided on the host from Python floats).
@@ -393,10 +407,12 @@ class StreamPipeline:
         buffer ("brown frames")."""
         # The ControlNets that run are a mode of pipelines that have any (others keep the plain step).
         modes = (fx,) if self.control is None else (fx, self.control_on if control is None else control)
+        self.temporal.priming(not self.primed)
         for _ in range(1 if self.primed else self.stream.n):
             rgb = self.step.run(self.input_u8, self.txt_noise, *modes)
             self.counters.unet_calls += 1
         self.primed = True
+        self.temporal.stepped()
         return rgb
 
     def output_read(self, output: torch.Tensor, event: Any) -> bool:

@@ -18,6 +18,12 @@ def skip_probability(cosine: float, threshold: float) -> float:
     return max(0.0, (cosine - threshold) / (1.0 - threshold))
 
 
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two frames' samples (float copies of uint8 pixels: 0..1, 0 against a black frame)."""
+    a, b = a.flatten(), b.flatten()
+    return float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12))
+
+
 class SimilarityFilter:
     """Decides per frame whether the model may be skipped; keeps its own reference frame.
 
@@ -52,8 +58,7 @@ class SimilarityFilter:
         self._current.copy_(sample)
         if not self.enabled or self._reference is None:
             return self._accept()
-        a, b = self._current.flatten(), self._reference.flatten()
-        self.last_cosine = float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12))
+        self.last_cosine = cosine(self._current, self._reference)
         if self.skipped_in_row < self.max_skip and self.rng.random() < skip_probability(self.last_cosine,
                                                                                          self.threshold):
             self.skipped_in_row += 1

@@ -1,0 +1,162 @@
+"""Temporal consistency in the pipeline: off is today's output bit for bit, cuts and resets clear
+the past, and a captured or compiled step equals eager with the bank on, live changes included."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from engine.bench_temporal import panning_frames
+from engine.config.schema import LiveParams, Preset
+from engine.core.feature_bank import BankedSelfAttention
+from engine.core.pipeline import StreamPipeline
+from engine.core.temporal import Temporal
+from engine.models.load import load_model
+from tests.engine.core.pipelines import SIZE, make_pipeline
+
+
+@pytest.fixture(scope="module")
+def bank_parts():
+    """A UNet of its own: a bank installs processors on it (the session's tiny_parts stay plain)."""
+    return load_model("tiny")
+
+
+def pan(count: int, start: int = 0) -> list[np.ndarray]:
+    return panning_frames(count, SIZE, SIZE, start)
+
+
+def play(pipe: StreamPipeline, frames: list[np.ndarray]) -> list[torch.Tensor]:
+    return [pipe(f).clone() for f in frames]
+
+
+@pytest.mark.parametrize("fields", [
+    {"bank_max": 4},  # installed, M = 0
+    {"bank_max": 2, "bank_frames": 2, "bank_strength": 0.0},
+    {"bank_max": 2, "bank_frames": 2, "bank_strength": 0.0, "cfg_type": "full", "frame_buffer_size": 2},
+    {"latent_feedback": 0.0, "cut_threshold": 0.0},
+])
+def test_temporal_off_equals_todays_output_bit_for_bit(tiny_parts, bank_parts, fields):
+    common = {k: v for k, v in fields.items() if k in ("cfg_type", "frame_buffer_size")}
+    today = make_pipeline(tiny_parts, negative_prompt="", **common)
+    temporal = make_pipeline(bank_parts, negative_prompt="", **fields)
+    f = fields.get("frame_buffer_size", 1)
+    frames = pan(5 * f)
+    batches = [np.stack(frames[i:i + f]) for i in range(0, len(frames), f)] if f > 1 else frames
+    for a, b in zip(play(today, batches), play(temporal, batches), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_bank_and_latent_feedback_change_the_output(tiny_parts, bank_parts):
+    frames = pan(6)
+    today = play(make_pipeline(tiny_parts), frames)
+    banked = play(make_pipeline(bank_parts, bank_max=2, bank_frames=2), frames)
+    fed = play(make_pipeline(tiny_parts, latent_feedback=0.5), frames)
+    assert not torch.equal(today[-1], banked[-1]) and not torch.equal(today[-1], fed[-1])
+
+
+def test_live_changes_keep_every_buffer_and_oversized_m_uses_the_allocation(bank_parts, caplog):
+    pipe = make_pipeline(bank_parts, bank_max=2, bank_frames=1)
+    buffers = [t.data_ptr() for t in pipe.temporal.tensors()]
+    play(pipe, pan(3))
+    with caplog.at_level(logging.INFO, logger="streamvj.feature_bank"):
+        pipe.apply_live("temporal", LiveParams(bank_frames=8, bank_refresh=3, bank_strength=0.5, latent_feedback=0.4))
+    assert int(pipe.temporal.bank.state.frames) == 2 and "bank_max 2" in caplog.text
+    play(pipe, pan(3, start=3))
+    assert buffers == [t.data_ptr() for t in pipe.temporal.tensors()]
+
+
+def test_a_scene_cut_clears_the_bank_and_the_feedback_exactly_like_forgetting(bank_parts):
+    """A jump to another picture: the same output as a pipeline told to forget at that frame."""
+    fields = {"bank_max": 2, "bank_frames": 2, "latent_feedback": 0.5}
+    watching = make_pipeline(bank_parts, cut_threshold=0.9, **fields)
+    frames = pan(4) + [np.zeros((SIZE, SIZE, 4), np.uint8)] + pan(2, start=40)
+    outs = play(watching, frames)
+    assert watching.temporal.cuts == 2  # into black, and out of it
+    told = make_pipeline(bank_parts, cut_threshold=0.0, **fields)
+    expected = []
+    for i, frame in enumerate(frames):
+        if i in (4, 5):
+            told.temporal.forget()
+        expected.append(told(frame).clone())
+    for a, b in zip(outs, expected, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(outs[-1], play(make_pipeline(bank_parts, cut_threshold=0.0, **fields), frames)[-1])
+
+
+def test_reset_and_warm_up_leave_no_temporal_trace(bank_parts):
+    fields = {"bank_max": 2, "bank_frames": 2, "latent_feedback": 0.5}
+    fresh = play(make_pipeline(bank_parts, **fields), pan(4))
+    used = make_pipeline(bank_parts, **fields)
+    play(used, pan(3, start=20))
+    used.reset()
+    assert all(torch.equal(a, b) for a, b in zip(play(used, pan(4)), fresh, strict=True))
+    warmed = make_pipeline(bank_parts, **fields)
+    warmed.warm_up()
+    assert all(torch.equal(a, b) for a, b in zip(play(warmed, pan(4)), fresh, strict=True))
+
+
+def test_captured_step_equals_eager_with_the_bank_on_and_live_changes_never_recapture(bank_parts):
+    from tests.engine.accel.graph_emulator import EmulatedGraphs
+
+    fields = {"bank_max": 3, "bank_frames": 2, "latent_feedback": 0.3, "cut_threshold": 0.0}
+
+    def drive(pipe: StreamPipeline) -> list[torch.Tensor]:
+        outs = play(pipe, pan(3))
+        pipe.apply_live("temporal", LiveParams(bank_frames=3, bank_refresh=2, bank_strength=0.6, latent_feedback=0.1,
+                                               cut_threshold=0.0))
+        outs += play(pipe, pan(3, start=3))
+        pipe.temporal.forget()
+        return outs + play(pipe, pan(2, start=6))
+
+    expected = drive(make_pipeline(bank_parts, **fields))
+    graphed = make_pipeline(bank_parts, **fields)
+    step = graphed.step.use_graphs(EmulatedGraphs())
+    graphed.warm_up()
+    captures = step.captures
+    got = drive(graphed)
+    assert step.captures == captures  # nothing captured on air, whatever changed live
+    for a, b in zip(expected, got, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.compile
+def test_compiled_step_equals_eager_with_the_bank_on_and_live_changes_never_recompile(bank_parts):
+    from torch._dynamo.utils import counters
+
+    fields = {"bank_max": 2, "bank_frames": 1, "latent_feedback": 0.3, "cut_threshold": 0.0}
+
+    def drive(pipe: StreamPipeline) -> list[torch.Tensor]:
+        outs = play(pipe, pan(3))
+        pipe.apply_live("temporal", LiveParams(bank_frames=2, bank_refresh=2, bank_strength=0.5, latent_feedback=0.0,
+                                               cut_threshold=0.0))
+        return outs + play(pipe, pan(3, start=3))
+
+    expected = drive(make_pipeline(bank_parts, **fields))
+    compiled = make_pipeline(bank_parts, backend="compile", **fields)
+    before = counters["stats"]["unique_graphs"]
+    got = drive(compiled)
+    assert compiled.step.compile_error is None
+    assert counters["stats"]["unique_graphs"] - before == 1  # compiled once; live changes never recompile
+    for a, b in zip(expected, got, strict=True):
+        assert (a.int() - b.int()).abs().max() <= 1  # inductor may reorder float sums: at most 1 LSB
+
+
+def test_a_preset_must_allocate_the_bank_it_uses():
+    with pytest.raises(ValidationError, match="needs load.bank_max >= 2"):
+        Preset.model_validate({"name": "p", "load": {"model": "tiny"}, "live": {"bank_frames": 2}})
+    preset = Preset.model_validate({"name": "p", "load": {"model": "tiny", "bank_max": 2}, "live": {"bank_frames": 2}})
+    assert preset.live.bank_frames == 2
+
+
+def test_tensorrt_runs_without_the_bank_and_says_so(caplog):
+    parts = load_model("tiny")
+    preset = Preset.model_validate({"name": "p", "load": {"model": "tiny", "bank_max": 2}})
+    with caplog.at_level(logging.WARNING, logger="streamvj.temporal"):
+        temporal = Temporal(parts.unet, preset.load, unet_rows=2, latent_shape=(4, 8, 8), device=torch.device("cpu"),
+                            dtype=torch.float32, backend="tensorrt")
+    assert temporal.bank is None and "acceleration: compile" in caplog.text
+    assert not any(isinstance(p, BankedSelfAttention) for p in parts.unet.attn_processors.values())
