@@ -24,7 +24,7 @@ UNET_CHANNELS = (32, 64)
 
 
 def build_unet(cross_attention_dim: int, channels: tuple[int, int] = UNET_CHANNELS) -> UNet2DConditionModel:
-    return UNet2DConditionModel(
+    unet = UNet2DConditionModel(
         sample_size=16,
         in_channels=4,
         out_channels=4,
@@ -37,17 +37,39 @@ def build_unet(cross_attention_dim: int, channels: tuple[int, int] = UNET_CHANNE
         attention_head_dim=8,
         norm_num_groups=8,
     )
+    # A zero output conv starts the model at v = 0, i.e. x0 = alpha * x_t: the noisy input
+    # itself, shrunk. So training starts from "keep the input's structure" and learns what
+    # to change, instead of first forgetting the input behind random outputs.
+    torch.nn.init.zeros_(unet.conv_out.weight)
+    torch.nn.init.zeros_(unet.conv_out.bias)
+    return unet
 
 
 def sample_timesteps(g: torch.Generator, batch: int, scheduler_config: dict) -> torch.Tensor:
-    """Mostly near the stream batch's default steps ([32, 45] -> 359, 99), the rest anywhere."""
-    t0, t1 = lcm_timesteps([32, 45], int(scheduler_config.get("num_train_timesteps", 1000)))
+    """Mostly in the range the stream batch uses (t_index_list [32, 45] -> 359, 99; up to
+    ~420), the rest anywhere (txt2img starts at 999; other step lists)."""
+    hi, lo = lcm_timesteps([32, 45], int(scheduler_config.get("num_train_timesteps", 1000)))
     which = torch.rand(batch, generator=g)
-    near0 = (t0 + 60 * (torch.rand(batch, generator=g) * 2 - 1)).round()
-    near1 = (t1 + 40 * (torch.rand(batch, generator=g) * 2 - 1)).round()
+    near = (lo - 40 + (hi + 60 - lo + 40) * torch.rand(batch, generator=g)).round()
     anywhere = torch.randint(0, 1000, (batch,), generator=g).float()
-    t = torch.where(which < 0.4, near0, torch.where(which < 0.6, near1, anywhere))
-    return t.clamp(0, 999).long()
+    return torch.where(which < 0.75, near, anywhere).clamp(0, 999).long()
+
+
+def changed(z_source: torch.Tensor, z_target: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the rows whose target is another picture than their source."""
+    return (z_source - z_target).flatten(1).abs().amax(1).gt(0)
+
+
+def pair_timesteps(g: torch.Generator, t: torch.Tensor, differs: torch.Tensor) -> torch.Tensor:
+    """Rows that change picture train only around the stream batch's first step (t 260..460).
+
+    At low t (the second step, t = 99) a change of colours cannot be told from noise: there
+    the model must keep what it gets and clean it up. Trained to change pictures at low t
+    too, it hedges toward the caption's mean colour before it can read captions well, and
+    the picture's structure is lost. So the first slot moves colours, the last one denoises.
+    """
+    high = torch.randint(260, 461, t.shape, generator=g)
+    return torch.where(differs, high, t)
 
 
 def pair_loss(unet: UNet2DConditionModel, hidden: torch.Tensor, z_source: torch.Tensor, z_target: torch.Tensor,
@@ -64,7 +86,7 @@ def pair_loss(unet: UNet2DConditionModel, hidden: torch.Tensor, z_source: torch.
     eps = (x_t - a * z_target) / b
     v = a * eps - b * z_target
     pred = unet(x_t, t, encoder_hidden_states=hidden).sample
-    differs = (z_source - z_target).flatten(1).abs().amax(1).gt(0).float().view(-1, 1, 1, 1)
+    differs = changed(z_source, z_target).float().view(-1, 1, 1, 1)
     weight = 1 - differs + differs * (b / 0.3).pow(2).clamp(max=1.0)
     return ((pred - v).pow(2) * weight).mean()
 

@@ -132,6 +132,14 @@ def _visible(g: torch.Generator, fills: list[tuple[str, int, int]]) -> Paint:
     return Paint(fills)
 
 
+def palette_paint(layout: Layout, paint: Paint, first: int, second: int) -> Paint:
+    """`paint` recoloured with two colours, textures kept: the background in (first, second),
+    each shape in (second, first), so solid shapes stay visible on a solid background."""
+    fills = [(style, first, second) if i == 0 else (style, second, first)
+             for i, (style, _, _) in enumerate(paint.fills)]
+    return Paint(fills)
+
+
 def repaint(g: torch.Generator, layout: Layout, paint: Paint) -> Paint:
     """Another paint of the same layout: each region keeps or changes its colours and style."""
     fresh = random_paint(g, layout)
@@ -140,9 +148,9 @@ def repaint(g: torch.Generator, layout: Layout, paint: Paint) -> Paint:
         r = float(torch.rand((), generator=g))
         if r < 0.3:
             fills.append(old)
-        elif r < 0.75:  # colours change, the texture stays
+        elif r < 0.9:  # colours change, the texture stays
             fills.append((old[0], new[1], new[2]))
-        else:
+        else:  # rarely a new texture: its pattern (a noise field...) is not in the source
             fills.append(new)
     return _visible(g, fills)
 
@@ -262,18 +270,30 @@ class PairBatch:
     captions: list[str]  # of the targets
 
 
-def pair_batch(g: torch.Generator, batch: int, size: int, same_fraction: float = 0.5) -> PairBatch:
-    """Source/target pictures sharing a layout; a `same_fraction` of them are identical."""
+def pair_batch(g: torch.Generator, batch: int, size: int, same_fraction: float = 0.4,
+               palette_fraction: float = 0.3) -> PairBatch:
+    """Source/target pictures sharing a layout; a `same_fraction` of them are identical, a
+    `palette_fraction` are recoloured to two colours captioned "red and yellow" (a prompt that
+    names no shapes: the structure must come from the source), the rest are repainted and
+    captioned in full."""
     sources, targets, texts = [], [], []
     for _ in range(batch):
         layout = random_layout(g)
         paint_a = random_paint(g, layout)
-        same = float(torch.rand((), generator=g)) < same_fraction
-        paint_b = paint_a if same else repaint(g, layout, paint_a)
+        kind = float(torch.rand((), generator=g))
         a = render(layout, paint_a, size)
         sources.append(a)
-        targets.append(a if same else render(layout, paint_b, size))
-        texts.append(caption(layout, paint_b))
+        if kind < same_fraction:
+            targets.append(a)
+            texts.append(caption(layout, paint_a))
+        elif kind < same_fraction + palette_fraction:
+            first, second = _two_colours(g)
+            targets.append(render(layout, palette_paint(layout, paint_a, first, second), size))
+            texts.append(f"{COLOUR_NAMES[first]} and {COLOUR_NAMES[second]}")
+        else:
+            paint_b = repaint(g, layout, paint_a)
+            targets.append(render(layout, paint_b, size))
+            texts.append(caption(layout, paint_b))
     return PairBatch(torch.stack(sources) * 2 - 1, torch.stack(targets) * 2 - 1, texts)
 
 
