@@ -86,6 +86,8 @@ def time_to_first_frame(settings: EngineSettings, cache_dir: Path, shm_name: str
         shutil.rmtree(folder, ignore_errors=True)
     result = {"first_frame_s": round(first, 2) if first is not None else None, "engine_cpu_s": cpu,
               "warm_up_s": warm_up_seconds(engine.lines), "compile_log": compile_lines(engine.lines), "exit": code}
+    if code != 0:
+        result["log_tail"] = engine.log_tail(8).strip().splitlines()  # why it did not stop cleanly
     if first is None:
         result["error"] = (f"no frame within {timeout:g} s" if engine.proc.returncode in (None, 0, -15)
                            else "the engine exited before its first frame") + ": " + engine.log_tail(5).strip()
