@@ -26,8 +26,10 @@
 # --dry-run: the same stages on the CPU with the tiny model, 64x64 and a few frames; stages that
 # need CUDA or NVML say "skipped: why" (tests/scripts/test_gpu_check.py runs this).
 set -uo pipefail
+here=$PWD
 cd "$(dirname "$0")/.."
 repo=$PWD
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$here/$1" ;; esac; }  # paths given are the caller's
 
 dry=0
 bundle=""
@@ -40,7 +42,8 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-dir=${1:-${OUT:-out}/gpu_check}
+dir=$(absolute "${1:-${OUT:-out}/gpu_check}")
+[ -n "$bundle" ] && bundle=$(absolute "$bundle")
 py=${PYTHON:-python3}
 budget=${GPU_CHECK_BUDGET:-540}
 tag=${GPU_CHECK_SHM_TAG:-svjgpu_$$}  # shared-memory block names of the runtime stage
@@ -72,6 +75,7 @@ stage() {
   local base left t0 rc
   base=$dir/$(printf %02d "$n")_$name
   left=$((budget - (SECONDS - started)))
+  [ "$left" -lt 0 ] && left=0
   if [ "$left" -lt "$least" ]; then
     "$py" scripts/gpu_check_report.py skip "$name" "out of time: ${left} s of the ${budget} s budget left, needs ${least} s" \
       > "$base.json"

@@ -95,6 +95,17 @@ def test_dry_run_runs_the_reference_where_it_is_installed(dry_run):
     assert result["streamvj"][0]["fps"] > 0 and result["width"] == 64
 
 
+def test_a_spent_budget_skips_stages_and_says_so(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_BUDGET": "0"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stages = json.loads((tmp_path / "summary.json").read_text())["stages"]
+    assert list(stages) == STAGES
+    assert all(s["status"] == "skipped" and s["reason"].startswith("out of time: 0 s of the 0 s budget left")
+               for s in stages.values())
+
+
 # ---- the report's rules, without running anything -------------------------------------------------------
 
 
