@@ -43,6 +43,11 @@ class ControlSource:
         self.received = 0
         self.errors = 0
         self._lock = threading.Lock()
+        # Three host buffers in turn (allocated again only when the map size changes): the newest
+        # map, the one the render thread took last, and the one being written.
+        self._buffers: list[np.ndarray | None] = [None, None, None]
+        self._latest_i: int | None = None
+        self._taken_i: int | None = None
         self._latest: np.ndarray | None = None
         self._fresh = False
         self._last_t: float | None = None
@@ -88,9 +93,18 @@ class ControlSource:
                 idle = min(idle * 2, IDLE_MAX_S)
                 continue
             idle = IDLE_MIN_S
-            frame = rgba if owned else np.array(rgba, copy=True)  # the source may reuse its buffer
             with self._lock:
-                self._latest, self._fresh, self._last_t = frame, True, self.clock()
+                i = next(i for i in range(3) if i not in (self._latest_i, self._taken_i))
+            if owned:
+                self._buffers[i] = rgba
+            else:  # the source may reuse its own buffer: copy into ours
+                buf = self._buffers[i]
+                if buf is None or buf.shape != rgba.shape:
+                    buf = self._buffers[i] = np.empty_like(rgba)
+                np.copyto(buf, rgba)
+            with self._lock:
+                self._latest_i, self._fresh, self._last_t = i, True, self.clock()
+                self._latest = self._buffers[i]
                 self.received += 1
 
     def take(self) -> np.ndarray | None:
@@ -98,7 +112,7 @@ class ControlSource:
         with self._lock:
             if not self._fresh:
                 return None
-            self._fresh = False
+            self._fresh, self._taken_i = False, self._latest_i  # not rewritten until the next take
             return self._latest
 
     def resend(self) -> None:

@@ -167,3 +167,28 @@ def test_a_map_the_pipeline_refuses_is_logged_not_raised(caplog):
         assert "control map from shm:depth not used: input frame must be uint8 RGBA" in caplog.text
     finally:
         feed.stop()
+
+
+def test_a_taken_map_is_not_rewritten_until_the_next_take_even_if_the_source_reuses_its_buffer():
+    class Reusing(MapSource):
+        def __init__(self):
+            super().__init__()
+            self.buffer = np.zeros((8, 8, 4), np.uint8)
+            self.value = 0
+
+        def read_latest(self):
+            self.value = (self.value + 1) % 250
+            self.buffer[:] = self.value  # always the same array, rewritten
+            return self.buffer
+
+    source = Reusing()
+    control = ControlSource(0, "shm:depth", source).start()
+    try:
+        wait_for(lambda: control.received >= 1, "a map")
+        taken = control.take()
+        held = taken.copy()
+        wait_for(lambda: control.received >= 20, "more maps")
+        assert np.array_equal(taken, held) and taken is not source.buffer
+        assert control.take() is not taken  # the next take is another buffer
+    finally:
+        control.stop()
