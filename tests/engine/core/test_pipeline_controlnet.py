@@ -141,3 +141,17 @@ def test_too_few_loaded_controlnets_is_an_error(parts):
     load = LoadSettings(model="tiny-random", width=SIZE, height=SIZE, controlnets=[ControlNetSpec(**OWN_SOURCE)])
     with pytest.raises(ConfigError, match="names 1 ControlNet"):
         StreamPipeline(parts, load, LiveParams(t_index_list=[20, 40]))
+
+
+def test_tensorrt_with_controlnets_runs_compile_instead_and_says_so(parts, caplog):
+    import logging
+
+    from engine.accel.backend import model_calls
+
+    with caplog.at_level(logging.WARNING, logger="streamvj.backend"):
+        calls = model_calls(parts, "tensorrt", width=SIZE, height=SIZE, unet_batch=2, frame_buffer_size=1,
+                            device=torch.device("cpu"), dtype=torch.float32, txt2img=False,
+                            controlnets=[build_random_controlnet(parts.unet)])
+    assert calls.backend == "compile" and len(calls.controlnets) == 1
+    assert "no ControlNet engines yet" in caplog.text
+
