@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,8 +96,10 @@ def time_to_first_frame(settings: EngineSettings, cache_dir: Path, shm_name: str
 
 
 def measure(settings: EngineSettings, runs: list[str], cache_dir: Path | None, timeout: float,
-            shm_prefix: str) -> dict:
-    """{"cold": {...}, "warm": {...}, "warm_speedup": x}: each run in `runs` ("cold" empties the caches)."""
+            shm_prefix: str, after_each: Callable[[dict], None] = lambda result: None) -> dict:
+    """{"cold": {...}, "warm": {...}, "warm_speedup": x}: each run in `runs` ("cold" empties the caches).
+
+    `after_each` gets the result so far after every run (a cut run still leaves the cold number)."""
     own = cache_dir is None
     cache_dir = cache_dir or Path(tempfile.mkdtemp(prefix="streamvj-cache-"))
     out: dict = {"model": settings.model, "size": settings.size, "acceleration": settings.acceleration,
@@ -107,6 +110,7 @@ def measure(settings: EngineSettings, runs: list[str], cache_dir: Path | None, t
                 shutil.rmtree(cache_dir, ignore_errors=True)
             cache_dir.mkdir(parents=True, exist_ok=True)
             out[run] = time_to_first_frame(settings, cache_dir, f"{shm_prefix}_{k}", timeout)
+            after_each(out)
     finally:
         if own:
             shutil.rmtree(cache_dir, ignore_errors=True)
@@ -145,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = EngineSettings(model=args.model, size=args.size, cfg=args.cfg, acceleration=args.acceleration,
                               device=args.device, t_index=args.t_index)
-    result = measure(settings, args.runs, args.cache_dir, args.timeout, args.shm_prefix)
-    text = json.dumps(result)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
+
+    def save(result: dict) -> None:
+        if args.json_out:
+            args.json_out.write_text(json.dumps(result) + "\n")
+
+    result = measure(settings, args.runs, args.cache_dir, args.timeout, args.shm_prefix, after_each=save)
+    save(result)
+    print(json.dumps(result))
     return 0 if all(result[r].get("first_frame_s") for r in args.runs) else 1
 
 

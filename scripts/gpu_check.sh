@@ -66,6 +66,11 @@ export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
 started=$SECONDS
 n=0
 result() { echo "$dir/$1.result.json"; }
+# A stage runs under `timeout`, which leads a process group of its own (the stage and whatever it
+# spawned: engines, writers) and passes a TERM on to all of it. Stopping this script so stops the
+# running stage too, not only the script.
+current=""
+trap '[ -n "$current" ] && kill -TERM "$current" 2>/dev/null; exit 143' TERM INT HUP
 
 # stage NAME LIMIT_S MIN_S COMMAND...: run COMMAND under `timeout`, then write NN_NAME.json and summary.json.
 stage() {
@@ -83,8 +88,11 @@ stage() {
     [ "$left" -lt "$limit" ] && limit=$left
     echo "[gpu_check] $(date +%T) stage $n $name (limit ${limit} s)" >&2
     t0=$SECONDS
-    timeout -k 10 "$limit" "$@" > "$base.log" 2>&1
+    { exec timeout -k 10 "$limit" "$@" > "$base.log" 2>&1; } &  # exec: $! is timeout itself
+    current=$!
+    wait "$current"
     rc=$?
+    current=""
     "$py" scripts/gpu_check_report.py stage "$name" "$rc" "$((SECONDS - t0))" "$limit" "$(result "$name")" "$base.log" \
       > "$base.json"
     rm -f "$(result "$name")"
@@ -102,7 +110,7 @@ if [ "$dry" = 1 ]; then
   stage versions 60 5 "$py" scripts/gpu_check_report.py versions --json-out "$(result versions)"
   stage cuda_tests 120 10 "$py" -m pytest -q -m cuda -p no:cacheprovider --collect-only tests
   stage bench 120 10 "$py" benchmarks/bench_gpu.py --device cpu --tiny "$tiny" --steps 1 --frames 2 --warmup 1 --no-compile \
-    --json-out "$(result bench)"
+    --no-baseline --json-out "$(result bench)"  # diffusers' pipeline on a CPU: tests/benchmarks/test_bench_gpu_smoke.py
   stage reference 120 10 "$py" benchmarks/reference_streamdiffusion.py --device cpu --tiny "$tiny" --frames 2 --warmup 1 \
     --no-compile --json-out "$(result reference)"
   stage runtime 120 10 "$py" benchmarks/runtime_e2e.py --model "$tiny" --size 64 --device cpu --acceleration none \
@@ -123,7 +131,7 @@ else
   stage power 50 30 "$py" benchmarks/bench_gpu.py --power-only --steps 1 --warmup 20 --power-seconds 8 \
     --json-out "$(result power)"
   stage cold_start 240 100 "$py" benchmarks/cold_start.py --model sd-turbo-random --size 512 --acceleration compile \
-    --runs cold,warm --timeout 150 --shm-prefix "${tag}_cold" --json-out "$(result cold_start)"
+    --runs cold,warm --timeout 200 --shm-prefix "${tag}_cold" --json-out "$(result cold_start)"
 fi
 echo "[gpu_check] done in $((SECONDS - started)) s: $dir/summary.json" >&2
 cat "$dir/summary.json"

@@ -122,7 +122,9 @@ def _stages(folder: Path) -> dict[str, dict]:
 
 def _result(stages: dict, name: str) -> dict:
     record = stages.get(name) or {}
-    return (record.get("result") or {}) if record.get("status") == "ok" else {}
+    # Whatever a stage wrote, also when cut short (cold_start writes its cold run before its warm one).
+    result = record.get("result")
+    return result if isinstance(result, dict) else {}
 
 
 def _check(value: float | None, ok: bool | None) -> dict:

@@ -34,10 +34,16 @@ def dry_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpu_check")
     # Block names under the leak check's prefix (tests/conftest.py): a block left behind fails the test.
     env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_SHM_TAG": f"svj_{os.getpid()}_gpucheck"}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--bundle",
-                           str(folder / "bundle.tgz"), str(folder / "out")],
-                          capture_output=True, text=True, timeout=400, env=env, cwd=REPO)
-    return folder, proc
+    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--bundle",
+                             str(folder / "bundle.tgz"), str(folder / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    try:
+        out, err = proc.communicate(timeout=540)  # about 45 s on an idle 2-core CPU
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # the script stops its running stage's process group, then itself
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"the dry run took over 540 s; it got to:\n{err[-2000:]}")
+    return folder, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _stage(folder, k: int, name: str) -> dict:
@@ -62,8 +68,7 @@ def test_dry_run_measures_on_the_cpu(dry_run):
     versions = _stage(folder, 1, "versions")["result"]
     assert versions["packages"]["torch"] and versions["gpu"] is None
     bench = _stage(folder, 3, "bench")["result"]
-    assert bench["width"] == 64 and {r["variant"] for r in bench["results"]} == {
-        "eager", "diffusers AutoPipelineForImage2Image"}
+    assert bench["width"] == 64 and [r["variant"] for r in bench["results"]] == ["eager"]
     runtime = _stage(folder, 5, "runtime")["result"]
     assert runtime["pattern_to_null"]["frames"] > 0
     shm = runtime["shm_to_shm"]
