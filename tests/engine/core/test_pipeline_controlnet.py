@@ -155,3 +155,17 @@ def test_tensorrt_with_controlnets_runs_compile_instead_and_says_so(parts, caplo
     assert calls.backend == "compile" and len(calls.controlnets) == 1
     assert "no ControlNet engines yet" in caplog.text
 
+
+
+def test_controlnets_work_beside_the_feature_bank(parts):
+    """The bank wraps the UNet call (engine/core/feature_bank.py): the residuals pass through it."""
+    specs = [ControlNetSpec(**CANNY_FROM_INPUT)]
+
+    def banked(controlnets):
+        load = LoadSettings(model="tiny-random", width=SIZE, height=SIZE, bank_max=2,
+                            controlnets=specs if controlnets else [])
+        loaded = [ControlNetParts(build_random_controlnet(parts.unet))] if controlnets else []
+        return StreamPipeline(parts, load, LiveParams(t_index_list=[20, 40], bank_frames=2), controlnets=loaded)
+
+    plain, guided = play(banked(False)), play(banked(True))
+    assert not torch.equal(plain[-1], guided[-1])
