@@ -6,7 +6,8 @@
 edge magnitudes of luma), averaged over held-out procedural scenes and the test pattern.
 `colour`: the same inputs under a red and a blue prompt: mean (R - B) of the red outputs minus
 that of the blue ones, in 0..255 units (positive = the prompt moved colour the right way).
-`psnr`: the autoencoder alone on held-out procedural pictures. The tests
+`psnr`: the autoencoder alone on held-out procedural pictures. `--speed`: frame rate against
+the random model's. The tests
 (tests/engine/models/test_tiny_trained.py) and docs/tiny-model.md use these functions.
 """
 
@@ -14,28 +15,33 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bridges.video.pattern import render_pattern
-from engine.config.schema import LiveParams, LoadSettings
+from engine.config.preset_files import load_preset
+from engine.config.schema import LiveParams
 from engine.core.pipeline import StreamPipeline
 from engine.models.load import load_model
 from engine.models.parts import ModelParts
 from training.autoencoder import psnr
 from training.procedural import image_batch
 
+DEMO_PRESET = Path(__file__).resolve().parents[1] / "presets" / "tiny.yaml"
 RED, BLUE = "red and yellow", "blue and cyan"  # two-colour prompts: they recolour, naming no shapes
 
 
 def make_pipeline(parts: ModelParts, size: int, prompt: str, **live) -> StreamPipeline:
-    """The offline demo's settings (presets/tiny.yaml): cfg self, guidance 1.2, steps [32, 45]."""
-    values = {"prompt": prompt, "negative_prompt": "", "guidance_scale": 1.2, "delta": 1.0,
-              "t_index_list": [32, 45], "seed": 2, **live}
-    return StreamPipeline(parts, LoadSettings(model="tiny", width=size, height=size, cfg_type="self"),
-                          LiveParams(**values), device="cpu", dtype=torch.float32, backend="none")
+    """A CPU pipeline at the offline demo's settings (presets/tiny.yaml's cfg, steps, guidance,
+    seed), `size` square, with `prompt`; `live` overrides more live values."""
+    preset = load_preset(DEMO_PRESET)
+    values = {**preset.live.model_dump(), "prompt": prompt, "prompt_blend": [], "negative_prompt": "",
+              "similarity_enabled": False, **live}
+    load = preset.load.model_copy(update={"width": size, "height": size})
+    return StreamPipeline(parts, load, LiveParams(**values), device="cpu", dtype=torch.float32, backend="none")
 
 
 def run(pipe: StreamPipeline, rgb_u8: np.ndarray, prompt: str | None = None) -> np.ndarray:
@@ -87,14 +93,40 @@ def figures(parts: ModelParts, size: int = 128, count: int = 6) -> dict:
             "colour_min": round(float(np.min(colour)), 1), "psnr_256": round(psnr(parts.vae, held), 2)}
 
 
+def speed(models: tuple[str, ...] = ("tiny-random", "tiny"), size: int = 256, rounds: int = 3,
+          frames: int = 30) -> dict:
+    """`run_engine.py bench`'s measurement (CPU, fp32, eager, cfg self, steps [32, 45]) of each
+    model, in turns (A B A B ...) so a change in the machine's load hits both alike; the
+    median over rounds of each round's median frame time."""
+    from engine.bench import bench_plan, run_bench
+
+    load = {"model": None, "width": size, "height": size, "device": "cpu", "dtype": "float32",
+            "acceleration": "none", "cfg_type": "self"}
+    ms: dict[str, list[float]] = {m: [] for m in models}
+    for _ in range(rounds):
+        for model in models:
+            plan = bench_plan({**load, "model": model}, [32, 45], frames=frames, warmup=5)
+            ms[model].append(run_bench(plan)[1]["ms_median"])
+    result = {m: {"ms_median": round(float(np.median(v)), 2), "fps": round(1000 / float(np.median(v)), 1)}
+              for m, v in ms.items()}
+    first, last = models[0], models[-1]
+    result["ratio_fps"] = round(result[last]["fps"] / result[first]["fps"], 3)
+    return {"size": size, "rounds": rounds, "frames": frames, "threads": torch.get_num_threads(), **result}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="a model spec, as run_engine.py --model takes")
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--speed", action="store_true",
+                        help="instead: frame rate of tiny-random vs tiny at 256x256 (bench, in turns)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     with torch.no_grad():
-        print(json.dumps({"model": args.model, **figures(load_model(args.model), args.size)}))
+        if args.speed:
+            print(json.dumps(speed()))
+        else:
+            print(json.dumps({"model": args.model, **figures(load_model(args.model), args.size)}))
     return 0
 
 

@@ -1,4 +1,9 @@
-"""Loading a model's parts from `tiny`, a local diffusers folder, a single file or the hub.
+"""Loading a model's parts from a built-in name, a local diffusers folder, a single file or the hub.
+
+Built-in names: `tiny` is the small model trained on procedural pictures (training/), shipped
+as a diffusers folder and loaded by `load_folder` like any other; `tiny-random` and
+`tiny-sdxl` are random weights built in code (engine/models/tiny.py), `sd-turbo-random`
+is sd-turbo's architecture with random weights (engine/models/random_weights.py).
 
 Whatever the source, the result is a `ModelParts`: UNet, VAE, text encoder(s),
 tokenizer(s), the scheduler config and the family. The pipeline never sees where they
@@ -19,11 +24,11 @@ from engine.models.family import Family, detect_family, parse_family
 from engine.models.parts import ALLOWED_CLASSES, ModelParts, class_for
 from engine.models.random_weights import RANDOM_MODELS
 from engine.models.single_file import load_single_file
-from engine.models.tiny import build_tiny_components
+from engine.models.tiny import TRAINED_TINY, build_tiny_components
 
 log = logging.getLogger("streamvj.models")
 
-TINY_NAMES = {"tiny": Family.SD15, "tiny-sdxl": Family.SDXL}
+TINY_NAMES = {"tiny-random": Family.SD15, "tiny-sdxl": Family.SDXL}  # random weights, built in code
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 _HUB_FOLDERS = ("scheduler", "unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
@@ -100,7 +105,7 @@ def _resolve_folder(spec: str, fp16: bool = False) -> Path:
         return path
     if path.exists() or spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec):
         raise ModelLoadError(f"model path {spec!r} does not exist (give a diffusers folder, a .safetensors file, "
-                             f"a Hugging Face id like stabilityai/sd-turbo, 'tiny' or 'sd-turbo-random')")
+                             f"a Hugging Face id like stabilityai/sd-turbo, 'tiny', 'tiny-random' or 'sd-turbo-random')")
     return _download(spec, fp16)
 
 
@@ -159,10 +164,19 @@ def _download(repo_id: str, fp16: bool) -> Path:
 
 def load_model(spec: str, family: str | Family | None = None, vae: str | None = None,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> ModelParts:
-    """Load `spec` onto `device`: "tiny", "tiny-sdxl", "sd-turbo-random" (built in code, offline),
-    a diffusers folder, a .safetensors file or a Hugging Face id."""
+    """Load `spec` onto `device`: "tiny" (trained, shipped), "tiny-random", "tiny-sdxl",
+    "sd-turbo-random" (built in code; all offline), a diffusers folder, a .safetensors file or a
+    Hugging Face id."""
     wanted = parse_family(family)
-    if spec in TINY_NAMES:
+    if spec == "tiny":
+        if wanted is not None and wanted is not Family.SD15:
+            raise ModelLoadError(f"model 'tiny' is sd15-shaped; family {wanted.value} was asked for")
+        if not (TRAINED_TINY / "model_index.json").is_file():
+            raise ModelLoadError(f"the trained tiny model is missing from {TRAINED_TINY}; restore it from git or "
+                                 f"retrain it: python -m training.train_tiny --seed 0 --out {TRAINED_TINY}")
+        parts = load_folder(TRAINED_TINY, family=Family.SD15, dtype=dtype)
+        parts.source = spec
+    elif spec in TINY_NAMES:
         built_family = TINY_NAMES[spec]
         if wanted is not None and wanted is not built_family:
             raise ModelLoadError(f"model {spec!r} is {built_family.value}-shaped; family {wanted.value} was asked for")

@@ -1,12 +1,18 @@
-"""`tiny`: small random-weight models built in code, for tests and the offline demo.
+"""The tiny models: `tiny` (trained, shipped in weights/tiny) and the random-weight builds.
 
-They have the real architectures (diffusers UNet2DConditionModel, AutoencoderTiny, CLIP
-text encoders with a byte-level BPE tokenizer) at toy widths, so every code path that runs
-on sd-turbo or sdxl-turbo runs on them, with nothing to download. Weights are seeded, so
-two builds are identical. The VAE keeps the real 8x spatial factor.
+`tiny` is trained on procedural pictures by training/train_tiny.py and loaded from its
+diffusers folder (TRAINED_TINY) through engine/models/load.py's load_folder, like any model.
+
+`tiny-random` and `tiny-sdxl`, built here, are random weights for tests: they have the real
+architectures (diffusers UNet2DConditionModel, AutoencoderTiny, CLIP text encoders with a
+byte-level BPE tokenizer) at toy widths, so every code path that runs on sd-turbo or
+sdxl-turbo runs on them, with nothing to download. Weights are seeded, so two builds are
+identical. The VAE keeps the real 8x spatial factor.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderTiny, UNet2DConditionModel
@@ -14,6 +20,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from engine.models.family import Family
 
+TRAINED_TINY = Path(__file__).parent / "weights" / "tiny"
 TINY_SCHEDULER_CONFIG = {
     "_class_name": "LCMScheduler",
     "num_train_timesteps": 1000,
