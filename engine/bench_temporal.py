@@ -8,7 +8,8 @@ flicker. The figure per setting:
 
 1.0 means the output moves as much as the input; lower is steadier (a frozen output would be
 0, so read it beside the look, never alone). Costs are the bench's frame times (median ms,
-engine/bench.py's summary). Settings without a bank run on a pipeline built with
+engine/bench.py's summary) and, for a shared CPU where wall time depends on the neighbours,
+the process's CPU time per frame (median; all of torch's threads). Settings without a bank run on a pipeline built with
 `bank_max: 0` (no processor installed, today's engine); the bank settings on one built with
 `bank_max` = the largest M, their live values switched between runs with no rebuild.
 Random-weight models (tiny, sd-turbo-random) show the mechanism and its cost, not the look.
@@ -16,6 +17,7 @@ Random-weight models (tiny, sd-turbo-random) show the mechanism and its cost, no
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -70,20 +72,22 @@ def run_setting(pipe: StreamPipeline, live: LiveParams, plan: BenchPlan, device:
     pipe.apply_live("temporal", live)
     load, f = plan.load, plan.load.frame_buffer_size
     inputs = panning_frames((plan.warmup + plan.frames) * f, load.height, load.width)
-    ms, outputs = [], []
+    ms, cpu_ms, outputs = [], [], []
     for i in range(plan.warmup + plan.frames):
         batch = np.stack(inputs[i * f:(i + 1) * f])  # F consecutive frames per call
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         out = pipe(batch)
         _sync(device)
         if i >= plan.warmup:
             ms.append((time.perf_counter() - start) * 1000.0)
+            cpu_ms.append((time.process_time() - cpu_start) * 1000.0)
             outputs.extend(out.cpu().clone())  # after the timing: the bench's own copy, frame by frame
     measured = [torch.from_numpy(frame) for frame in inputs[plan.warmup * f:]]
     flicker = mean_change(outputs) / mean_change(measured)
     return {"flicker": round(flicker, 4), "output_change": round(mean_change(outputs), 3),
-            "input_change": round(mean_change(measured), 3), "scene_cuts": pipe.temporal.cuts, **summarise(ms)}
+            "input_change": round(mean_change(measured), 3), "scene_cuts": pipe.temporal.cuts,
+            "cpu_ms_median": round(statistics.median(cpu_ms), 3), **summarise(ms)}
 
 
 def bench_temporal(parts: ModelParts, plan: BenchPlan, device: torch.device, dtype: torch.dtype) -> list[dict]:
@@ -99,17 +103,19 @@ def bench_temporal(parts: ModelParts, plan: BenchPlan, device: torch.device, dty
             live = LiveParams.model_validate({**plan.live.model_dump(), **values})
             rows.append({"name": name, **values, **run_setting(pipe, live, plan, device)})
         del pipe
-    off = rows[0]["ms_median"]
+    off, off_cpu = rows[0]["ms_median"], rows[0]["cpu_ms_median"]
     for row in rows:
         row["extra_ms"] = round(row["ms_median"] - off, 3)
+        row["extra_cpu_ms"] = round(row["cpu_ms_median"] - off_cpu, 3)
     return rows
 
 
 def format_temporal_table(rows: list[dict]) -> str:
-    header = f"{'setting':<30}{'flicker':>9}{'ms median':>11}{'+ms':>8}{'fps':>8}"
+    header = f"{'setting':<30}{'flicker':>9}{'ms median':>11}{'+ms':>9}{'cpu ms':>9}{'+cpu ms':>9}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['name']:<30}{r['flicker']:>9.3f}{r['ms_median']:>11.2f}{r['extra_ms']:>+8.2f}{r['fps']:>8.1f}")
+        lines.append(f"{r['name']:<30}{r['flicker']:>9.3f}{r['ms_median']:>11.2f}{r['extra_ms']:>+9.2f}"
+                     f"{r['cpu_ms_median']:>9.2f}{r['extra_cpu_ms']:>+9.2f}")
     return "\n".join(lines)
 
 

@@ -160,3 +160,12 @@ def test_tensorrt_runs_without_the_bank_and_says_so(caplog):
                             dtype=torch.float32, backend="tensorrt")
     assert temporal.bank is None and "acceleration: compile" in caplog.text
     assert not any(isinstance(p, BankedSelfAttention) for p in parts.unet.attn_processors.values())
+
+
+def test_an_sdxl_shaped_model_with_cfg_initialize_banks_every_row():
+    parts = load_model("tiny-sdxl")
+    pipe = make_pipeline(parts, cfg_type="initialize", negative_prompt="", bank_max=2, bank_frames=2)
+    outs = play(pipe, pan(4))
+    state = pipe.temporal.bank.state
+    assert int(state.filled) == 2 and all(o.shape == (SIZE, SIZE, 4) for o in outs)
+    assert all(p.keys.shape[0] == 3 for p in pipe.temporal.bank.processors.values())  # (N + 1) x F rows
