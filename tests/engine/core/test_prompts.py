@@ -20,7 +20,8 @@ def test_cache_encodes_each_text_once_and_evicts_the_oldest(tiny_parts):
 
 def test_sd15_shapes_and_no_pooled(tiny_parts):
     emb = PromptEncoder(tiny_parts, torch.device("cpu"), torch.float32).encode("neon")
-    assert emb.hidden.shape == (1, 77, 32) and emb.pooled is None
+    width = tiny_parts.text_encoder.config.hidden_size
+    assert emb.hidden.shape == (1, 77, width) and emb.pooled is None
 
 
 def test_sdxl_concatenates_both_encoders_and_zeroes_the_empty_prompt(tiny_sdxl_parts):

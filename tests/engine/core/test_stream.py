@@ -12,10 +12,18 @@ from engine.config.schema import CFG_TYPES
 from engine.core.schedule import slot_coefficients
 from engine.core.stream import StreamBatch
 from engine.errors import ConfigError
+from engine.models.load import load_model
 from engine.models.tiny import TINY_SCHEDULER_CONFIG
 
 LATENT = (4, 8, 8)
 GUIDANCE, DELTA = 1.6, 0.8
+
+
+@pytest.fixture(scope="module")
+def tiny_parts():
+    """The random tiny model (these tests feed it 32-wide random prompt embeddings, its shape);
+    it replaces the session's trained `tiny` here."""
+    return load_model("tiny-random")
 
 
 def make_unet_fn(unet):

@@ -31,7 +31,7 @@ def test_tiny_models_are_deterministic_and_family_shaped(tiny_parts, tiny_sdxl_p
     assert tiny_sdxl_parts.family is Family.SDXL and tiny_sdxl_parts.text_encoder_2 is not None
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-sdxl"])
+@pytest.mark.parametrize("name", ["tiny", "tiny-random", "tiny-sdxl"])
 def test_local_folder_round_trip_is_bit_exact(tmp_path, name):
     parts = load_model(name)
     save_folder(parts, tmp_path / "model")
@@ -79,9 +79,19 @@ def test_disallowed_component_class_is_refused(tmp_path):
         load_model(str(tmp_path))
 
 
-def test_wrong_family_for_tiny():
+@pytest.mark.parametrize("name", ["tiny", "tiny-random"])
+def test_wrong_family_for_tiny(name):
     with pytest.raises(ModelLoadError, match="sd15-shaped"):
-        load_model("tiny", family="sdxl")
+        load_model(name, family="sdxl")
+
+
+def test_a_missing_trained_tiny_names_the_command_that_makes_it(monkeypatch, tmp_path):
+    import engine.models.load as load
+
+    monkeypatch.setattr(load, "TRAINED_TINY", tmp_path / "gone")
+    with pytest.raises(ModelLoadError, match="python -m training.train_tiny --seed 0") as info:
+        load_model("tiny")
+    assert "\n" not in str(info.value)
 
 
 def test_hub_model_offline_names_the_model_and_the_fix(monkeypatch, tmp_path):
