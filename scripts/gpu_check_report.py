@@ -151,7 +151,8 @@ def headline(stages: dict) -> dict:
     out.update({
         "best_variant": best["variant"] if best else None, "compute_ms_per_frame": compute_ms,
         "reference_fps": (reference.get("reference") or {}).get("fps"),
-        "runtime_fps_pattern_to_null": null.get("fps_at_end"),
+        # The last seconds' rate (no start-up in it); the whole run's average when the run was too short for one.
+        "runtime_fps_pattern_to_null": null.get("fps_at_end") or null.get("fps_average"),
         "runtime_shm": {k: e2e.get(k) for k in ("input_fps", "output_fps", "latency_p50_ms", "latency_p99_ms")},
         "power_w": {k: (power.get(k) or {}).get("gpu_power_w") for k in ("similarity_off", "similarity_on")},
         "start_s": {k: (cold.get(k) or {}).get("first_frame_s") for k in ("cold", "warm")},
