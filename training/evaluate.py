@@ -79,9 +79,9 @@ def held_out_inputs(size: int, count: int = 6, seed: int = 20_000) -> list[np.nd
     return scenes + [render_pattern(40, size, size)[..., :3].copy()]
 
 
-def figures(parts: ModelParts, size: int = 128, count: int = 6) -> dict:
+def figures(parts: ModelParts, size: int = 128, count: int = 6, **live) -> dict:
     inputs = held_out_inputs(size, count)
-    pipe = make_pipeline(parts, size, RED)
+    pipe = make_pipeline(parts, size, RED, **live)
     structure, colour = [], []
     for img in inputs:
         red, blue = run(pipe, img, RED), run(pipe, img, BLUE)
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="a model spec, as run_engine.py --model takes")
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--guidance", type=float, help="guidance_scale (default: the tiny preset's)")
+    parser.add_argument("--t-index", help="t_index_list, e.g. 32,45 (default: the tiny preset's)")
     parser.add_argument("--speed", action="store_true",
                         help="instead: frame rate of tiny-random vs tiny at 256x256 (bench, in turns)")
     args = parser.parse_args(argv)
@@ -126,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.speed:
             print(json.dumps(speed()))
         else:
-            print(json.dumps({"model": args.model, **figures(load_model(args.model), args.size)}))
+            live = {} if args.guidance is None else {"guidance_scale": args.guidance}
+            if args.t_index:
+                live["t_index_list"] = [int(v) for v in args.t_index.split(",")]
+            print(json.dumps({"model": args.model, **live, **figures(load_model(args.model), args.size, **live)}))
     return 0
 
 
