@@ -170,7 +170,7 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
 def bench_plan(load: dict, t_index_list: list[int] | None, *, frames: int, warmup: int) -> BenchPlan:
     """The bench's settings (None = the schema's default), validated once by the preset schema:
     an error names the key, like a preset's. `model: auto` is sd-turbo-random on a GPU (the real
-    architecture with random weights: the same speed, no download), tiny elsewhere."""
+    architecture with random weights: the same speed, no download), tiny (the trained tiny model) elsewhere."""
     from pydantic import ValidationError
 
     from engine.accel.backend import resolve_acceleration, resolve_device

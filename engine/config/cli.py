@@ -112,7 +112,8 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]], pr
 
     bench = sub.add_parser("bench", parents=[common], help="measure frame rate and latency of the stream pipeline")
     bench.add_argument("--model", default="auto",
-                       help="auto (tiny on a CPU, sd-turbo-random on a GPU) | tiny | tiny-sdxl | sd-turbo-random | "
+                       help="auto (tiny on a CPU, sd-turbo-random on a GPU) | tiny (trained, shipped) | tiny-random | "
+                            "tiny-sdxl | sd-turbo-random | "
                             "a Hugging Face id | a folder | a .safetensors")
     bench.add_argument("--family", choices=FAMILIES, help="override the family read from the model")
     bench.add_argument("--vae", help="VAE id or folder (e.g. madebyollin/taesd)")
