@@ -70,7 +70,7 @@ def test_sdxl_unet_shapes_come_from_its_config(tiny_sdxl_parts):
 def test_unet_wrapper_matches_the_pipeline_call(tiny_parts):
     """Float timesteps through the wrapper give what the pipeline's int64 timesteps give."""
     unet = tiny_parts.unet
-    x, hidden = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    x, hidden = torch.randn(2, 4, 8, 8), torch.randn(2, 77, unet.config.cross_attention_dim)
     steps = torch.tensor([999, 459])
     with torch.no_grad():
         want = unet(x, steps, encoder_hidden_states=hidden, return_dict=False)[0]
