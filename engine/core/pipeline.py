@@ -157,6 +157,9 @@ class StreamPipeline:
         self.control_u8 = [None if s.source == CONTROL_FROM_INPUT else
                            torch.zeros(f, h, w, 4, dtype=torch.uint8, device=self.device) for s in specs]
         self._control_staging: list[torch.Tensor | None] = [None] * len(specs)
+        # Own sources never share a map (each has its buffer); same input + same preprocessor do.
+        self._map_keys = [(k if s.source != CONTROL_FROM_INPUT else -1, s.preprocessor, s.depth_model,
+                           s.depth_resolution) for k, s in enumerate(specs)]
         self.control_on: tuple[int, ...] = tuple(range(len(specs)))  # which run: set live (controlnet_<k>_enabled)
 
     @property
@@ -187,7 +190,13 @@ class StreamPipeline:
         else:
             img = rgba_u8_to_img_pm1(input_u8, self.dtype)
             x_in = self.temporal.mix(self.encode(feedback_mix(img, self.fx_last, self.fx.feedback) if fx else img))
-        maps = {k: self._control_map(k, img) for k in control}
+        maps: dict[int, torch.Tensor] = {}
+        made: dict[tuple, torch.Tensor] = {}  # ControlNets with the same source and preprocessor share one map
+        for k in control:
+            key = self._map_keys[k]
+            if key not in made:
+                made[key] = self._control_map(k, img)
+            maps[k] = made[key]
         latents = self.stream.step(x_in, maps or None)
         self.temporal.keep(latents)
         out = self.decode(latents)

@@ -169,3 +169,13 @@ def test_controlnets_work_beside_the_feature_bank(parts):
 
     plain, guided = play(banked(False)), play(banked(True))
     assert not torch.equal(plain[-1], guided[-1])
+
+
+def test_controlnets_with_the_same_input_and_preprocessor_share_one_map(parts):
+    depth = build_random_depth_model().eval().requires_grad_(False)
+    calls = []
+    depth.register_forward_hook(lambda *args: calls.append(1))
+    spec = {"model": "random", "preprocessor": "depth", "depth_resolution": 56}
+    pipe = make(parts, [spec, spec], depth=depth)
+    pipe(frame(0))  # priming: N = 2 steps
+    assert len(calls) == 2  # once per step, not once per ControlNet
