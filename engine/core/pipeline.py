@@ -161,6 +161,7 @@ class StreamPipeline:
         self._map_keys = [(k if s.source != CONTROL_FROM_INPUT else -1, s.preprocessor, s.depth_model,
                            s.depth_resolution) for k, s in enumerate(specs)]
         self.control_on: tuple[int, ...] = tuple(range(len(specs)))  # which run: set live (controlnet_<k>_enabled)
+        self._refill: set[int] = set()  # switched back on since the last frame (their carried maps are stale)
 
     @property
     def needs_input(self) -> bool:
@@ -238,7 +239,22 @@ class StreamPipeline:
             return
         for k in range(len(self.control)):
             self.control.set_scale(k, getattr(live, f"controlnet_{k}_scale"))
-        self.control_on = tuple(k for k in range(len(self.control)) if getattr(live, f"controlnet_{k}_enabled"))
+        on = tuple(k for k in range(len(self.control)) if getattr(live, f"controlnet_{k}_enabled"))
+        self._refill.update(k for k in on if k not in self.control_on)
+        self.control_on = on
+
+    @torch.no_grad()
+    def _refill_maps(self) -> None:
+        """ControlNets switched back on: the frames in flight take the newest frame's map, not the maps
+        they held when it was switched off. Eager, once per switch (a host-side event, not per frame)."""
+        img = None if self.txt2img else rgba_u8_to_img_pm1(self.input_u8, self.dtype)
+        for k in sorted(self._refill):
+            carried = self.control.map_buf[k] if self.control is not None else None
+            if carried is None or carried.shape[0] == 0:
+                continue
+            new = self._control_map(k, img)
+            carried.view(-1, *new.shape).copy_(new.unsqueeze(0).expand(carried.shape[0] // new.shape[0], *new.shape))
+        self._refill.clear()
 
     def control_variants(self) -> list[tuple[int, ...]]:
         """Every subset of this pipeline's ControlNets, the current one first (what warm_up builds)."""
@@ -396,6 +412,9 @@ class StreamPipeline:
             self.fx_last.copy_(rgba_u8_to_img_pm1(seed, self.dtype))
         self._fx_on = fx
         # 3. Encode -> stream batch -> decode -> FX, priming an empty batch first.
+        if self._refill and self.primed:  # a ControlNet was switched back on (priming fills every slot anyway)
+            self._refill_maps()
+        self._refill.clear()
         rgb = self._run_step(fx)
         # 4. Into the output buffer the previous frame's reader is not using.
         i = 1 - self._out_index

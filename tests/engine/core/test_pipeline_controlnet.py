@@ -179,3 +179,18 @@ def test_controlnets_with_the_same_input_and_preprocessor_share_one_map(parts):
     pipe = make(parts, [spec, spec], depth=depth)
     pipe(frame(0))  # priming: N = 2 steps
     assert len(calls) == 2  # once per step, not once per ControlNet
+
+
+def test_a_controlnet_switched_back_on_gives_the_frames_in_flight_the_newest_map(parts):
+    specs = [ControlNetSpec(model="random", preprocessor="passthrough")]
+    load = LoadSettings(model="tiny-random", width=SIZE, height=SIZE, controlnets=specs)
+    pipe = StreamPipeline(parts, load, LiveParams(t_index_list=[10, 30, 45]),
+                          controlnets=[ControlNetParts(build_random_controlnet(parts.unet))])
+    solid = [np.full((SIZE, SIZE, 4), v, np.uint8) for v in (40, 120, 200)]
+    pipe(solid[0])  # primed: every slot holds the map of 40
+    pipe.apply_live("controlnet", LiveParams(controlnet_0_enabled=False))
+    pipe(solid[1])
+    pipe.apply_live("controlnet", LiveParams(controlnet_0_enabled=True))
+    pipe(solid[2])
+    carried = pipe.stream.control.map_buf[0][:, 0, 0, 0]  # slots 1 and 2 after that frame
+    assert carried.tolist() == pytest.approx([200 / 255, 200 / 255])  # not the stale 40 from before
