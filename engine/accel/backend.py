@@ -157,9 +157,11 @@ def torch_calls(parts: Any, backend: str, controlnets: Sequence[torch.nn.Module]
 
     def run_unet(x, timesteps, hidden, pooled, time_ids, residuals=None):
         added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
-        down, mid = (None, None) if residuals is None else residuals
+        # Residual keywords only with ControlNets: without them the call is exactly the plain UNet call.
+        extra = {} if residuals is None else {"down_block_additional_residuals": residuals[0],
+                                              "mid_block_additional_residual": residuals[1]}
         return unet(x, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False,
-                    down_block_additional_residuals=down, mid_block_additional_residual=mid)[0]
+                    **extra)[0]
 
     def controlnet_call(controlnet: torch.nn.Module) -> Callable[..., Any]:
         def run(x, timesteps, hidden, maps, pooled, time_ids):

@@ -252,7 +252,8 @@ def install_feature_bank(unet: Any, max_frames: int, rows: int, latent_hw: tuple
     original processors if an earlier pipeline on this UNet installed a bank."""
     if max_frames > 0:
         return FeatureBank(unet, max_frames, rows, latent_hw, device, dtype)
-    current = unet.attn_processors
+    # A module without diffusers' attention processors (an engine or a stand-in) has no bank to remove.
+    current = getattr(unet, "attn_processors", None) or {}
     if any(isinstance(p, BankedSelfAttention) for p in current.values()):
         unet.set_attn_processor({name: getattr(p, "original", p) for name, p in current.items()})
     return None
