@@ -302,8 +302,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def start_run(tool: str, device_name: str) -> torch.device | None:
+    """Logging for a benchmark script, the libraries' own chatter off, and its device; None (after
+    saying why) when that is a CUDA device torch cannot see."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     from diffusers.utils import logging as diffusers_logging
@@ -311,9 +312,17 @@ def main(argv: list[str] | None = None) -> int:
 
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
-    device = torch.device(args.device)
+    device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench_gpu: no CUDA GPU visible to torch; use --device cpu --tiny for a CPU check", file=sys.stderr)
+        print(f"{tool}: no CUDA GPU visible to torch; use --device cpu --tiny for a CPU check", file=sys.stderr)
+        return None
+    return device
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = start_run("bench_gpu", args.device)
+    if device is None:
         return 2
     dtype = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}.get(
         args.dtype, torch.float16 if device.type == "cuda" else torch.float32)

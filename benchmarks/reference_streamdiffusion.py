@@ -41,7 +41,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_gpu import T_INDEX, make_pipeline, time_frames, time_pipelined, use_graph  # noqa: E402
+from benchmarks.bench_gpu import (  # noqa: E402
+    T_INDEX,
+    make_pipeline,
+    start_run,
+    time_frames,
+    time_pipelined,
+    use_graph,
+)
 from engine.bench import BENCH_PROMPT, moving_frames, summarise  # noqa: E402
 from engine.config.schema import CFG_TYPES  # noqa: E402
 from engine.models.load import load_model, save_folder  # noqa: E402
@@ -158,17 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
     args.size = args.size or (64 if args.tiny else 512)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("reference_streamdiffusion: no CUDA GPU visible to torch; use --device cpu --tiny for a CPU check",
-              file=sys.stderr)
+    device = start_run("reference_streamdiffusion", args.device)
+    if device is None:
         return 2
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     result: dict = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+from engine.accel.cache_folder import cache_folder
+
 log = logging.getLogger("streamvj.compile")
 
 ENV_CACHE_DIR = "STREAMVJ_COMPILE_CACHE"
@@ -37,11 +39,7 @@ _progress: _CompileLog | None = None
 
 def default_cache_dir() -> Path:
     """$STREAMVJ_COMPILE_CACHE, else $XDG_CACHE_HOME/streamvj/inductor, else ~/.cache/streamvj/inductor."""
-    override = os.environ.get(ENV_CACHE_DIR)
-    if override:
-        return Path(override).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "streamvj" / "inductor"
+    return cache_folder(ENV_CACHE_DIR, "inductor")
 
 
 def enable_compile_cache(folder: Path | None = None) -> Path:

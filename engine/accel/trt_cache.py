@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from engine.accel.cache_folder import cache_folder
+
 log = logging.getLogger("streamvj.trt_cache")
 
 CACHE_FORMAT = 1
@@ -43,11 +45,7 @@ _STALE_TEMP_S = 24 * 3600.0  # a temp file this old belongs to no live build
 
 def default_cache_dir() -> Path:
     """$STREAMVJ_TRT_CACHE, else $XDG_CACHE_HOME/streamvj/trt, else ~/.cache/streamvj/trt."""
-    override = os.environ.get(ENV_CACHE_DIR)
-    if override:
-        return Path(override).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "streamvj" / "trt"
+    return cache_folder(ENV_CACHE_DIR, "trt")
 
 
 # ---- keys ---------------------------------------------------------------------------------------
