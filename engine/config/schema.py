@@ -10,13 +10,12 @@ ParamStore's validation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import pairwise
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args
 
-import annotated_types
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
+from engine.config.live_specs import ParamSpec, live_specs
 from engine.config.transport_specs import check_sink_spec, check_source_spec
 
 MAX_TEXT = 4000  # chars per prompt: far above CLIP's 77 tokens, small enough to bound a datagram
@@ -381,65 +380,8 @@ class Preset(_Strict):
         return self
 
 
-# --------------------------------------------------------------------------- LIVE_SPECS
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One live parameter, as OSC, OSCQuery, docs, MIDI and the ParamStore see it.
-
-    kind: float | int | bool | str | enum | prompt_blend | seed_blend | int_list | smoothing.
-    """
-
-    name: str
-    kind: str
-    min: float | None
-    max: float | None
-    choices: tuple[str, ...]
-    default: Any
-    unit: str
-    doc: str
-
-
-def _bounds(metadata: list[Any]) -> tuple[float | None, float | None]:
-    lo = hi = None
-    for m in metadata:
-        if isinstance(m, annotated_types.Ge):
-            lo = m.ge
-        elif isinstance(m, annotated_types.Le):
-            hi = m.le
-    return lo, hi
-
-
-def _element_bounds(annotation: Any) -> tuple[float | None, float | None]:
-    # list[Annotated[int, Field(ge, le)]]: bounds live on the element type.
-    (elem,) = get_args(annotation)
-    return _bounds([m for a in get_args(elem)[1:] for m in getattr(a, "metadata", [a])])
-
-
-def _make_specs() -> dict[str, ParamSpec]:
-    specs: dict[str, ParamSpec] = {}
-    for name, field in LiveParams.model_fields.items():
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        ann = field.annotation
-        lo, hi = _bounds(field.metadata)
-        choices: tuple[str, ...] = ()
-        if get_origin(ann) is Literal:
-            kind, choices = "enum", tuple(get_args(ann))
-        elif "kind" in extra:
-            kind = str(extra["kind"])
-            if kind == "int_list":
-                lo, hi = _element_bounds(ann)
-        else:
-            kind = {float: "float", int: "int", bool: "bool", str: "str"}[ann]
-        default = field.get_default(call_default_factory=True)
-        specs[name] = ParamSpec(
-            name, kind, lo, hi, choices, default, str(extra.get("unit", "")), field.description or ""
-        )
-    return specs
-
-
-LIVE_SPECS: dict[str, ParamSpec] = _make_specs()
+# One ParamSpec per LiveParams field (engine/config/live_specs.py).
+LIVE_SPECS: dict[str, ParamSpec] = live_specs(LiveParams)
 SMOOTHABLE: tuple[str, ...] = tuple(n for n, s in LIVE_SPECS.items() if s.kind == "float")
 MIDI_MAPPABLE: tuple[str, ...] = tuple(
     n for n, s in LIVE_SPECS.items() if s.kind in ("float", "int", "bool", "int_list")

@@ -21,14 +21,13 @@ import numpy as np
 import torch
 
 from engine.accel.backend import FrameStep, model_calls
-from engine.config.schema import CONTROL_FROM_INPUT, MAX_CONTROLNETS, LiveParams, LoadSettings
+from engine.config.schema import MAX_CONTROLNETS, LiveParams, LoadSettings
 from engine.core.blend import blend
+from engine.core.control_maps import ControlMaps
 from engine.core.controlnet import ControlBatch
 from engine.core.fit import fit_into
 from engine.core.fx import FxUniforms, feedback_mix, post_fx
 from engine.core.pixels import as_frame_batch, img_pm1_to_rgb_u8, rgba_u8_to_img_pm1
-from engine.core.preprocess import make_preprocessor
-from engine.core.preprocess.canny import Canny
 from engine.core.prompts import PromptEncoder
 from engine.core.similarity import SimilarityFilter
 from engine.core.stream import StreamBatch, unet_batch_size
@@ -88,7 +87,11 @@ class StreamPipeline:
                             controlnets=[c.model for c in controlnets])
         self._vae_encode, self._vae_decode = calls.vae_encode, calls.vae_decode
         sdxl = parts.family is Family.SDXL
-        self._init_controlnets(load, live, controlnets, calls.controlnets)
+        self.controls = ControlMaps(load.controlnets, controlnets, live, frames=f, height=h, width=w,
+                                    device=self.device, dtype=dtype)
+        self.control = None if not load.controlnets else ControlBatch(
+            calls.controlnets, [(s.guidance_start, s.guidance_end) for s in load.controlnets],
+            len(live.t_index_list), f, (3, h, w), device=self.device, dtype=dtype)
         self.stream = StreamBatch(
             calls.unet, parts.scheduler_config, list(live.t_index_list), latent_shape,
             frame_buffer_size=f, cfg_type=load.cfg_type, txt2img=self.txt2img, device=self.device,
@@ -138,31 +141,6 @@ class StreamPipeline:
         for group in LIVE_GROUPS:
             self.apply_live(group, live)
 
-    def _init_controlnets(self, load: LoadSettings, live: LiveParams, loaded: Sequence[ControlNetParts],
-                          calls: Sequence[Any]) -> None:
-        """ControlNets: per-slot maps (ControlBatch), each one's preprocessor, a map buffer per own source."""
-        specs = load.controlnets
-        if len(loaded) != len(specs):
-            raise ConfigError(f"the preset names {len(specs)} ControlNet(s) but {len(loaded)} were loaded")
-        f, h, w = load.frame_buffer_size, load.height, load.width
-        self.control: ControlBatch | None = None
-        if specs:
-            self.control = ControlBatch(calls, [(s.guidance_start, s.guidance_end) for s in specs],
-                                        len(live.t_index_list), f, (3, h, w), device=self.device, dtype=self.dtype)
-        self.canny = Canny(live.canny_low, live.canny_high, device=self.device, dtype=self.dtype)
-        self._preprocess = [make_preprocessor(s.preprocessor, device=self.device, dtype=self.dtype, canny=self.canny,
-                                              depth=c.depth, depth_resolution=s.depth_resolution)
-                            for s, c in zip(specs, loaded)]
-        # A ControlNet with a source of its own reads its latest map from here (set_control_frame).
-        self.control_u8 = [None if s.source == CONTROL_FROM_INPUT else
-                           torch.zeros(f, h, w, 4, dtype=torch.uint8, device=self.device) for s in specs]
-        self._control_staging: list[torch.Tensor | None] = [None] * len(specs)
-        # Own sources never share a map (each has its buffer); same input + same preprocessor do.
-        self._map_keys = [(k if s.source != CONTROL_FROM_INPUT else -1, s.preprocessor, s.depth_model,
-                           s.depth_resolution) for k, s in enumerate(specs)]
-        self.control_on: tuple[int, ...] = tuple(range(len(specs)))  # which run: set live (controlnet_<k>_enabled)
-        self._refill: set[int] = set()  # switched back on since the last frame (their carried maps are stale)
-
     @property
     def needs_input(self) -> bool:
         return not self.txt2img
@@ -191,14 +169,7 @@ class StreamPipeline:
         else:
             img = rgba_u8_to_img_pm1(input_u8, self.dtype)
             x_in = self.temporal.mix(self.encode(feedback_mix(img, self.fx_last, self.fx.feedback) if fx else img))
-        maps: dict[int, torch.Tensor] = {}
-        made: dict[tuple, torch.Tensor] = {}  # ControlNets with the same source and preprocessor share one map
-        for k in control:
-            key = self._map_keys[k]
-            if key not in made:
-                made[key] = self._control_map(k, img)
-            maps[k] = made[key]
-        latents = self.stream.step(x_in, maps or None)
+        latents = self.stream.step(x_in, self.controls.maps(control, img) or None)
         self.temporal.keep(latents)
         out = self.decode(latents)
         if fx:
@@ -206,61 +177,16 @@ class StreamPipeline:
             self.fx_last.copy_(out)
         return img_pm1_to_rgb_u8(out)
 
-    def _control_map(self, k: int, img_pm1: torch.Tensor | None) -> torch.Tensor:
-        """ControlNet k's map of the newest frame(s): its preprocessor on the input or on its own source's map."""
-        own = self.control_u8[k]
-        if own is not None:
-            rgb01 = own[..., :3].permute(0, 3, 1, 2).to(self.dtype) / 255.0
-        else:
-            rgb01 = img_pm1 * 0.5 + 0.5  # type: ignore[operator]  (schema: txt2img ControlNets have own sources)
-        return self._preprocess[k](rgb01)
-
     def set_control_frame(self, k: int, frame: np.ndarray | torch.Tensor) -> None:
-        """The latest map from ControlNet k's own source, rgba_u8 of any size, fitted like the input.
-        It holds until the next one (a source that stops leaves its last map in place)."""
-        out = self.control_u8[k] if 0 <= k < len(self.control_u8) else None
-        if out is None:
-            raise ConfigError(f"ControlNet {k} has no source of its own (its maps come from the input frame)")
-        load = self.load
-        frames = as_frame_batch(frame, load.frame_buffer_size, load.height, load.width, any_size=True)
-        if frames.shape[1:] == out.shape[1:] and frames.shape[0] in (1, out.shape[0]):
-            out.copy_(frames, non_blocking=True)  # one map for all F frames, or one each
-            return
-        staging = self._control_staging[k]
-        if staging is None or staging.shape != frames.shape:
-            staging = self._control_staging[k] = torch.empty(frames.shape, dtype=torch.uint8, device=self.device)
-        staging.copy_(frames, non_blocking=True)
-        fit_into(staging, out)
+        """The latest map from ControlNet k's own source (engine/core/control_maps.py)."""
+        self.controls.set_frame(k, frame)
 
     def set_controlnets(self, live: LiveParams) -> None:
-        """Scales (into the per-row buffers), which ControlNets run (a host-side choice), canny thresholds."""
-        self.canny.set_thresholds(live.canny_low, live.canny_high)
-        if self.control is None:
-            return
-        for k in range(len(self.control)):
-            self.control.set_scale(k, getattr(live, f"controlnet_{k}_scale"))
-        on = tuple(k for k in range(len(self.control)) if getattr(live, f"controlnet_{k}_enabled"))
-        self._refill.update(k for k in on if k not in self.control_on)
-        self.control_on = on
-
-    @torch.no_grad()
-    def _refill_maps(self) -> None:
-        """ControlNets switched back on: the frames in flight take the newest frame's map, not the maps
-        they held when it was switched off. Eager, once per switch (a host-side event, not per frame)."""
-        img = None if self.txt2img else rgba_u8_to_img_pm1(self.input_u8, self.dtype)
-        for k in sorted(self._refill):
-            carried = self.control.map_buf[k] if self.control is not None else None
-            if carried is None or carried.shape[0] == 0:
-                continue
-            new = self._control_map(k, img)
-            carried.view(-1, *new.shape).copy_(new.unsqueeze(0).expand(carried.shape[0] // new.shape[0], *new.shape))
-        self._refill.clear()
-
-    def control_variants(self) -> list[tuple[int, ...]]:
-        """Every subset of this pipeline's ControlNets, the current one first (what warm_up builds)."""
-        count = len(self.control) if self.control is not None else 0
-        subsets = [tuple(k for k in range(count) if mask >> k & 1) for mask in range(2 ** count)]
-        return [self.control_on, *(s for s in subsets if s != self.control_on)]
+        """Scales (into the per-row buffers), which ControlNets run, canny thresholds."""
+        self.controls.set_live(live)
+        if self.control is not None:
+            for k in range(len(self.control)):
+                self.control.set_scale(k, getattr(live, f"controlnet_{k}_scale"))
 
     # ---- live settings ----------------------------------------------------------------------------
 
@@ -349,7 +275,7 @@ class StreamPipeline:
             self._upload(torch.zeros(self.input_u8.shape, dtype=torch.uint8))  # through the upload path
         # Eager steps need one run (lazy library setup); compiled or graphed ones one per ControlNet subset,
         # so switching a ControlNet on or off on air never compiles or captures.
-        variants = self.control_variants() if self.step.backend != "none" or self.step.graphed else [self.control_on]
+        variants = self.controls.variants() if self.step.backend != "none" or self.step.graphed else [self.controls.on]
         for control in variants:
             for fx in (False, True):
                 self._run_step(fx, control)
@@ -412,9 +338,10 @@ class StreamPipeline:
             self.fx_last.copy_(rgba_u8_to_img_pm1(seed, self.dtype))
         self._fx_on = fx
         # 3. Encode -> stream batch -> decode -> FX, priming an empty batch first.
-        if self._refill and self.primed:  # a ControlNet was switched back on (priming fills every slot anyway)
-            self._refill_maps()
-        self._refill.clear()
+        if self.controls.switched_on and self.primed and self.control is not None:
+            # A ControlNet was switched back on (priming fills every slot anyway).
+            self.controls.refill(self.control, None if self.txt2img else rgba_u8_to_img_pm1(self.input_u8, self.dtype))
+        self.controls.switched_on.clear()
         rgb = self._run_step(fx)
         # 4. Into the output buffer the previous frame's reader is not using.
         i = 1 - self._out_index
@@ -434,7 +361,7 @@ class StreamPipeline:
         its own timestep and the very first output is a finished image, not the decoded empty
         buffer ("brown frames")."""
         # The ControlNets that run are a mode of pipelines that have any (others keep the plain step).
-        modes = (fx,) if self.control is None else (fx, self.control_on if control is None else control)
+        modes = (fx,) if self.control is None else (fx, self.controls.on if control is None else control)
         self.temporal.priming(not self.primed)
         for _ in range(1 if self.primed else self.stream.n):
             rgb = self.step.run(self.input_u8, self.txt_noise, *modes)

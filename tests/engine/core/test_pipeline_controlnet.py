@@ -72,11 +72,11 @@ def test_live_scale_and_on_off_apply_on_the_next_frame(parts):
     pipe = make(parts, [CANNY_FROM_INPUT, CANNY_FROM_INPUT])
     pipe.apply_live("controlnet", LiveParams(controlnet_0_enabled=False, controlnet_1_scale=0.5, canny_low=0.3,
                                              canny_high=0.1))
-    assert pipe.control_on == (1,)
+    assert pipe.controls.on == (1,)
     assert float(pipe.stream.control.scale_rows[1][0]) == 0.5
-    assert (float(pipe.canny.low), float(pipe.canny.high)) == pytest.approx((0.1, 0.3))
+    assert (float(pipe.controls.canny.low), float(pipe.controls.canny.high)) == pytest.approx((0.1, 0.3))
     pipe.apply_live("controlnet", LiveParams(controlnet_0_enabled=False, controlnet_1_enabled=False))
-    assert pipe.control_on == ()
+    assert pipe.controls.on == ()
 
 
 def test_a_map_of_another_size_is_fitted_like_the_input_and_holds(parts):
@@ -84,11 +84,11 @@ def test_a_map_of_another_size_is_fitted_like_the_input_and_holds(parts):
     wide = np.zeros((30, 90, 4), np.uint8)
     wide[:, 30:60] = 200  # the centre third: what a cover fit keeps of a 3:1 map
     pipe.set_control_frame(0, wide)
-    assert pipe.control_u8[0].shape == (1, SIZE, SIZE, 4)
-    assert int(pipe.control_u8[0][0, SIZE // 2, SIZE // 2, 0]) == 200
+    assert pipe.controls.own_u8[0].shape == (1, SIZE, SIZE, 4)
+    assert int(pipe.controls.own_u8[0][0, SIZE // 2, SIZE // 2, 0]) == 200
     pipe(frame(0))
     pipe(frame(1))  # no new map: the last one holds
-    assert int(pipe.control_u8[0][0, SIZE // 2, SIZE // 2, 0]) == 200
+    assert int(pipe.controls.own_u8[0][0, SIZE // 2, SIZE // 2, 0]) == 200
 
 
 @pytest.mark.parametrize(("k", "bad", "error", "message"), [

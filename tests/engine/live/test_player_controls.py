@@ -29,6 +29,6 @@ def test_a_map_from_the_controlnets_own_source_reaches_the_pipeline_before_the_f
         source.put(77, shape=(32, 32, 4))  # any size: fitted like the input
         wait_for(lambda: feed.sources[0].received == 1, "the map to arrive")
         player(np.zeros((64, 64, 4), np.uint8))
-        assert int(pipeline.control_u8[0][0, 10, 10, 0]) == 77
+        assert int(pipeline.controls.own_u8[0][0, 10, 10, 0]) == 77
     finally:
         feed.stop()
