@@ -300,10 +300,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engine.errors import StreamVJError
 
     _prepare_process()
-    quiet_libraries()
     run = _Run(args)
     ok = True
     try:
+        quiet_libraries()  # imports torch and diffusers (seconds): a stop signal may land in it
         preset, name = _load_run_preset(args)
         _start_feedback(run, preset, name)
         pipeline, gpu = _build_pipeline(run, preset)

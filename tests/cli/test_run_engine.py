@@ -190,6 +190,22 @@ def test_every_stop_signal_interrupts_a_run_still_loading(monkeypatch):
             signal.signal(s, handler)
 
 
+def test_a_stop_while_the_libraries_import_ends_the_run_without_a_traceback(monkeypatch, caplog):
+    """A stop signal in the first seconds lands while torch and diffusers import (quiet_libraries):
+    `run` says it stopped and returns, as it does later in loading (no traceback for the VJ)."""
+    import run_engine
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(run_engine, "_prepare_process", lambda: None)
+    monkeypatch.setattr(run_engine, "quiet_libraries", interrupted)
+    args = run_engine.build_parser().parse_args(["run", "--no-osc"])
+    with caplog.at_level("INFO", logger="streamvj"):
+        assert run_engine.cmd_run(args) == 0
+    assert "interrupted: stopping" in caplog.text
+
+
 @pytest.mark.windows
 @pytest.mark.skipif(sys.platform != "win32", reason="Ctrl-Break is a Windows console event")
 def test_ctrl_break_stops_cleanly_on_windows():
