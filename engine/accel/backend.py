@@ -187,27 +187,27 @@ def model_calls(parts: Any, backend: str, *, width: int, height: int, unet_batch
     """TensorRT engines for `backend == "tensorrt"` (built once, then cached), else the torch modules.
 
     An engine build that fails in any way (a TensorRT version whose API moved raises whatever
-    it raises) falls back to torch.compile with CUDA graphs on the same modules. So do
-    ControlNets: streamvj builds no ControlNet engines (nor a UNet engine taking residuals) yet."""
+    it raises) falls back to torch.compile with CUDA graphs on the same modules, ControlNets
+    included. With ControlNets, each gets an engine of its own and the UNet engine takes their
+    residuals as inputs; the ControlNet calls have `torch_calls`' signature. Their preprocessors
+    (canny, depth) stay torch, inside the frame step."""
     if backend != "tensorrt":
         return torch_calls(parts, backend, controlnets)
-    if controlnets:
-        log.warning("TensorRT: no ControlNet engines yet; this preset's %d ControlNet(s) run with "
-                    "torch.compile with CUDA graphs instead", len(controlnets))
-        return torch_calls(parts, "compile", controlnets)
     from engine.accel.trt_components import build_trt_components
 
     try:
         trt = build_trt_components(parts, width=width, height=height, unet_batch=unet_batch,
-                                   frame_buffer_size=frame_buffer_size, device=device, dtype=dtype, txt2img=txt2img)
+                                   frame_buffer_size=frame_buffer_size, device=device, dtype=dtype, txt2img=txt2img,
+                                   controlnets=controlnets)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a TensorRT version raises, the show falls back
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log.warning("TensorRT build failed (%s: %s); using torch.compile with CUDA graphs", type(exc).__name__, reason)
-        return torch_calls(parts, "compile")
+        return torch_calls(parts, "compile", controlnets)
     encoder = trt.vae_encoder
-    return ModelCalls(trt.unet, encoder if encoder is not None else _no_encoder, trt.vae_decoder, "tensorrt")
+    return ModelCalls(trt.unet, encoder if encoder is not None else _no_encoder, trt.vae_decoder, "tensorrt",
+                      trt.controlnets)
 
 
 def _no_encoder(img_pm1: torch.Tensor) -> torch.Tensor:

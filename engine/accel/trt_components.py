@@ -1,6 +1,12 @@
-"""The TensorRT engines a pipeline runs: its UNet (at the stream batch's size) and VAE encoder and
-decoder, each from the on-disk cache (engine/accel/trt_cache.py) or exported to ONNX and built
-once. engine/accel/backend.py uses them in place of the torch modules, or falls back.
+"""The TensorRT engines a pipeline runs: its UNet (at the stream batch's size), VAE encoder and
+decoder, and one per ControlNet, each from the on-disk cache (engine/accel/trt_cache.py) or
+exported to ONNX and built once. engine/accel/backend.py uses them in place of the torch
+modules, or falls back.
+
+A pipeline with ControlNets gets a UNet engine that takes their residuals as inputs (component
+`unet_residuals`, cached apart from the plain `unet` one, which presets without ControlNets
+keep). Each ControlNet engine is keyed by that ControlNet's own weights, size and batch: two
+presets sharing a ControlNet share its engine.
 """
 
 from __future__ import annotations
@@ -8,7 +14,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +26,13 @@ from engine.accel.onnx_export import (
     TEXT_TOKENS,
     OnnxExportError,
     OnnxGraph,
+    export_controlnet,
     export_unet,
     export_vae_decoder,
     export_vae_encoder,
 )
 from engine.accel.trt_cache import TrtCache, engine_key_parts, key_from_parts, model_identity
-from engine.accel.trt_engine import TrtBuildError, TrtEngine, TrtUnet, build_engine, import_tensorrt
+from engine.accel.trt_engine import TrtBuildError, TrtControlNet, TrtEngine, TrtUnet, build_engine, import_tensorrt
 from engine.errors import ConfigError
 
 log = logging.getLogger("streamvj.trt_components")
@@ -36,6 +43,7 @@ class TrtComponents:
     unet: TrtUnet
     vae_decoder: TrtEngine
     vae_encoder: TrtEngine | None  # None for txt2img
+    controlnets: tuple[TrtControlNet, ...] = ()  # in the preset's order
 
 
 def _gpu_parts(device: torch.device) -> tuple[str, dict]:
@@ -77,8 +85,9 @@ def cached_engine(cache: TrtCache, module: torch.nn.Module, component: str, expo
 def build_trt_components(parts: Any, *, width: int, height: int, unet_batch: int, frame_buffer_size: int,
                          device: torch.device | str, dtype: torch.dtype, txt2img: bool = False,
                          cache: TrtCache | None = None, tokens: int = TEXT_TOKENS,
-                         cancel: threading.Event | None = None) -> TrtComponents:
-    """Engines for a pipeline's UNet (its stream batch) and VAE (F frames), cached on disk.
+                         cancel: threading.Event | None = None,
+                         controlnets: Sequence[torch.nn.Module] = ()) -> TrtComponents:
+    """Engines for a pipeline's UNet and ControlNets (its stream batch) and VAE (F frames), cached on disk.
 
     `parts` (a ModelParts) must already be on `device` in `dtype`: the graphs are exported
     from the modules as they run, so the engine's precision matches the eager path.
@@ -88,10 +97,17 @@ def build_trt_components(parts: Any, *, width: int, height: int, unet_batch: int
         raise ConfigError(f"TensorRT engines need a CUDA device, not {device}")
     cache = cache or TrtCache()
     common = dict(width=width, height=height, device=device, dtype=dtype, cancel=cancel)
+    residuals = bool(controlnets)
     unet_data = cached_engine(
-        cache, parts.unet, "unet",
-        lambda p: export_unet(parts.unet, p, batch=unet_batch, height=height, width=width, tokens=tokens),
+        cache, parts.unet, "unet_residuals" if residuals else "unet",
+        lambda p: export_unet(parts.unet, p, batch=unet_batch, height=height, width=width, tokens=tokens,
+                              residuals=residuals),
         batch=unet_batch, extra={"tokens": tokens}, **common)
+    # The ControlNets run on the UNet call's rows (CFG negatives included): the UNet's batch.
+    controlnet_data = [cached_engine(
+        cache, controlnet, "controlnet",
+        lambda p, c=controlnet: export_controlnet(c, p, batch=unet_batch, height=height, width=width, tokens=tokens),
+        batch=unet_batch, extra={"tokens": tokens}, **common) for controlnet in controlnets]
     decoder_data = cached_engine(
         cache, parts.vae, "vae_decoder",
         lambda p: export_vae_decoder(parts.vae, p, batch=frame_buffer_size, height=height, width=width),
@@ -105,4 +121,6 @@ def build_trt_components(parts: Any, *, width: int, height: int, unet_batch: int
     return TrtComponents(
         unet=TrtUnet(TrtEngine(unet_data, device, name="unet")),
         vae_decoder=TrtEngine(decoder_data, device, name="vae_decoder"),
-        vae_encoder=None if encoder_data is None else TrtEngine(encoder_data, device, name="vae_encoder"))
+        vae_encoder=None if encoder_data is None else TrtEngine(encoder_data, device, name="vae_encoder"),
+        controlnets=tuple(TrtControlNet(TrtEngine(data, device, name=f"controlnet_{k}"))
+                          for k, data in enumerate(controlnet_data)))

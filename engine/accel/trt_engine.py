@@ -1,5 +1,5 @@
 """TensorRT engines: built from ONNX (with progress) and run (engine/accel/trt_components.py
-builds the UNet and VAE ones a pipeline uses, through the on-disk cache).
+builds the UNet, VAE and ControlNet ones a pipeline uses, through the on-disk cache).
 
 The runtime side is built for a frame loop: every engine input/output is a torch CUDA
 tensor allocated once and bound once (`set_tensor_address`); a call copies inputs into
@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from engine.accel.onnx_export import CONTROL_MAP, MID_RESIDUAL, down_residual
 from engine.errors import ConfigError, StreamVJError
 
 log = logging.getLogger("streamvj.trt_engine")
@@ -318,23 +319,79 @@ class TrtEngine:
         return outs[0] if len(outs) == 1 else outs
 
 
+def residual_names(engine: TrtEngine, outputs: bool = False) -> list[str]:
+    """The engine's ControlNet residual tensors, in the UNet's order: down_residual_0.., mid_residual."""
+    names = set(engine.outputs if outputs else engine.inputs)
+    down = []
+    while down_residual(len(down)) in names:
+        down.append(down_residual(len(down)))
+    return [*down, MID_RESIDUAL] if MID_RESIDUAL in names else down
+
+
 class TrtUnet:
-    """Drop-in for the stream batch's unet_fn: (x, timesteps, hidden, pooled, time_ids) -> noise.
+    """Drop-in for the stream batch's unet_fn: (x, timesteps, hidden, pooled, time_ids[, residuals]) -> noise.
 
     Inputs are matched by name: TensorRT does not document that its I/O order is the ONNX order.
+    An engine exported with residual inputs (a pipeline with ControlNets) takes the ControlNets'
+    (down, mid) residuals; on a frame where none runs it reads zeros allocated here, once
+    (x + 0 == x: the same picture as the engine without residual inputs).
     """
 
     def __init__(self, engine: TrtEngine):
-        expected = list(UNET_INPUTS) + (list(SDXL_INPUTS) if "text_embeds" in engine.inputs else [])
-        if sorted(engine.inputs) != sorted(expected):
+        sdxl = "text_embeds" in engine.inputs
+        self.residual_inputs = residual_names(engine)
+        expected = list(UNET_INPUTS) + (list(SDXL_INPUTS) if sdxl else []) + self.residual_inputs
+        if sorted(engine.inputs) != sorted(expected) or (self.residual_inputs and
+                                                        self.residual_inputs[-1] != MID_RESIDUAL):
             raise ConfigError(f"not a streamvj UNet engine: inputs {engine.inputs}, expected {expected}")
-        self.engine = engine
-        self.sdxl = len(expected) == 5
+        self.engine, self.sdxl = engine, sdxl
         self._order = [expected.index(n) for n in engine.inputs]  # engine position -> argument position
+        self._zeros = [torch.zeros_like(engine.buffers[n]) for n in self.residual_inputs]
 
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor,
-                 pooled: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
-        args = (x, timesteps, hidden, pooled, time_ids)
+                 pooled: torch.Tensor | None = None, time_ids: torch.Tensor | None = None,
+                 residuals: tuple[Sequence[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         if self.sdxl and (pooled is None or time_ids is None):
             raise ValueError("this SDXL UNet engine needs pooled text embeddings and time ids")
+        if residuals is None:
+            extra = self._zeros
+        elif not self.residual_inputs:
+            raise ValueError("this UNet engine takes no ControlNet residuals (it was built for a preset without "
+                             "ControlNets)")
+        else:
+            extra = [*residuals[0], residuals[1]]
+            if len(extra) != len(self.residual_inputs):
+                raise ValueError(f"this UNet engine takes {len(self.residual_inputs) - 1} down residuals, "
+                                 f"got {len(extra) - 1}")
+        args = (x, timesteps, hidden, pooled, time_ids)[:5 if self.sdxl else 3] + tuple(extra)
         return self.engine(*(args[i] for i in self._order))
+
+
+class TrtControlNet:
+    """Drop-in for a ControlNet call (engine/core/controlnet.py):
+    (x, timesteps, hidden, control_maps, pooled, time_ids) -> (down residuals, mid residual).
+
+    The residuals are the engine's output buffers (conditioning scale 1), overwritten by its
+    next call: the caller scales them into new tensors at once.
+    """
+
+    def __init__(self, engine: TrtEngine):
+        sdxl = "text_embeds" in engine.inputs
+        expected = [*UNET_INPUTS, CONTROL_MAP, *(SDXL_INPUTS if sdxl else ())]
+        outputs = residual_names(engine, outputs=True)
+        if sorted(engine.inputs) != sorted(expected) or not outputs or outputs[-1] != MID_RESIDUAL \
+                or len(outputs) != len(engine.outputs):
+            raise ConfigError(f"not a streamvj ControlNet engine: inputs {engine.inputs}, outputs {engine.outputs}")
+        self.engine, self.sdxl = engine, sdxl
+        self._order = [expected.index(n) for n in engine.inputs]
+        self.down = [engine.buffers[n] for n in outputs[:-1]]
+        self.mid = engine.buffers[MID_RESIDUAL]
+
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor, control_maps: torch.Tensor,
+                 pooled: torch.Tensor | None = None,
+                 time_ids: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        if self.sdxl and (pooled is None or time_ids is None):
+            raise ValueError("this SDXL ControlNet engine needs pooled text embeddings and time ids")
+        args = (x, timesteps, hidden, control_maps, pooled, time_ids)
+        self.engine(*(args[i] for i in self._order))
+        return self.down, self.mid

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import engine.accel.trt_components as trt_components
-from engine.accel.onnx_export import OnnxGraph, TensorSpec, unet_input_specs
+from engine.accel.onnx_export import OnnxGraph, TensorSpec, controlnet_input_specs, residual_specs, unet_input_specs
 from tests.engine.accel.fake_tensorrt import write_graph
 
 
@@ -23,12 +23,22 @@ def fake_exports(monkeypatch):
     def dump(specs: dict[str, TensorSpec]):
         return [[n, list(s.shape), str(s.dtype).removeprefix("torch.")] for n, s in specs.items()]
 
-    def export_unet(unet, path, batch, height, width, tokens):
+    def export_unet(unet, path, batch, height, width, tokens, residuals=False):
         specs = unet_input_specs(unet, batch, height, width, tokens)
-        exported.append("unet")
+        component = "unet_residuals" if residuals else "unet"
+        if residuals:
+            specs.update(residual_specs(unet, batch, height, width))
+        exported.append(component)
         out = {"noise_pred": specs["sample"]}
         write_graph(Path(path), dump(specs), dump(out))
-        return OnnxGraph(Path(path), "unet", specs, out)
+        return OnnxGraph(Path(path), component, specs, out)
+
+    def export_controlnet(controlnet, path, batch, height, width, tokens):
+        specs = controlnet_input_specs(controlnet, batch, height, width, tokens)
+        exported.append("controlnet")
+        out = residual_specs(controlnet, batch, height, width)
+        write_graph(Path(path), dump(specs), dump(out))
+        return OnnxGraph(Path(path), "controlnet", specs, out)
 
     def export_vae(component, in_name, out_name, in_shape, out_shape):
         def export(vae, path, batch, height, width):
@@ -46,6 +56,7 @@ def fake_exports(monkeypatch):
         return (3, h, w)
 
     monkeypatch.setattr(trt_components, "export_unet", export_unet)
+    monkeypatch.setattr(trt_components, "export_controlnet", export_controlnet)
     monkeypatch.setattr(trt_components, "export_vae_decoder",
                         export_vae("vae_decoder", "latents", "images", latent, image))
     monkeypatch.setattr(trt_components, "export_vae_encoder",

@@ -31,6 +31,7 @@ def make_fake_trt(version: str = "10.9.0.34") -> types.ModuleType:
     trt.fail_build = trt.context_none = False
     trt.execute_ok = trt.address_ok = trt.shape_ok = True
     trt.on_execute = None  # what the "kernels" do: a test callback
+    trt.on_execute_context = None  # the same, told which execution context runs: callback(context)
     trt.monitor_steps = 3
     for name in _TRT_DTYPES:
         if major >= 10 or name not in ("bfloat16", "int64"):  # TensorRT 8.6 has neither
@@ -176,6 +177,8 @@ def make_fake_trt(version: str = "10.9.0.34") -> types.ModuleType:
             trt.events.append(("execute_async_v3", stream_handle))
             if trt.on_execute is not None:
                 trt.on_execute()
+            if trt.on_execute_context is not None:
+                trt.on_execute_context(self)
             return trt.execute_ok
 
     class Engine:
