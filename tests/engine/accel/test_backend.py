@@ -18,8 +18,8 @@ from engine.accel.backend import (
     torch_compile_mode,
 )
 from engine.accel.trt_cache import TrtCache
-from engine.accel.trt_engine import INSTALL_HINT, TrtUnet
-from engine.config.schema import ACCELERATIONS, COMPILE_MODES, LiveParams, LoadSettings, Preset
+from engine.accel.trt_engine import INSTALL_HINT, TrtControlNet, TrtUnet
+from engine.config.schema import ACCELERATIONS, COMPILE_MODES, ControlNetSpec, LiveParams, LoadSettings, Preset
 from engine.errors import ConfigError
 from tests.engine.accel.graph_emulator import EmulatedGraphs
 from tests.engine.core.pipelines import SIZE, make_pipeline
@@ -155,9 +155,9 @@ def test_the_schema_takes_mps():
 # ---- TensorRT -> compile when building -------------------------------------------------------------
 
 
-def trt_calls(parts, txt2img=False):
+def trt_calls(parts, txt2img=False, controlnets=()):
     return model_calls(parts, "tensorrt", width=64, height=64, unet_batch=2, frame_buffer_size=1,
-                       device=torch.device("cuda"), dtype=torch.float32, txt2img=txt2img)
+                       device=torch.device("cuda"), dtype=torch.float32, txt2img=txt2img, controlnets=controlnets)
 
 
 def test_tensorrt_engines_become_the_network_calls(tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path,
@@ -177,6 +177,26 @@ def test_a_failed_engine_build_falls_back_to_compile_with_the_reason(tiny_parts,
     assert calls.backend == "compile" and not isinstance(calls.unet, TrtUnet)  # the torch UNet
     assert "TensorRT build failed" in caplog.text and "could not build unet.onnx" in caplog.text
     assert TrtCache(tmp_path).entries() == []  # nothing half-built is cached
+
+
+def test_controlnets_get_tensorrt_engines_and_a_failed_build_falls_back_with_them(
+        tiny_parts, fake_trt, fake_cuda, fake_exports, tmp_path, monkeypatch, caplog):
+    from engine.models.controlnet import build_random_controlnet
+
+    monkeypatch.setenv("STREAMVJ_TRT_CACHE", str(tmp_path))
+    controlnets = [build_random_controlnet(tiny_parts.unet, seed=k) for k in range(2)]
+    calls = trt_calls(tiny_parts, controlnets=controlnets)
+    assert calls.backend == "tensorrt" and isinstance(calls.unet, TrtUnet) and calls.unet.residual_inputs
+    assert [type(c) for c in calls.controlnets] == [TrtControlNet, TrtControlNet]
+
+    fake_trt.fail_build = True
+    monkeypatch.setenv("STREAMVJ_TRT_CACHE", str(tmp_path / "empty"))
+    with caplog.at_level(logging.WARNING, logger="streamvj.backend"):
+        calls = trt_calls(tiny_parts, controlnets=controlnets)
+    assert calls.backend == "compile" and len(calls.controlnets) == 2
+    assert not any(isinstance(c, TrtControlNet) for c in calls.controlnets)  # the torch ControlNets
+    ours = [r.getMessage() for r in caplog.records if r.name == "streamvj.backend"]
+    assert len(ours) == 1 and "TensorRT build failed" in ours[0] and "unet_residuals.onnx" in ours[0]
 
 
 def test_any_tensorrt_failure_falls_back_to_compile(tiny_parts, monkeypatch, caplog):
@@ -203,6 +223,85 @@ def test_the_preset_build_resolves_and_warms_up(monkeypatch):
     pipeline = build_pipeline(preset)
     assert pipeline.backend == "eager" and pipeline.fit_input and pipeline.dtype is torch.float32
     assert float(pipeline.stream.guidance) == 2.0 and not pipeline.primed  # the live values; warmed, then reset
+
+
+# ---- a pipeline with ControlNets on (fake) TensorRT engines ----------------------------------------------
+
+
+def kernels_run_the_torch_modules(fake_trt, pipeline, parts, controlnets):
+    """Each fake engine's execution runs the torch module it was exported from on its bound buffers
+    (by name, in the exported order), so the pipeline's TensorRT wiring is checked against eager."""
+    from engine.accel.onnx_export import ControlNetExport, UnetResidualsExport, VaeDecoderExport, VaeEncoderExport
+    from engine.accel.trt_engine import TrtEngine
+
+    unet, encoder, decoder = pipeline.stream.unet_fn, pipeline._vae_encode, pipeline._vae_decode
+    assert isinstance(unet, TrtUnet) and isinstance(encoder, TrtEngine) and isinstance(decoder, TrtEngine)
+    trt_controlnets = pipeline.control.calls
+    assert all(isinstance(c, TrtControlNet) for c in trt_controlnets)
+    modules = {unet.engine: UnetResidualsExport(parts.unet, unet.engine.inputs), encoder: VaeEncoderExport(parts.vae),
+               decoder: VaeDecoderExport(parts.vae)}
+    modules.update({c.engine: ControlNetExport(m) for c, m in zip(trt_controlnets, controlnets, strict=True)})
+    by_context = {engine.context: (engine, module) for engine, module in modules.items()}
+    runs = {engine.name: 0 for engine in modules}
+
+    def execute(context):
+        engine, module = by_context[context]
+        with torch.no_grad():
+            outs = module(*(engine.buffers[n] for n in engine.inputs))
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        names = engine.outputs if len(outs) == 1 else [*(f"down_residual_{i}" for i in range(len(outs) - 1)),
+                                                         "mid_residual"]
+        for name, out in zip(names, outs, strict=True):
+            engine.buffers[name].copy_(out)
+        runs[engine.name] += 1
+
+    fake_trt.on_execute_context = execute
+    return runs
+
+
+@pytest.mark.parametrize(("fixture", "cfg_type"), [("tiny_parts", "self"), ("tiny_parts", "full"),
+                                                   ("tiny_sdxl_parts", "initialize")])
+def test_a_pipeline_with_controlnets_runs_them_as_tensorrt_engines(request, fake_trt, fake_cuda, fake_exports,
+                                                                   tmp_path, monkeypatch, fixture, cfg_type):
+    """Same pictures as eager, ControlNets on and off (their residuals then zeros), one engine call
+    per ControlNet per UNet call, none while it is off."""
+    import numpy as np
+
+    import engine.accel.trt_components as trt_components
+    from engine.core.pipeline import StreamPipeline
+    from engine.models.controlnet import ControlNetParts, build_random_controlnet
+
+    parts = request.getfixturevalue(fixture)
+    monkeypatch.setenv("STREAMVJ_TRT_CACHE", str(tmp_path))
+    real_build = trt_components.build_trt_components
+    # The pipeline runs on the CPU; its engines think they are on the (fake) GPU.
+    monkeypatch.setattr(trt_components, "build_trt_components", lambda p, **kw: real_build(p, **{**kw, "device": "cuda"}))
+    controlnets = [build_random_controlnet(parts.unet, seed=k) for k in range(2)]
+    specs = [ControlNetSpec(model="random"), ControlNetSpec(model="random", guidance_end=0.5)]  # the input frame as map
+    load = LoadSettings(model="tiny", width=SIZE, height=SIZE, cfg_type=cfg_type, controlnets=specs)
+    live = LiveParams(t_index_list=[20, 40], controlnet_0_scale=0.8, controlnet_1_scale=1.5, guidance_scale=1.5)
+
+    def build(backend):
+        return StreamPipeline(parts, load, live, backend=backend, controlnets=[ControlNetParts(c) for c in controlnets])
+
+    eager, engines = build("none"), build("tensorrt")
+    assert engines.backend == "tensorrt" and "controlnet" in fake_exports
+    runs = kernels_run_the_torch_modules(fake_trt, engines, parts, controlnets)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8) for _ in range(6)]
+    for i, frame in enumerate(frames):
+        if i == 3:  # both off: the residual UNet engine reads its zeros
+            off = live.model_copy(update={"controlnet_0_enabled": False, "controlnet_1_enabled": False})
+            for pipeline in (eager, engines):
+                pipeline.apply_live("controlnet", off)
+            calls = dict(runs)
+        want, got = eager(frame).clone(), engines(frame)
+        off_by = int((got.int() - want.int()).abs().max())
+        # Within one level: the engines read contiguous float32 copies (timesteps too), eager the views.
+        assert off_by <= 1, f"frame {i}: off by {off_by} of 255"
+    unet_calls = engines.counters.unet_calls
+    assert runs["unet"] == unet_calls and runs["controlnet_0"] == runs["controlnet_1"] == calls["unet"] > 0
+    assert runs["controlnet_0"] == calls["controlnet_0"] < unet_calls  # not run while off
 
 
 # ---- compile -> eager, graph capture failure, and the status string --------------------------------------

@@ -19,6 +19,7 @@ from engine.accel.trt_engine import (
     BuildProgress,
     TensorRTUnavailable,
     TrtBuildError,
+    TrtControlNet,
     TrtEngine,
     TrtUnet,
     build_engine,
@@ -340,6 +341,92 @@ def test_trt_unet_matches_engine_inputs_by_name(fake_trt, fake_cuda):
     torch.testing.assert_close(engine.buffers["encoder_hidden_states"], h)
 
 
+def engine_of(fake_trt, inputs, outputs, name):
+    return TrtEngine(json.dumps({"inputs": inputs, "outputs": outputs}).encode(), "cuda", name=name)
+
+
+RESIDUAL_IO = [["down_residual_1", [2, 8, 4, 4], "float32"], ["mid_residual", [2, 8, 4, 4], "float32"],
+               ["down_residual_0", [2, 4, 8, 8], "float32"]]  # not the UNet's order
+
+
+def test_residual_unet_engine_takes_the_controlnets_residuals_and_zeros_when_none_runs(fake_trt, fake_cuda):
+    plain = [["sample", [2, 4, 8, 8], "float32"], ["timestep", [2], "float32"],
+             ["encoder_hidden_states", [2, 77, 32], "float32"]]
+    engine = engine_of(fake_trt, [plain[0], *RESIDUAL_IO, *plain[1:]], [["noise_pred", [2, 4, 8, 8], "float32"]],
+                       "unet_residuals")
+    buf = engine.buffers
+    fake_trt.on_execute = lambda: buf["noise_pred"].copy_(
+        buf["sample"] + buf["down_residual_0"] + buf["mid_residual"].mean() + buf["down_residual_1"].sum())
+    unet = TrtUnet(engine)
+    assert unet.residual_inputs == ["down_residual_0", "down_residual_1", "mid_residual"]
+    x, t, h = torch.randn(2, 4, 8, 8), torch.tensor([999, 500]), torch.randn(2, 77, 32)
+    down, mid = [torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4)], torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(unet(x, t, h, residuals=(down, mid)), x + down[0] + mid.mean() + down[1].sum())
+    torch.testing.assert_close(buf["mid_residual"], mid)
+    zeros = [z.data_ptr() for z in unet._zeros]
+    for _ in range(2):  # no ControlNet this frame: the zeros made once, staged into the bound inputs
+        torch.testing.assert_close(unet(x, t, h), x)
+    assert [z.data_ptr() for z in unet._zeros] == zeros and all(not z.any() for z in unet._zeros)
+    with pytest.raises(ValueError, match="takes 2 down residuals, got 1"):
+        unet(x, t, h, residuals=(down[:1], mid))
+
+
+def test_plain_unet_engine_refuses_residuals(fake_trt, fake_cuda):
+    engine = engine_of(fake_trt, [["sample", [2, 4, 8, 8], "float32"], ["timestep", [2], "float32"],
+                                  ["encoder_hidden_states", [2, 77, 32], "float32"]],
+                       [["noise_pred", [2, 4, 8, 8], "float32"]], "unet")
+    unet = TrtUnet(engine)
+    assert unet.residual_inputs == [] and unet._zeros == []
+    with pytest.raises(ValueError, match="takes no ControlNet residuals"):
+        unet(torch.zeros(2, 4, 8, 8), torch.zeros(2), torch.zeros(2, 77, 32),
+             residuals=([torch.zeros(2, 4, 8, 8)], torch.zeros(2, 8, 4, 4)))
+    with pytest.raises(ConfigError, match="not a streamvj UNet engine"):  # a down residual without the mid one
+        TrtUnet(engine_of(fake_trt, [["sample", [2, 4, 8, 8], "float32"], ["timestep", [2], "float32"],
+                                     ["encoder_hidden_states", [2, 77, 32], "float32"],
+                                     ["down_residual_0", [2, 4, 8, 8], "float32"]],
+                          [["noise_pred", [2, 4, 8, 8], "float32"]], "unet"))
+
+
+@pytest.mark.parametrize("sdxl", [False, True])
+def test_controlnet_engine_routes_inputs_by_name_and_returns_its_residual_buffers(fake_trt, fake_cuda, sdxl):
+    inputs = [["controlnet_cond", [2, 3, 64, 64], "float32"], ["sample", [2, 4, 8, 8], "float32"],
+              ["encoder_hidden_states", [2, 77, 32], "float32"], ["timestep", [2], "float32"]]
+    if sdxl:
+        inputs = [["time_ids", [2, 6], "float32"], *inputs, ["text_embeds", [2, 32], "float32"]]
+    engine = engine_of(fake_trt, inputs, RESIDUAL_IO, "controlnet_0")
+    buf = engine.buffers
+
+    def kernel():
+        buf["down_residual_0"].copy_(buf["sample"])
+        buf["down_residual_1"].fill_(float(buf["controlnet_cond"].mean()))
+        buf["mid_residual"].fill_(float(buf["timestep"][0]) + (float(buf["time_ids"].sum()) if sdxl else 0.0))
+
+    fake_trt.on_execute = kernel
+    controlnet = TrtControlNet(engine)
+    x, t, h, maps = torch.randn(2, 4, 8, 8), torch.tensor([999, 500]), torch.randn(2, 77, 32), torch.rand(2, 3, 64, 64)
+    pooled, time_ids = (torch.randn(2, 32), torch.ones(2, 6)) if sdxl else (None, None)
+    down, mid = controlnet(x, t, h, maps, pooled, time_ids)
+    assert [d.data_ptr() for d in down] == [buf["down_residual_0"].data_ptr(), buf["down_residual_1"].data_ptr()]
+    torch.testing.assert_close(down[0], x)
+    torch.testing.assert_close(down[1], torch.full((2, 8, 4, 4), float(maps.mean())))
+    assert float(mid[0, 0, 0, 0]) == 999 + (12 if sdxl else 0)
+    torch.testing.assert_close(buf["encoder_hidden_states"], h)
+    if sdxl:
+        torch.testing.assert_close(buf["text_embeds"], pooled)
+        with pytest.raises(ValueError, match="pooled"):
+            controlnet(x, t, h, maps, None, None)
+
+
+def test_what_is_not_a_controlnet_engine_is_refused(fake_trt, fake_cuda):
+    unet_io = [["sample", [2, 4, 8, 8], "float32"], ["timestep", [2], "float32"],
+               ["encoder_hidden_states", [2, 77, 32], "float32"]]
+    with pytest.raises(ConfigError, match="not a streamvj ControlNet engine"):  # no control map
+        TrtControlNet(engine_of(fake_trt, unet_io, RESIDUAL_IO, "controlnet_0"))
+    with pytest.raises(ConfigError, match="not a streamvj ControlNet engine"):  # no residuals out
+        TrtControlNet(engine_of(fake_trt, [*unet_io, ["controlnet_cond", [2, 3, 64, 64], "float32"]],
+                                [["noise_pred", [2, 4, 8, 8], "float32"]], "controlnet_0"))
+
+
 # ---- GPU + TensorRT only ------------------------------------------------------------------------------
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
@@ -412,3 +499,29 @@ def test_trt_call_captures_in_a_cuda_graph(gpu_engines):
     torch.testing.assert_close(got, want)
     h.mul_(0.5)  # a live update through the captured input buffer
     torch.testing.assert_close(step(), components.unet(x, t, h) * 1.0)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_trt_controlnet_and_residual_unet_match_pytorch(tmp_path):
+    pytest.importorskip("tensorrt")
+    from engine.accel.backend import torch_calls
+    from engine.models.controlnet import build_random_controlnet
+    from engine.models.load import load_model
+
+    parts = load_model("tiny", device="cuda", dtype=torch.float32)
+    controlnet = build_random_controlnet(parts.unet).to("cuda")
+    components = build_trt_components(parts, width=64, height=64, unet_batch=2, frame_buffer_size=1, device="cuda",
+                                      dtype=torch.float32, cache=TrtCache(tmp_path), controlnets=[controlnet])
+    eager = torch_calls(parts, "none", [controlnet])
+    x, t = torch.randn(2, 4, 8, 8, device="cuda"), torch.tensor([999, 400], device="cuda")
+    h, maps = torch.randn(2, 77, 32, device="cuda"), torch.rand(2, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        down, mid = components.controlnets[0](x, t, h, maps, None, None)
+        want_down, want_mid = eager.controlnets[0](x, t, h, maps, None, None)
+        for got, want in zip([*down, mid], [*want_down, want_mid], strict=True):
+            torch.testing.assert_close(got, want, atol=1e-2, rtol=1e-2)
+        residuals = ([d.clone() for d in down], mid.clone())
+        torch.testing.assert_close(components.unet(x, t, h, None, None, residuals=residuals),
+                                   eager.unet(x, t, h, None, None, residuals=residuals), atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(components.unet(x, t, h), eager.unet(x, t, h, None, None), atol=1e-2, rtol=1e-2)
