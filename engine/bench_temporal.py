@@ -10,8 +10,9 @@ flicker. The figure per setting:
 0, so read it beside the look, never alone). Costs are the bench's frame times (median ms,
 engine/bench.py's summary) and, for a shared CPU where wall time depends on the neighbours,
 the process's CPU time per frame (median; all of torch's threads). Settings without a bank run on a pipeline built with
-`bank_max: 0` (no processor installed, today's engine); the bank settings on one built with
-`bank_max` = the largest M, their live values switched between runs with no rebuild.
+`bank_max: 0` (no processor installed, today's engine); the bank settings (the bank off at M = 0
+among them) on one built with `bank_max` = the largest M, their live values switched between runs
+with no rebuild.
 Random-weight models (tiny, sd-turbo-random) show the mechanism and its cost, not the look.
 """
 
@@ -31,14 +32,16 @@ from engine.models.parts import ModelParts
 
 PAN_PX = 1  # input motion per frame
 FEEDBACK = 0.3  # the latent feedback fraction the table shows
+FUSION = {"fusion_strength": 0.8, "fusion_threshold": 0.98}  # StreamV2V's defaults
 # (name, live values); "bank_frames" in a setting means the bank pipeline runs it.
 SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("off (no bank installed)", {}),
     (f"latent feedback {FEEDBACK}", {"latent_feedback": FEEDBACK}),
-    ("bank installed, M=0", {"bank_frames": 0}),
+    ("bank installed, off (M=0)", {"bank_frames": 0}),
     ("bank M=1", {"bank_frames": 1}),
     ("bank M=2", {"bank_frames": 2}),
-    ("bank M=4", {"bank_frames": 4}),
+    ("bank M=2 + fusion 0.8 @0.98", {"bank_frames": 2, **FUSION}),
+    ("bank M=2 + fusion 0.8 @0.9", {"bank_frames": 2, **FUSION, "fusion_threshold": 0.9}),
     (f"bank M=2 + feedback {FEEDBACK}", {"bank_frames": 2, "latent_feedback": FEEDBACK}),
 )
 BANK_MAX = max(s.get("bank_frames", 0) for _, s in SETTINGS)
@@ -111,10 +114,10 @@ def bench_temporal(parts: ModelParts, plan: BenchPlan, device: torch.device, dty
 
 
 def format_temporal_table(rows: list[dict]) -> str:
-    header = f"{'setting':<30}{'flicker':>9}{'ms median':>11}{'+ms':>9}{'cpu ms':>9}{'+cpu ms':>9}"
+    header = f"{'setting':<32}{'flicker':>9}{'ms median':>11}{'+ms':>9}{'cpu ms':>9}{'+cpu ms':>9}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['name']:<30}{r['flicker']:>9.3f}{r['ms_median']:>11.2f}{r['extra_ms']:>+9.2f}"
+        lines.append(f"{r['name']:<32}{r['flicker']:>9.3f}{r['ms_median']:>11.2f}{r['extra_ms']:>+9.2f}"
                      f"{r['cpu_ms_median']:>9.2f}{r['extra_cpu_ms']:>+9.2f}")
     return "\n".join(lines)
 

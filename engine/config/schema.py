@@ -133,6 +133,13 @@ class LiveParams(_Strict):
     bank_strength: Flt = Field(
         1.0, ge=0.0, le=1.0, description="Feature bank: blend from plain (0) to extended self-attention (1)"
     )
+    fusion_strength: Flt = Field(
+        0.0, ge=0.0, le=1.0, description="Feature fusion: pull of each deep self-attention output toward its most "
+        "similar banked one (0 = off; needs bank_frames > 0)"
+    )
+    fusion_threshold: Flt = Field(
+        0.98, ge=0.0, le=1.0, description="Feature fusion: the cosine similarity a banked output needs to be used"
+    )
     latent_feedback: Flt = Field(
         0.0, ge=0.0, le=0.95, description="Fraction of the previous output latent blended into the next input latent"
     )

@@ -1,8 +1,11 @@
-"""Feature bank: extended self-attention over cached keys/values (StreamV2V, arXiv 2405.15757).
+"""Feature bank: extended self-attention over cached keys/values, and feature fusion (StreamV2V,
+Liang et al. 2024, arXiv 2405.15757).
 
 Each self-attention layer (attn1) of the UNet also attends to the keys and values it
 computed in earlier calls, which pulls the new frame's features toward the recent frames'
-and so damps flicker. Installed as a diffusers attention processor; diffusers is not forked.
+and so damps flicker. Feature fusion, StreamV2V's second half, then moves each output token
+of the deepest layers toward its most similar banked output token. Installed as a diffusers
+attention processor; diffusers is not forked.
 
 Which features a row attends to (the stream batch, engine/core/stream.py): every row of
 the UNet batch keeps its own ring of `max_frames` slots. Row (slot i, frame j) therefore
@@ -10,18 +13,18 @@ attends to what the same row held 1..M refreshes earlier: the frames that passed
 slot i, at slot i's timestep, before this one. With F frames per call that is frame j of the
 earlier groups (F, 2F, ... frames back), not frame j-1 of the same group. Negative rows
 (cfg full / initialize) keep rings of their own too, so the negative prediction is as
-steady as the positive one and guidance does not amplify the bank's pull. While the pipeline
-primes an empty stream batch (slots 1..N-1 hold no frame yet) the bank is neither read nor
-written, and it starts empty with the first frame after priming.
+steady as the positive one and guidance does not amplify the bank's pull.
 
-Live, with no shape change (so a compiled or CUDA-graph-captured step keeps working):
-M (`frames`, 0..max_frames) masks slots out; K (`refresh`) writes the ring every K-th call
-(an on-device counter and a torch.where select, no host branch); `strength` is the weight
-of out = lerp(self attention, extended attention, w). w is exactly 0 while M = 0, the
-strength is 0 or the ring is empty, and lerp with weight 0 returns its first argument bit
-for bit, so "off" equals plain attention exactly. The cost of the second attention is paid
-whenever the bank is installed (load-time `bank_max` > 0); with `bank_max: 0` no processor
-is installed and nothing changes.
+The mode (`BankState.mode`, host side, one of BANK_MODES) decides which code runs: `off` is
+the plain attention of AttnProcessor2_0 with no ring work at all (no cost, today's output bit
+for bit); `bank` adds the extended attention and the ring writes; `fusion` adds feature
+fusion. A compiled or CUDA-graph-captured frame step has one variant per mode, all made in
+the pipeline's warm-up. Within a mode everything is live with no shape change: M (`frames`,
+0..max_frames) masks slots out; K (`refresh`) writes the ring every K-th call (an on-device
+counter and a torch.where select, no host branch); the strengths are lerp weights, exactly 0
+while the ring holds no frame, and lerp with weight 0 returns its first argument bit for bit.
+The pipeline (engine/core/temporal.py) runs `off` while it primes an empty stream batch and
+clears the ring whenever the bank switches on, so it starts empty, never with stale features.
 """
 
 from __future__ import annotations
@@ -38,16 +41,22 @@ from engine.errors import ConfigError
 
 log = logging.getLogger("streamvj.feature_bank")
 
+OFF, BANK, FUSION = "off", "bank", "fusion"
+BANK_MODES = (OFF, BANK, FUSION)  # what each runs: the module docstring
+# The blocks whose self-attention outputs are fused: StreamV2V's choice, the deepest (fewest tokens).
+FUSION_BLOCKS = ("mid_block", "up_blocks.0", "up_blocks.1")
+
 
 class BankState:
-    """What every layer's processor shares: live settings and the ring's position, all on the device.
+    """What every layer's processor shares: the mode, live settings and the ring's position.
 
-    `begin` (before a UNet call) derives which slots count and the blend weight; `end` (after)
+    `begin` (before a UNet call) derives which slots count and the blend weights; `end` (after)
     advances the ring. Both are tensor ops into these buffers, so they capture and compile.
     """
 
     def __init__(self, max_frames: int, device: torch.device, dtype: torch.dtype):
         self.max_frames = max_frames
+        self.mode = OFF  # a Python value: selects the code (and so the compiled step / CUDA graph)
 
         def scalar(value: float, kind: torch.dtype) -> torch.Tensor:
             return torch.full((), value, device=device, dtype=kind)
@@ -55,24 +64,27 @@ class BankState:
         self.frames = scalar(0, torch.int64)  # M
         self.refresh = scalar(1, torch.int64)  # K
         self.strength = scalar(1.0, dtype)
+        self.fusion_strength = scalar(0.0, dtype)
+        self.fusion_threshold = scalar(1.0, dtype)
         self.calls = scalar(0, torch.int64)  # UNet calls since the last clear
         self.pos = torch.zeros(1, device=device, dtype=torch.int64)  # the slot the next write goes to
         self.filled = scalar(0, torch.int64)  # slots written since the last clear (at most max_frames)
         self._slots = torch.arange(max_frames, device=device, dtype=torch.int64)
         self.slot_valid = torch.zeros(max_frames, device=device, dtype=torch.bool)
         self.weight = scalar(0.0, dtype)
+        self.fusion_weight = scalar(0.0, dtype)
         self.write = scalar(False, torch.bool)
-        # False while the pipeline primes an empty stream batch: its rows for slots 1..N-1 hold no
-        # frame yet, so nothing is read from the bank or written into it (priming stays today's).
-        self.active = scalar(True, torch.bool)
 
-    def set(self, frames: int, refresh: int, strength: float) -> None:
+    def set(self, frames: int, refresh: int, strength: float, fusion_strength: float = 0.0,
+            fusion_threshold: float = 1.0) -> None:
         self.frames.fill_(min(int(frames), self.max_frames))
         self.refresh.fill_(int(refresh))
         self.strength.fill_(float(strength))
+        self.fusion_strength.fill_(float(fusion_strength))
+        self.fusion_threshold.fill_(float(fusion_threshold))
 
     def clear(self) -> None:
-        """Forget every banked frame (reset, scene cut): the next call attends to itself only."""
+        """Forget every banked frame (reset, scene cut, switch-on): the next call attends to itself only."""
         self.calls.zero_()
         self.pos.zero_()
         self.filled.zero_()
@@ -81,8 +93,9 @@ class BankState:
         ages = torch.remainder(self.pos - 1 - self._slots, self.max_frames)  # 0 = the newest slot
         limit = torch.minimum(self.frames, self.filled)
         self.slot_valid.copy_(ages < limit)
-        self.weight.copy_(self.strength * ((limit > 0) & self.active))
-        self.write.copy_((torch.remainder(self.calls, self.refresh) == 0) & self.active)
+        self.weight.copy_(self.strength * (limit > 0))
+        self.fusion_weight.copy_(self.fusion_strength * (limit > 0))
+        self.write.copy_(torch.remainder(self.calls, self.refresh) == 0)
 
     def end(self) -> None:
         step = self.write.long()
@@ -94,11 +107,25 @@ class BankState:
         return (self.calls, self.pos, self.filled)
 
 
-class BankedSelfAttention:
-    """attn1's processor: AttnProcessor2_0's ops for the plain attention (so w = 0 is bit-exact),
-    one more attention over [own keys, banked keys], the lerp, then the ring write."""
+def fuse(x: torch.Tensor, banked: torch.Tensor, token_valid: torch.Tensor, threshold: torch.Tensor,
+         weight: torch.Tensor) -> torch.Tensor:
+    """StreamV2V's feature fusion: each token of `x` (rows, tokens, C) moves toward its most
+    cosine-similar token among the same row's valid banked ones (`banked`: rows, slots x tokens, C;
+    `token_valid`: slots x tokens), if that similarity reaches `threshold`:
+    lerp(x, nearest if best cosine >= threshold else x, weight). Invalid tokens score -2, below any
+    threshold in 0..1; a token no banked one reaches stays exactly x."""
+    cos = torch.bmm(F.normalize(x, dim=-1), F.normalize(banked, dim=-1).transpose(1, 2))
+    best, index = cos.masked_fill(~token_valid, -2.0).max(dim=-1)
+    nearest = torch.gather(banked, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return torch.lerp(x, torch.where((best >= threshold).unsqueeze(-1), nearest, x), weight)
 
-    def __init__(self, state: BankState, attn: Any, rows: int, tokens: int, original: Any):
+
+class BankedSelfAttention:
+    """attn1's processor: AttnProcessor2_0's ops for the plain attention (mode `off`, and w = 0, are
+    bit-exact), in the bank modes one more attention over [own keys, banked keys], the lerp, the
+    ring writes and, on a fusion layer (`fused`), feature fusion of the output."""
+
+    def __init__(self, state: BankState, attn: Any, rows: int, tokens: int, original: Any, fused: bool = False):
         self.state, self.rows, self.tokens, self.original = state, rows, tokens, original
         inner = attn.to_k.out_features
         self.heads, self.head_dim = attn.heads, inner // attn.heads
@@ -107,6 +134,10 @@ class BankedSelfAttention:
         self.keys = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
         self.values = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
         self.own = torch.ones(tokens, device=weight.device, dtype=torch.bool)
+        # The layer's own outputs (before fusion), written in both bank modes so fusion can switch on at once.
+        width = attn.to_out[0].out_features
+        self.outputs = torch.zeros((rows, state.max_frames, tokens, width), device=weight.device,
+                                   dtype=weight.dtype) if fused else None
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
@@ -137,31 +168,43 @@ class BankedSelfAttention:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        plain = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
+        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                                       is_causal=False)
 
         state, slots = self.state, self.state.max_frames
-        banked_shape = (batch_size, heads, slots * sequence_length, head_dim)
-        keys = torch.cat([key, self.keys.view(banked_shape)], dim=2)
-        values = torch.cat([value, self.values.view(banked_shape)], dim=2)
-        mask = torch.cat([self.own, state.slot_valid[:, None].expand(slots, sequence_length).reshape(-1)]).view(1, -1)
-        extended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, dropout_p=0.0,
-                                                  is_causal=False)
-        hidden_states = torch.lerp(plain, extended, state.weight)
-
-        # Bank this call's keys/values (every K-th call): a select, so no host branch.
-        for bank, new in ((self.keys, key), (self.values, value)):
-            kept = bank.index_select(2, state.pos)
-            bank.index_copy_(2, state.pos, torch.where(state.write, new.unsqueeze(2), kept))
+        banked = state.mode != OFF
+        if banked:
+            token_valid = state.slot_valid[:, None].expand(slots, sequence_length).reshape(-1)
+            banked_shape = (batch_size, heads, slots * sequence_length, head_dim)
+            keys = torch.cat([key, self.keys.view(banked_shape)], dim=2)
+            values = torch.cat([value, self.values.view(banked_shape)], dim=2)
+            mask = torch.cat([self.own, token_valid]).view(1, -1)
+            extended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, dropout_p=0.0,
+                                                      is_causal=False)
+            hidden_states = torch.lerp(hidden_states, extended, state.weight)
+            # Bank this call's keys/values (every K-th call): a select, so no host branch.
+            self._bank(self.keys, key.unsqueeze(2))
+            self._bank(self.values, value.unsqueeze(2))
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
+        if banked and self.outputs is not None:
+            own = hidden_states
+            if state.mode == FUSION:
+                hidden_states = fuse(own, self.outputs.view(batch_size, slots * sequence_length, -1), token_valid,
+                                     state.fusion_threshold, state.fusion_weight)
+            self._bank(self.outputs, own.unsqueeze(1), dim=1)
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+    def _bank(self, ring: torch.Tensor, new: torch.Tensor, dim: int = 2) -> None:
+        pos = self.state.pos
+        ring.index_copy_(dim, pos, torch.where(self.state.write, new, ring.index_select(dim, pos)))
 
 
 def _levels(unet: Any) -> dict[str, int]:
@@ -213,31 +256,37 @@ class FeatureBank:
             attn = unet.get_submodule(name[: -len(".processor")])
             original = current[name]
             original = getattr(original, "original", original)  # a bank installed earlier on this UNet
-            self.processors[name] = BankedSelfAttention(self.state, attn, rows, tokens, original)
+            self.processors[name] = BankedSelfAttention(self.state, attn, rows, tokens, original,
+                                                        fused=name.startswith(FUSION_BLOCKS))
         unet.set_attn_processor({**current, **self.processors})
         self.bytes = sum(t.numel() * t.element_size() for t in self.tensors())
-        log.info("feature bank: %d frames x %d rows on %d self-attention layers, %.1f MB",
-                 max_frames, rows, len(self.processors), self.bytes / 1e6)
+        fused = sum(p.outputs is not None for p in self.processors.values())
+        log.info("feature bank: %d frames x %d rows on %d self-attention layers (%d fused), %.1f MB",
+                 max_frames, rows, len(self.processors), fused, self.bytes / 1e6)
 
-    def set(self, frames: int, refresh: int, strength: float) -> None:
+    def set(self, frames: int, refresh: int, strength: float, fusion_strength: float = 0.0,
+            fusion_threshold: float = 1.0) -> None:
         if frames > self.max_frames:
             log.info("bank_frames %d is more than this pipeline's bank_max %d: using %d",
                      frames, self.max_frames, self.max_frames)
-        self.state.set(frames, refresh, strength)
+        self.state.set(frames, refresh, strength, fusion_strength, fusion_threshold)
 
     def clear(self) -> None:
         self.state.clear()
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """Everything a call writes: what a CUDA graph capture's warm-up must leave as it found it."""
-        banks = [t for p in self.processors.values() for t in (p.keys, p.values)]
+        banks = [t for p in self.processors.values() for t in (p.keys, p.values, p.outputs) if t is not None]
         return (*self.state.tensors(), *banks)
 
     def wrap(self, unet_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        """`unet_fn` with the bank's per-call bookkeeping around it (one begin/end per UNet call)."""
+        """`unet_fn` with the bank's per-call bookkeeping around it (one begin/end per UNet call;
+        none in mode `off`)."""
         state = self.state
 
         def unet(*args: Any, **kwargs: Any) -> torch.Tensor:
+            if state.mode == OFF:
+                return unet_fn(*args, **kwargs)
             state.begin()
             out = unet_fn(*args, **kwargs)
             state.end()

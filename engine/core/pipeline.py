@@ -96,11 +96,9 @@ class StreamPipeline:
             calls.unet, parts.scheduler_config, list(live.t_index_list), latent_shape,
             frame_buffer_size=f, cfg_type=load.cfg_type, txt2img=self.txt2img, device=self.device,
             dtype=dtype, pooled=sdxl, time_ids=(h, w, 0, 0, h, w) if sdxl else None, control=self.control)
-        # Feature bank processors on the UNet's self-attention, latent feedback, scene cuts (docs/temporal.md).
-        self.temporal = Temporal(parts.unet, load, unet_rows=self.stream.unet_batch_size(), latent_shape=latent_shape,
-                                 device=self.device, dtype=dtype, backend=calls.backend)
-        if self.temporal.bank is not None:
-            self.stream.unet_fn = self.temporal.bank.wrap(self.stream.unet_fn)
+        # Feature bank on the UNet's self-attention (wraps the stream's UNet call), latent feedback, scene cuts.
+        self.temporal = Temporal(parts.unet, load, self.stream, latent_shape=latent_shape, device=self.device,
+                                 dtype=dtype, backend=calls.backend)
         self.prompts = PromptEncoder(parts, self.device, dtype)
         self.similarity = SimilarityFilter(live.similarity_threshold, live.similarity_max_skip, rng,
                                            enabled=live.similarity_enabled)
@@ -159,10 +157,10 @@ class StreamPipeline:
         return self._vae_decode(latents / self._vae_scale + self._vae_shift)
 
     @torch.no_grad()
-    def _frame_step(self, input_u8: torch.Tensor, txt_noise: torch.Tensor, fx: bool = False,
+    def _frame_step(self, input_u8: torch.Tensor, txt_noise: torch.Tensor, fx: bool = False, bank: str = "off",
                     control: tuple[int, ...] = ()) -> torch.Tensor:
-        """`fx` and `control` (the ControlNets that run) are host-side modes: one compiled step and one
-        CUDA graph per value, all made in `warm_up`."""
+        """`fx`, `bank` (the feature bank's mode, which `_run_step` sets on its processors) and `control` (the
+        ControlNets that run) are host-side modes: one compiled step and CUDA graph each, made in `warm_up`."""
         img = None
         if self.txt2img:
             x_in = txt_noise
@@ -273,12 +271,13 @@ class StreamPipeline:
             log.info("warming up: torch.compile compiles the frame step now (minutes on a first run)")
         if not self.txt2img:
             self._upload(torch.zeros(self.input_u8.shape, dtype=torch.uint8))  # through the upload path
-        # Eager steps need one run (lazy library setup); compiled or graphed ones one per ControlNet subset,
-        # so switching a ControlNet on or off on air never compiles or captures.
-        variants = self.controls.variants() if self.step.backend != "none" or self.step.graphed else [self.controls.on]
-        for control in variants:
-            for fx in (False, True):
-                self._run_step(fx, control)
+        # Eager steps need one run (lazy library setup); compiled or graphed ones one per ControlNet subset and
+        # feature bank mode, so switching either on air never compiles or captures.
+        every = self.step.backend != "none" or self.step.graphed
+        for control in self.controls.variants() if every else [self.controls.on]:
+            for bank in self.temporal.modes() if every else [None]:
+                for fx in (False, True):
+                    self._run_step(fx, control, bank)
         self.primed = False
         self.counters.unet_calls = 0
         self.fx_last.zero_()
@@ -355,14 +354,15 @@ class StreamPipeline:
         self.counters.frames_out += 1
         return FrameResult(self._result(frame), False, {"preprocess": prepared - started})
 
-    def _run_step(self, fx: bool, control: tuple[int, ...] | None = None) -> torch.Tensor:
+    def _run_step(self, fx: bool, control: tuple[int, ...] | None = None,
+                  bank: str | None = None) -> torch.Tensor:
         """The frame step on the current input. The first call after a start or reset primes: it
         runs the step N times on that input, so every slot of the stream batch holds the frame at
         its own timestep and the very first output is a finished image, not the decoded empty
         buffer ("brown frames")."""
-        # The ControlNets that run are a mode of pipelines that have any (others keep the plain step).
-        modes = (fx,) if self.control is None else (fx, self.controls.on if control is None else control)
-        self.temporal.priming(not self.primed)
+        # Modes: FX, the feature bank's (None: what the live values ask for), the ControlNets that run (if any).
+        bank = self.temporal.bank_mode(priming=not self.primed, mode=bank)
+        modes = (fx, bank) if self.control is None else (fx, bank, self.controls.on if control is None else control)
         for _ in range(1 if self.primed else self.stream.n):
             rgb = self.step.run(self.input_u8, self.txt_noise, *modes)
             self.counters.unet_calls += 1

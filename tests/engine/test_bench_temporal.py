@@ -33,6 +33,8 @@ def test_temporal_bench_measures_every_setting_side_by_side():
         assert row["name"] in table
     by_name = {r["name"]: r for r in rows}
     # An installed bank with M = 0 is bit-exact with no bank: the same outputs, so the same flicker.
-    assert by_name["bank installed, M=0"]["output_change"] == by_name["off (no bank installed)"]["output_change"]
-    assert by_name["bank M=2"]["output_change"] != by_name["off (no bank installed)"]["output_change"]
+    off = by_name["off (no bank installed)"]["output_change"]
+    assert by_name["bank installed, off (M=0)"]["output_change"] == off
+    assert by_name["bank M=2"]["output_change"] != off
+    assert by_name["bank M=2 + fusion 0.8 @0.9"]["output_change"] != by_name["bank M=2"]["output_change"]
     assert "flicker =" in table and result["model"] == "tiny" and result["backend"] == "none"

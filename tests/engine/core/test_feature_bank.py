@@ -1,4 +1,5 @@
-"""The feature bank processor: what it attends to, when it writes, and that off is plain attention bit for bit."""
+"""The feature bank processor: what it attends to, when it writes, what fusion does, and that off is plain
+attention bit for bit."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from engine.core.feature_bank import BankedSelfAttention, BankState, attn1_tokens, install_feature_bank
+from engine.core.feature_bank import (
+    BANK,
+    FUSION,
+    OFF,
+    BankedSelfAttention,
+    BankState,
+    attn1_tokens,
+    fuse,
+    install_feature_bank,
+)
 from engine.core.stream import unet_batch_size
 from engine.models.load import load_model
 from tests.engine.core.pipelines import make_pipeline
@@ -15,11 +25,13 @@ from tests.engine.core.pipelines import make_pipeline
 ROWS, TOKENS, WIDTH = 3, 5, 16
 
 
-def layer(max_frames: int = 3) -> tuple[Attention, BankState, BankedSelfAttention]:
+def layer(max_frames: int = 3, mode: str = BANK, fused: bool = False) -> tuple[Attention, BankState,
+                                                                              BankedSelfAttention]:
     torch.manual_seed(0)
     attn = Attention(query_dim=WIDTH, heads=2, dim_head=8).eval()
     state = BankState(max_frames, torch.device("cpu"), torch.float32)
-    processor = BankedSelfAttention(state, attn, ROWS, TOKENS, AttnProcessor2_0())
+    state.mode = mode
+    processor = BankedSelfAttention(state, attn, ROWS, TOKENS, AttnProcessor2_0(), fused=fused)
     return attn, state, processor
 
 
@@ -162,3 +174,88 @@ def test_with_the_stream_batch_each_row_banks_the_frames_that_passed_through_its
         hidden = recorded[-1 - age]
         keys = attn.to_k(hidden).view(rows, -1, processor.heads, processor.head_dim).transpose(1, 2)
         torch.testing.assert_close(processor.keys[:, :, (newest - age) % 3], keys, rtol=0, atol=1e-6)
+
+
+def reference_fusion(x: torch.Tensor, banked: list[torch.Tensor], threshold: float, weight: float) -> torch.Tensor:
+    """Token by token: the most cosine-similar token of the same row among `banked` frames, used if
+    its cosine reaches `threshold`; out = x + weight * (used - x)."""
+    out = x.clone()
+    for r in range(x.shape[0]):
+        candidates = torch.cat([b[r] for b in banked])
+        for t in range(x.shape[1]):
+            token = x[r, t]
+            cosines = [float(token @ c) / max(float(token.norm() * c.norm()), 1e-12) for c in candidates]
+            best = max(range(len(cosines)), key=cosines.__getitem__)
+            if cosines[best] >= threshold:
+                out[r, t] = token + weight * (candidates[best] - token)
+    return out
+
+
+def similar_frames(count: int, spread: float) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(2)
+    base = torch.randn(ROWS, TOKENS, WIDTH, generator=generator)
+    return [base + spread * torch.randn(ROWS, TOKENS, WIDTH, generator=generator) for _ in range(count)]
+
+
+def test_fuse_moves_each_token_toward_its_most_similar_valid_banked_token():
+    generator = torch.Generator().manual_seed(4)
+    slots = 3
+    frames_ = similar_frames(slots + 1, 0.6)
+    x, banked = frames_[0], torch.stack(frames_[1:], dim=1)  # rows, slots, tokens, C
+    valid = torch.tensor([True, False, True])
+    token_valid = valid[:, None].expand(slots, TOKENS).reshape(-1)
+    cos = F.cosine_similarity(x[:, :, None], banked[:, valid].flatten(1, 2)[:, None], dim=-1).amax(-1)
+    threshold = float(cos.median())  # about half the tokens are fused, half stay
+    assert (cos >= threshold).any() and (cos < threshold).any()
+    for weight in (1.0, 0.3):
+        got = fuse(x, banked.flatten(1, 2), token_valid, torch.tensor(threshold), torch.tensor(weight))
+        expected = reference_fusion(x, [banked[:, k] for k in (0, 2)], threshold, weight)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(fuse(x, banked.flatten(1, 2), token_valid, torch.tensor(threshold), torch.tensor(0.0)), x)
+    noise = torch.randn(x.shape, generator=generator)
+    assert torch.equal(fuse(noise, banked.flatten(1, 2), token_valid, torch.tensor(1.0), torch.tensor(1.0)), noise)
+
+
+@torch.no_grad()
+def test_fusion_blends_each_output_toward_the_banked_outputs_of_its_own_row():
+    """A fused layer in mode fusion: the extended-attention output of mode bank, fused with the
+    same layer's earlier *unfused* outputs (the last M banked calls), row by row."""
+    attn, plain_state, plain = layer(max_frames=2, fused=True)
+    _, state, fused = layer(max_frames=2, mode=FUSION, fused=True)
+    for s in (plain_state, state):
+        s.set(frames=2, refresh=1, strength=0.5, fusion_strength=0.8, fusion_threshold=0.9)
+    raws = []
+    fired = 0
+    for c, hidden in enumerate(similar_frames(5, 0.15)):
+        raw = call(attn, plain_state, plain, hidden)
+        got = call(attn, state, fused, hidden)
+        banked = raws[max(0, c - 2):c]
+        expected = reference_fusion(raw, banked, 0.9, 0.8) if banked else raw
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        fired += int(not torch.equal(got, raw))
+        raws.append(raw)
+    assert fired >= 3  # the threshold is reached on these similar frames: fusion acted
+
+
+@torch.no_grad()
+def test_mode_off_is_the_plain_processor_and_touches_no_bank_state():
+    parts = load_model("tiny")
+    unet = parts.unet
+    latent = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    hidden = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(6))
+    timesteps = torch.tensor([10, 20])
+    plain = unet(latent, timesteps, encoder_hidden_states=hidden, return_dict=False)[0]
+    bank = install_feature_bank(unet, 2, 2, (8, 8), torch.device("cpu"), torch.float32)
+    bank.set(frames=2, refresh=1, strength=1.0, fusion_strength=1.0, fusion_threshold=0.0)
+    run = bank.wrap(lambda: unet(latent, timesteps, encoder_hidden_states=hidden, return_dict=False)[0])
+    assert bank.state.mode == OFF  # as installed
+    before = [t.clone() for t in bank.tensors()]
+    for _ in range(3):
+        assert torch.equal(run(), plain)
+    assert all(torch.equal(a, b) for a, b in zip(before, bank.tensors(), strict=True))
+    bank.state.mode = FUSION
+    run()
+    assert int(bank.state.filled) == 1 and not torch.equal(run(), plain)  # the same bank, on
+    assert {n for n, p in bank.processors.items() if p.outputs is not None} == {
+        n for n in bank.processors if n.startswith(("mid_block", "up_blocks.0", "up_blocks.1"))} != set()
+    install_feature_bank(unet, 0, 2, (8, 8), torch.device("cpu"), torch.float32)

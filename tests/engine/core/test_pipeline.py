@@ -238,7 +238,7 @@ def test_warm_up_leaves_no_trace(tiny_parts):
     """Warm-up runs the real frame step (priming, FX off and on), then forgets every frame of it."""
     warmed = make(tiny_parts, similarity_enabled=True, similarity_threshold=0.99)
     run, fx_modes = warmed.step.run, []
-    warmed.step.run = lambda *args: (fx_modes.append(args[-1]), run(*args))[1]
+    warmed.step.run = lambda *args: (fx_modes.append(args[2]), run(*args))[1]
     warmed.warm_up()
     warmed.step.run = run
     assert fx_modes == [False, False, True]  # N=2 priming runs without FX, one with FX

@@ -1,9 +1,11 @@
-"""Temporal consistency in the pipeline: off is today's output bit for bit, cuts and resets clear
-the past, and a captured or compiled step equals eager with the bank on, live changes included."""
+"""Temporal consistency in the pipeline: off is today's output bit for bit (and runs no bank code),
+a bank switched on starts empty, cuts and resets clear the past, and a captured or compiled step
+equals eager with the bank and fusion on, live changes and on/off switches included."""
 
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -37,6 +39,7 @@ def play(pipe: StreamPipeline, frames: list[np.ndarray]) -> list[torch.Tensor]:
     {"bank_max": 4},  # installed, M = 0
     {"bank_max": 2, "bank_frames": 2, "bank_strength": 0.0},
     {"bank_max": 2, "bank_frames": 2, "bank_strength": 0.0, "cfg_type": "full", "frame_buffer_size": 2},
+    {"bank_max": 2, "fusion_strength": 0.8, "fusion_threshold": 0.0},  # M = 0: fusion has nothing to read
     {"latent_feedback": 0.0, "cut_threshold": 0.0},
 ])
 def test_temporal_off_equals_todays_output_bit_for_bit(tiny_parts, bank_parts, fields):
@@ -50,12 +53,52 @@ def test_temporal_off_equals_todays_output_bit_for_bit(tiny_parts, bank_parts, f
         assert torch.equal(a, b)
 
 
-def test_bank_and_latent_feedback_change_the_output(tiny_parts, bank_parts):
+def test_bank_off_runs_the_plain_step_with_no_ring_work(bank_parts):
+    pipe = make_pipeline(bank_parts, bank_max=2, bank_frames=2, bank_strength=0.0)
+    play(pipe, pan(4))
+    state = pipe.temporal.bank.state
+    assert state.mode == "off" and int(state.calls) == 0 and int(state.filled) == 0
+    assert all(not p.keys.any() for p in pipe.temporal.bank.processors.values())
+
+
+def test_bank_fusion_and_latent_feedback_change_the_output(tiny_parts, bank_parts):
     frames = pan(6)
     today = play(make_pipeline(tiny_parts), frames)
     banked = play(make_pipeline(bank_parts, bank_max=2, bank_frames=2), frames)
+    fused = play(make_pipeline(bank_parts, bank_max=2, bank_frames=2, fusion_strength=1.0, fusion_threshold=0.5), frames)
     fed = play(make_pipeline(tiny_parts, latent_feedback=0.5), frames)
     assert not torch.equal(today[-1], banked[-1]) and not torch.equal(today[-1], fed[-1])
+    assert not torch.equal(banked[-1], fused[-1])
+
+
+def test_a_bank_switched_on_starts_empty_and_fills(bank_parts):
+    """Two pipelines with the same history (bank on, then off): one switches the bank on again. Its
+    first frame is the other's bit for bit (every row attends to itself only: nothing stale from
+    before the switch-off), from then on each row attends to what it computed since the switch."""
+    on, off = (LiveParams(bank_frames=frames, t_index_list=[20, 40], cut_threshold=0.0) for frames in (3, 0))
+    # Each on a UNet of its own: a bank's processors belong to the UNet.
+    pipes = [make_pipeline(parts, bank_max=3, bank_frames=3, cut_threshold=0.0) for parts in (bank_parts, load_model("tiny"))]
+    for pipe in pipes:
+        play(pipe, pan(3))
+        pipe.apply_live("temporal", off)
+        play(pipe, pan(2, start=3))
+    switched, stayed = pipes
+    switched.apply_live("temporal", on)
+    name = next(iter(switched.temporal.bank.processors))
+    processor, attn = switched.temporal.bank.processors[name], bank_parts.unet.get_submodule(name[: -len(".processor")])
+    recorded: list[torch.Tensor] = []
+    hook = attn.register_forward_pre_hook(lambda module, args: recorded.append(args[0].clone()))
+    state = switched.temporal.bank.state
+    first = switched(pan(1, start=5)[0]).clone()
+    assert torch.equal(first, stayed(pan(1, start=5)[0])) and int(state.filled) == 1
+    later = pan(2, start=6)
+    changed = [not torch.equal(switched(frame), stayed(frame)) for frame in later]
+    hook.remove()
+    assert any(changed) and int(state.filled) == 3 and len(recorded) == 3
+    newest = int(state.pos) - 1
+    for age, hidden in enumerate(reversed(recorded)):  # the ring holds the calls since the switch, newest first
+        keys = attn.to_k(hidden).view(2, -1, processor.heads, processor.head_dim).transpose(1, 2)
+        torch.testing.assert_close(processor.keys[:, :, (newest - age) % 3], keys, rtol=0, atol=1e-6)
 
 
 def test_live_changes_keep_every_buffer_and_oversized_m_uses_the_allocation(bank_parts, caplog):
@@ -100,17 +143,22 @@ def test_reset_and_warm_up_leave_no_temporal_trace(bank_parts):
 
 
 def test_captured_step_equals_eager_with_the_bank_on_and_live_changes_never_recapture(bank_parts):
+    """Live values and the bank's and fusion's on/off switches, after warm_up: no capture on air."""
     from tests.engine.accel.graph_emulator import EmulatedGraphs
 
     fields = {"bank_max": 3, "bank_frames": 2, "latent_feedback": 0.3, "cut_threshold": 0.0}
+    changes = [{"bank_frames": 3, "bank_refresh": 2, "bank_strength": 0.6, "latent_feedback": 0.1},
+               {"bank_frames": 0},  # bank off
+               {"bank_frames": 2, "fusion_strength": 0.7, "fusion_threshold": 0.5},  # back on, with fusion
+               {"bank_frames": 2, "fusion_strength": 0.0}]  # fusion off, the bank stays on
 
     def drive(pipe: StreamPipeline) -> list[torch.Tensor]:
         outs = play(pipe, pan(3))
-        pipe.apply_live("temporal", LiveParams(bank_frames=3, bank_refresh=2, bank_strength=0.6, latent_feedback=0.1,
-                                               cut_threshold=0.0))
-        outs += play(pipe, pan(3, start=3))
+        for k, change in enumerate(changes):
+            pipe.apply_live("temporal", LiveParams(t_index_list=[20, 40], cut_threshold=0.0, **change))
+            outs += play(pipe, pan(2, start=3 + 2 * k))
         pipe.temporal.forget()
-        return outs + play(pipe, pan(2, start=6))
+        return outs + play(pipe, pan(2, start=20))
 
     expected = drive(make_pipeline(bank_parts, **fields))
     graphed = make_pipeline(bank_parts, **fields)
@@ -124,15 +172,16 @@ def test_captured_step_equals_eager_with_the_bank_on_and_live_changes_never_reca
 
 
 @pytest.mark.compile
-def test_compiled_step_equals_eager_with_the_bank_on_and_live_changes_never_recompile(bank_parts):
+def test_compiled_step_equals_eager_with_bank_and_fusion_on_and_live_changes_never_recompile(bank_parts):
     from torch._dynamo.utils import counters
 
-    fields = {"bank_max": 2, "bank_frames": 1, "latent_feedback": 0.3, "cut_threshold": 0.0}
+    fields = {"bank_max": 2, "bank_frames": 1, "fusion_strength": 0.8, "fusion_threshold": 0.5,
+              "latent_feedback": 0.3, "cut_threshold": 0.0}
 
     def drive(pipe: StreamPipeline) -> list[torch.Tensor]:
         outs = play(pipe, pan(3))
-        pipe.apply_live("temporal", LiveParams(bank_frames=2, bank_refresh=2, bank_strength=0.5, latent_feedback=0.0,
-                                               cut_threshold=0.0))
+        pipe.apply_live("temporal", LiveParams(bank_frames=2, bank_refresh=2, bank_strength=0.5, fusion_strength=0.4,
+                                               fusion_threshold=0.7, latent_feedback=0.0, cut_threshold=0.0))
         return outs + play(pipe, pan(3, start=3))
 
     expected = drive(make_pipeline(bank_parts, **fields))
@@ -140,7 +189,8 @@ def test_compiled_step_equals_eager_with_the_bank_on_and_live_changes_never_reco
     before = counters["stats"]["unique_graphs"]
     got = drive(compiled)
     assert compiled.step.compile_error is None
-    assert counters["stats"]["unique_graphs"] - before == 1  # compiled once; live changes never recompile
+    # One graph per bank mode used (off while priming, fusion after); live changes never recompile.
+    assert counters["stats"]["unique_graphs"] - before == 2
     for a, b in zip(expected, got, strict=True):
         assert (a.int() - b.int()).abs().max() <= 1  # inductor may reorder float sums: at most 1 LSB
 
@@ -156,8 +206,8 @@ def test_tensorrt_runs_without_the_bank_and_says_so(caplog):
     parts = load_model("tiny")
     preset = Preset.model_validate({"name": "p", "load": {"model": "tiny", "bank_max": 2}})
     with caplog.at_level(logging.WARNING, logger="streamvj.temporal"):
-        temporal = Temporal(parts.unet, preset.load, unet_rows=2, latent_shape=(4, 8, 8), device=torch.device("cpu"),
-                            dtype=torch.float32, backend="tensorrt")
+        temporal = Temporal(parts.unet, preset.load, SimpleNamespace(unet_batch_size=lambda: 2), latent_shape=(4, 8, 8),
+                            device=torch.device("cpu"), dtype=torch.float32, backend="tensorrt")
     assert temporal.bank is None and "acceleration: compile" in caplog.text
     assert not any(isinstance(p, BankedSelfAttention) for p in parts.unet.attn_processors.values())
 
