@@ -32,7 +32,14 @@ from engine.accel.onnx_export import (
     export_vae_encoder,
 )
 from engine.accel.trt_cache import TrtCache, engine_key_parts, key_from_parts, model_identity
-from engine.accel.trt_engine import TrtBuildError, TrtControlNet, TrtEngine, TrtUnet, build_engine, import_tensorrt
+from engine.accel.trt_engine import (
+    TrtBuildError,
+    TrtControlNet,
+    TrtEngine,
+    TrtUnet,
+    build_engine,
+    import_tensorrt,
+)
 from engine.errors import ConfigError
 
 log = logging.getLogger("streamvj.trt_components")

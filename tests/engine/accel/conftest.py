@@ -11,7 +11,13 @@ import pytest
 import torch
 
 import engine.accel.trt_components as trt_components
-from engine.accel.onnx_export import OnnxGraph, TensorSpec, controlnet_input_specs, residual_specs, unet_input_specs
+from engine.accel.onnx_export import (
+    OnnxGraph,
+    TensorSpec,
+    controlnet_input_specs,
+    residual_specs,
+    unet_input_specs,
+)
 from tests.engine.accel.fake_tensorrt import write_graph
 
 

@@ -19,7 +19,14 @@ from engine.accel.backend import (
 )
 from engine.accel.trt_cache import TrtCache
 from engine.accel.trt_engine import INSTALL_HINT, TrtControlNet, TrtUnet
-from engine.config.schema import ACCELERATIONS, COMPILE_MODES, ControlNetSpec, LiveParams, LoadSettings, Preset
+from engine.config.schema import (
+    ACCELERATIONS,
+    COMPILE_MODES,
+    ControlNetSpec,
+    LiveParams,
+    LoadSettings,
+    Preset,
+)
 from engine.errors import ConfigError
 from tests.engine.accel.graph_emulator import EmulatedGraphs
 from tests.engine.core.pipelines import SIZE, make_pipeline
@@ -231,8 +238,13 @@ def test_the_preset_build_resolves_and_warms_up(monkeypatch):
 def kernels_run_the_torch_modules(fake_trt, pipeline, parts, controlnets):
     """Each fake engine's execution runs the torch module it was exported from on its bound buffers
     (by name, in the exported order), so the pipeline's TensorRT wiring is checked against eager."""
-    from engine.accel.onnx_export import ControlNetExport, UnetResidualsExport, VaeDecoderExport, VaeEncoderExport
-    from engine.accel.trt_engine import TrtEngine
+    from engine.accel.onnx_export import (
+        ControlNetExport,
+        UnetResidualsExport,
+        VaeDecoderExport,
+        VaeEncoderExport,
+    )
+    from engine.accel.trt_engine import TrtEngine, residual_names
 
     unet, encoder, decoder = pipeline.stream.unet_fn, pipeline._vae_encode, pipeline._vae_decode
     assert isinstance(unet, TrtUnet) and isinstance(encoder, TrtEngine) and isinstance(decoder, TrtEngine)
@@ -249,8 +261,7 @@ def kernels_run_the_torch_modules(fake_trt, pipeline, parts, controlnets):
         with torch.no_grad():
             outs = module(*(engine.buffers[n] for n in engine.inputs))
         outs = outs if isinstance(outs, tuple) else (outs,)
-        names = engine.outputs if len(outs) == 1 else [*(f"down_residual_{i}" for i in range(len(outs) - 1)),
-                                                         "mid_residual"]
+        names = engine.outputs if len(outs) == 1 else residual_names(engine, outputs=True)
         for name, out in zip(names, outs, strict=True):
             engine.buffers[name].copy_(out)
         runs[engine.name] += 1

@@ -179,7 +179,7 @@ def test_controlnet_and_residual_unet_match_pytorch(request, tmp_path, fixture):
     got_residuals = run_all(cn, feeds)
     with torch.no_grad():
         want_residuals = ControlNetExport(controlnet)(*feeds.values())
-    for (name, got), want in zip(got_residuals.items(), want_residuals, strict=True):
+    for got, want in zip(got_residuals.values(), want_residuals, strict=True):
         assert_close(got, want)
 
     unet_feeds = {name: feeds[name] for name in unet.inputs if name in feeds} | got_residuals
