@@ -47,6 +47,11 @@ def down_residual(i: int) -> str:
     return f"down_residual_{i}"
 
 
+def unet_component(residuals: bool) -> str:
+    """The UNet graph's component name (and cache key part): with or without ControlNet residual inputs."""
+    return "unet_residuals" if residuals else "unet"
+
+
 class OnnxExportError(RuntimeError):
     """An export failed; the message names the component and the likely fix."""
 
@@ -116,7 +121,9 @@ class UnetResidualsExport(torch.nn.Module):
         super().__init__()
         self.unet, self.inputs = unet, list(inputs)
         self.sdxl = "text_embeds" in self.inputs
-        self.down = sum(1 for n in self.inputs if n.startswith("down_residual_"))
+        self.down = 0
+        while down_residual(self.down) in self.inputs:
+            self.down += 1
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         named = dict(zip(self.inputs, tensors, strict=True))
@@ -305,11 +312,11 @@ def export_unet(unet: torch.nn.Module, path: str | Path, batch: int, height: int
     residuals (`residual_specs`). Output: "noise_pred" like sample.
     """
     inputs = unet_input_specs(unet, batch, height, width, tokens)
-    if not residuals:
-        return _export(UnetExport(unet), Path(path), "unet", inputs, ["noise_pred"], opset, exporter)
-    inputs.update(residual_specs(unet, batch, height, width))
-    return _export(UnetResidualsExport(unet, list(inputs)), Path(path), "unet_residuals", inputs, ["noise_pred"],
-                   opset, exporter)
+    wrapper: torch.nn.Module = UnetExport(unet)
+    if residuals:
+        inputs.update(residual_specs(unet, batch, height, width))
+        wrapper = UnetResidualsExport(unet, list(inputs))
+    return _export(wrapper, Path(path), unet_component(residuals), inputs, ["noise_pred"], opset, exporter)
 
 
 def export_controlnet(controlnet: torch.nn.Module, path: str | Path, batch: int, height: int, width: int,

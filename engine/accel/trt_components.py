@@ -30,6 +30,7 @@ from engine.accel.onnx_export import (
     export_unet,
     export_vae_decoder,
     export_vae_encoder,
+    unet_component,
 )
 from engine.accel.trt_cache import TrtCache, engine_key_parts, key_from_parts, model_identity
 from engine.accel.trt_engine import (
@@ -106,7 +107,7 @@ def build_trt_components(parts: Any, *, width: int, height: int, unet_batch: int
     common = dict(width=width, height=height, device=device, dtype=dtype, cancel=cancel)
     residuals = bool(controlnets)
     unet_data = cached_engine(
-        cache, parts.unet, "unet_residuals" if residuals else "unet",
+        cache, parts.unet, unet_component(residuals),
         lambda p: export_unet(parts.unet, p, batch=unet_batch, height=height, width=width, tokens=tokens,
                               residuals=residuals),
         batch=unet_batch, extra={"tokens": tokens}, **common)

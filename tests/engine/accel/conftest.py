@@ -16,6 +16,7 @@ from engine.accel.onnx_export import (
     TensorSpec,
     controlnet_input_specs,
     residual_specs,
+    unet_component,
     unet_input_specs,
 )
 from tests.engine.accel.fake_tensorrt import write_graph
@@ -31,7 +32,7 @@ def fake_exports(monkeypatch):
 
     def export_unet(unet, path, batch, height, width, tokens, residuals=False):
         specs = unet_input_specs(unet, batch, height, width, tokens)
-        component = "unet_residuals" if residuals else "unet"
+        component = unet_component(residuals)
         if residuals:
             specs.update(residual_specs(unet, batch, height, width))
         exported.append(component)
