@@ -143,20 +143,6 @@ def test_too_few_loaded_controlnets_is_an_error(parts):
         StreamPipeline(parts, load, LiveParams(t_index_list=[20, 40]))
 
 
-def test_tensorrt_with_controlnets_runs_compile_instead_and_says_so(parts, caplog):
-    import logging
-
-    from engine.accel.backend import model_calls
-
-    with caplog.at_level(logging.WARNING, logger="streamvj.backend"):
-        calls = model_calls(parts, "tensorrt", width=SIZE, height=SIZE, unet_batch=2, frame_buffer_size=1,
-                            device=torch.device("cpu"), dtype=torch.float32, txt2img=False,
-                            controlnets=[build_random_controlnet(parts.unet)])
-    assert calls.backend == "compile" and len(calls.controlnets) == 1
-    assert "no ControlNet engines yet" in caplog.text
-
-
-
 def test_controlnets_work_beside_the_feature_bank(parts):
     """The bank wraps the UNet call (engine/core/feature_bank.py): the residuals pass through it."""
     specs = [ControlNetSpec(**CANNY_FROM_INPUT)]
