@@ -2,8 +2,9 @@
 
 The UNets are built on torch's meta device (shapes only: no memory, no download), and the
 bank's size follows from the tokens and width of each self-attention layer
-(engine/core/feature_bank.py): 2 (keys, values) x tokens x width per layer, per banked
-frame, per row of the UNet batch (N steps x F frames, twice for cfg full).
+(engine/core/feature_bank.py): 2 (keys, values) x tokens x width per layer, plus the outputs
+(tokens x width) of the layers feature fusion reads, per banked frame, per row of the UNet
+batch (N steps x F frames, twice for cfg full).
 
     python benchmarks/temporal_memory.py [--size 512] [--rows 2]
 """

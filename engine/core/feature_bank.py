@@ -238,9 +238,14 @@ def attn1_tokens(unet: Any, latent_hw: tuple[int, int]) -> dict[str, int]:
 
 
 def bank_elements(unet: Any, latent_hw: tuple[int, int]) -> int:
-    """Elements one banked frame of one batch row holds: keys and values of every attn1 layer."""
-    return sum(2 * tokens * unet.get_submodule(name[: -len(".processor")]).to_k.out_features
-               for name, tokens in attn1_tokens(unet, latent_hw).items())
+    """Elements one banked frame of one batch row holds: keys and values of every attn1 layer, and
+    the outputs of the fused ones (FUSION_BLOCKS)."""
+    total = 0
+    for name, tokens in attn1_tokens(unet, latent_hw).items():
+        attn = unet.get_submodule(name[: -len(".processor")])
+        total += 2 * tokens * attn.to_k.out_features
+        total += tokens * attn.to_out[0].out_features if name.startswith(FUSION_BLOCKS) else 0
+    return total
 
 
 class FeatureBank:

@@ -15,6 +15,7 @@ from engine.core.feature_bank import (
     BankedSelfAttention,
     BankState,
     attn1_tokens,
+    bank_elements,
     fuse,
     install_feature_bank,
 )
@@ -137,6 +138,14 @@ def test_token_counts_match_what_each_self_attention_layer_sees(model, width, he
     for hook in hooks:
         hook.remove()
     assert seen and seen == attn1_tokens(unet, latent)
+
+
+def test_bank_elements_is_what_a_bank_allocates_per_frame_and_row():
+    parts = load_model("tiny-sdxl")
+    bank = install_feature_bank(parts.unet, 3, 2, (9, 7), torch.device("cpu"), torch.float32)
+    rings = sum(t.numel() for t in bank.tensors()[len(bank.state.tensors()):])
+    assert rings == 3 * 2 * bank_elements(parts.unet, (9, 7))
+    install_feature_bank(parts.unet, 0, 2, (9, 7), torch.device("cpu"), torch.float32)
 
 
 def test_installing_no_bank_puts_the_plain_processors_back():
