@@ -75,12 +75,15 @@ class DeviceUpload:
         self._free: list[Any] = [None] * SLOTS  # recorded on compute once a slot's bytes were consumed
         self._next = 0
 
-    def upload(self, frames: torch.Tensor, consume: Callable[[torch.Tensor], Any]) -> None:
+    def upload(self, frames: torch.Tensor, consume: Callable[[torch.Tensor], Any]) -> Any:
         """Copy `frames` (pinned host memory for a truly asynchronous copy) to the device, then
         run `consume(staged)` on the current (compute) stream once the bytes are there.
 
         `consume` copies the staged frames into the buffer the frame step reads (or fits
-        them into it); the slot is refilled only after that, two uploads later.
+        them into it); the slot is refilled only after that, two uploads later. Returns the
+        event that marks the copy as done: the host memory of `frames` may be rewritten after
+        it (a producer that keeps its own pinned buffers, like a ControlNet's source, waits
+        for it; the main input's buffer is released later, after the frame's download).
         """
         compute = torch.cuda.current_stream(self.device)
         if not self._slots or self._slots[0].shape != frames.shape:
@@ -104,3 +107,4 @@ class DeviceUpload:
         if self._free[i] is None:
             self._free[i] = torch.cuda.Event()
         self._free[i].record(compute)
+        return ready

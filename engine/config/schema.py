@@ -45,6 +45,7 @@ QUANTA: tuple[str, ...] = get_args(Quantum)
 PREPROCESSORS: tuple[str, ...] = get_args(Preprocessor)
 MAX_CONTROLNETS = 4  # each has its own live scale and on/off below (controlnet_<k>_scale, _enabled)
 CONTROL_FROM_INPUT = "input"  # a ControlNet source: the main input frame, through its preprocessor
+MAX_CONTROL_SOURCES = 4  # source choices per ControlNet (each listed own source runs while the preset is on air)
 
 # Strict scalars: YAML and OSC both deliver typed values, so "1.5" for a float or
 # `true` for a number is a mistake to report, not to coerce. int -> float is allowed.
@@ -62,6 +63,18 @@ TIndex = Annotated[int, Strict(), Field(ge=0, le=LCM_STEPS - 1)]
 # engine would refuse later.
 SourceSpec = Annotated[str, Strict(), AfterValidator(check_source_spec)]
 SinkSpec = Annotated[str, Strict(), AfterValidator(check_sink_spec)]
+
+
+def _check_control_source(spec: str) -> str:
+    if spec == CONTROL_FROM_INPUT:
+        return spec
+    try:
+        return check_source_spec(spec)
+    except ValueError as exc:
+        raise ValueError(f'{exc}; or "{CONTROL_FROM_INPUT}" for the main input frame') from None
+
+
+ControlSource = Annotated[str, Strict(), AfterValidator(_check_control_source)]
 
 
 def _unit(unit: str, kind: str | None = None) -> dict[str, str]:
@@ -82,6 +95,16 @@ def _controlnet_scale(k: int) -> Any:
 
 def _controlnet_enabled(k: int) -> Any:
     return Field(True, description=f"ControlNet {k} on; off = neither it nor its preprocessor runs")
+
+
+def _controlnet_preprocessor(k: int) -> Any:
+    return Field("passthrough", description=f"ControlNet {k}'s preprocessor, among the preset's choices "
+                 f"(load.controlnets[{k}].preprocessor; the first unless live sets it)")
+
+
+def _controlnet_source(k: int) -> Any:
+    return Field(CONTROL_FROM_INPUT, description=f"ControlNet {k}'s map source, among the preset's choices "
+                 f"(load.controlnets[{k}].source; the first unless live sets it); any other is refused, never opened")
 
 
 class LiveParams(_Strict):
@@ -165,6 +188,16 @@ class LiveParams(_Strict):
     controlnet_2_enabled: Bool = _controlnet_enabled(2)
     controlnet_3_scale: Flt = _controlnet_scale(3)
     controlnet_3_enabled: Bool = _controlnet_enabled(3)
+    # Which of the preset's listed choices each ControlNet uses (load.controlnets[k]: all of them are
+    # loaded and warmed up at build time, so a switch never loads, compiles or captures).
+    controlnet_0_preprocessor: Preprocessor = _controlnet_preprocessor(0)
+    controlnet_0_source: ControlSource = _controlnet_source(0)
+    controlnet_1_preprocessor: Preprocessor = _controlnet_preprocessor(1)
+    controlnet_1_source: ControlSource = _controlnet_source(1)
+    controlnet_2_preprocessor: Preprocessor = _controlnet_preprocessor(2)
+    controlnet_2_source: ControlSource = _controlnet_source(2)
+    controlnet_3_preprocessor: Preprocessor = _controlnet_preprocessor(3)
+    controlnet_3_source: ControlSource = _controlnet_source(3)
     canny_low: Flt = Field(0.08, ge=0.0, le=1.0, description="Canny preprocessor: weak-edge threshold "
                            "(gradient of 0..1 luminance)")
     canny_high: Flt = Field(0.2, ge=0.0, le=1.0, description="Canny preprocessor: strong-edge threshold "
@@ -208,17 +241,10 @@ class LoraSpec(_Strict):
     )
 
 
-def _check_control_source(spec: str) -> str:
-    if spec == CONTROL_FROM_INPUT:
-        return spec
-    try:
-        return check_source_spec(spec)
-    except ValueError as exc:
-        raise ValueError(f'{exc}; or "{CONTROL_FROM_INPUT}" for the main input frame') from None
-
-
-ControlSource = Annotated[str, Strict(), AfterValidator(_check_control_source)]
 ModelSpec = Annotated[str, Strict(), Field(min_length=1, max_length=1000)]
+# One choice, or a list of them to switch between live (the first is the one a preset starts with).
+ControlSources = ControlSource | Annotated[list[ControlSource], Field(min_length=1, max_length=MAX_CONTROL_SOURCES)]
+Preprocessors = Preprocessor | Annotated[list[Preprocessor], Field(min_length=1)]
 
 
 class ControlNetSpec(_Strict):
@@ -228,12 +254,14 @@ class ControlNetSpec(_Strict):
         description='"random" (shaped like the model, random weights), a Hugging Face id, a local diffusers '
         "ControlNet folder or a .safetensors file; trained for the model's family"
     )
-    source: ControlSource = Field(
+    source: ControlSources = Field(
         "input", description='"input" (the main input frame) or a source spec of its own, e.g. "spout:TDDepth", '
-        '"shm:streamvj_depth" (a second live source, latest wins)'
+        '"shm:streamvj_depth" (a second live source, latest wins); or a list of these to switch between live '
+        "(controlnet_<k>_source), the first used at start"
     )
-    preprocessor: Preprocessor = Field(
-        "passthrough", description="canny (edges), depth (a depth network) or passthrough (the map as sent)"
+    preprocessor: Preprocessors = Field(
+        "passthrough", description="canny (edges), depth (a depth network) or passthrough (the map as sent); or a "
+        "list of these to switch between live (controlnet_<k>_preprocessor), the first used at start"
     )
     depth_model: ModelSpec = Field(
         "depth-anything/Depth-Anything-V2-Small-hf",
@@ -244,11 +272,24 @@ class ControlNetSpec(_Strict):
     guidance_start: Flt = Field(0.0, ge=0.0, le=1.0, description="Acts from this fraction of the steps on")
     guidance_end: Flt = Field(1.0, ge=0.0, le=1.0, description="Acts up to this fraction of the steps")
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The source choices, the start one first (all of them are opened when the preset loads)."""
+        return (self.source,) if isinstance(self.source, str) else tuple(self.source)
+
+    @property
+    def preprocessors(self) -> tuple[str, ...]:
+        """The preprocessor choices, the start one first (all of them are loaded and warmed up)."""
+        return (self.preprocessor,) if isinstance(self.preprocessor, str) else tuple(self.preprocessor)
+
     @model_validator(mode="after")
     def _window(self) -> ControlNetSpec:
         if self.guidance_start >= self.guidance_end:
             raise ValueError(f"guidance_start ({self.guidance_start}) must be below guidance_end "
                              f"({self.guidance_end})")
+        for name, choices in (("source", self.sources), ("preprocessor", self.preprocessors)):
+            if len(set(choices)) != len(choices):
+                raise ValueError(f"{name} lists {', '.join(choices)}: each choice once")
         return self
 
 
@@ -292,7 +333,7 @@ class LoadSettings(_Strict):
     @model_validator(mode="after")
     def _controls_have_maps(self) -> LoadSettings:
         if self.mode == "txt2img":
-            bad = [k for k, c in enumerate(self.controlnets) if c.source == CONTROL_FROM_INPUT]
+            bad = [k for k, c in enumerate(self.controlnets) if CONTROL_FROM_INPUT in c.sources]
             if bad:
                 raise ValueError(f"controlnets {bad}: txt2img has no input frame; give each a source of its own "
                                  f"(e.g. source: shm:streamvj_depth)")
@@ -378,6 +419,19 @@ class Preset(_Strict):
     @property
     def steps(self) -> int:
         return len(self.live.t_index_list)
+
+    @model_validator(mode="after")
+    def _controlnet_choices(self) -> Preset:
+        """A live choice the preset sets must be one it lists; one it leaves out is its first choice."""
+        for k, spec in enumerate(self.load.controlnets):
+            for what, choices in (("preprocessor", spec.preprocessors), ("source", spec.sources)):
+                name = f"controlnet_{k}_{what}"
+                if name not in self.live.model_fields_set:
+                    setattr(self.live, name, choices[0])
+                elif getattr(self.live, name) not in choices:
+                    raise ValueError(f"live.{name} {getattr(self.live, name)!r} is not among load.controlnets[{k}]"
+                                     f".{what}'s choices ({', '.join(choices)})")
+        return self
 
     @model_validator(mode="after")
     def _bank_allocated(self) -> Preset:

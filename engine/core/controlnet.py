@@ -81,6 +81,13 @@ class ControlBatch:
             raise ValueError("residuals need at least one ControlNet's maps")
         return down, mid
 
+    def refill(self, k: int, new: torch.Tensor) -> None:
+        """Every frame in flight takes `new` (F maps) as ControlNet k's map: after a switch, when the maps
+        they carry were never made (k was off) or made from another source or preprocessor."""
+        carried = self.map_buf[k]
+        if carried.shape[0]:
+            carried.view(self.n - 1, *new.shape).copy_(new)
+
     def advance(self, maps: Mapping[int, torch.Tensor]) -> None:
         """After the call: slots 0..N-2's maps move on with their frames to slots 1..N-1."""
         if self.n > 1:

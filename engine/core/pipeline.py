@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from engine.accel.backend import FrameStep, model_calls
-from engine.config.schema import MAX_CONTROLNETS, LiveParams, LoadSettings
+from engine.config.schema import LiveParams, LoadSettings
 from engine.core.blend import blend
-from engine.core.control_maps import ControlMaps
+from engine.core.control_maps import CHOICE_FIELDS, LIVE_FIELDS, ControlMaps
 from engine.core.controlnet import ControlBatch
 from engine.core.fit import fit_into
 from engine.core.fx import FxUniforms, feedback_mix, post_fx
@@ -51,8 +51,8 @@ LIVE_GROUPS: dict[str, tuple[str, ...]] = {
     "similarity": ("similarity_enabled", "similarity_threshold", "similarity_max_skip"),
     "fx": ("fx_feedback", "fx_blend", "fx_brightness", "fx_contrast", "fx_saturation", "fx_hue"),
     "temporal": TEMPORAL_FIELDS,
-    "controlnet": (*(f"controlnet_{k}_{what}" for k in range(MAX_CONTROLNETS) for what in ("scale", "enabled")),
-                   "canny_low", "canny_high"),
+    "controlnet": LIVE_FIELDS,
+    "control_choice": CHOICE_FIELDS,  # apart: a refused choice is said once and holds up no scale change
 }
 
 
@@ -87,8 +87,9 @@ class StreamPipeline:
                             controlnets=[c.model for c in controlnets])
         self._vae_encode, self._vae_decode = calls.vae_encode, calls.vae_decode
         sdxl = parts.family is Family.SDXL
-        self.controls = ControlMaps(load.controlnets, controlnets, live, frames=f, height=h, width=w,
-                                    device=self.device, dtype=dtype)
+        self.input_u8 = torch.zeros(f, h, w, 4, dtype=torch.uint8, device=self.device)
+        self.controls = ControlMaps(load.controlnets, controlnets, live, input_u8=self.input_u8, dtype=dtype,
+                                    backend=calls.backend, compile_mode=load.compile_mode)
         self.control = None if not load.controlnets else ControlBatch(
             calls.controlnets, [(s.guidance_start, s.guidance_end) for s in load.controlnets],
             len(live.t_index_list), f, (3, h, w), device=self.device, dtype=dtype)
@@ -103,7 +104,6 @@ class StreamPipeline:
         self.similarity = SimilarityFilter(live.similarity_threshold, live.similarity_max_skip, rng,
                                            enabled=live.similarity_enabled)
         self.counters = Counters()
-        self.input_u8 = torch.zeros(f, h, w, 4, dtype=torch.uint8, device=self.device)
         # Two output buffers, written in turn: the download of frame k (its own stream) reads
         # one while frame k+1 is written into the other (see engine/accel/device_io.py).
         self._outputs = [torch.full((f, h, w, 4), 255, dtype=torch.uint8, device=self.device) for _ in range(2)]
@@ -161,13 +161,12 @@ class StreamPipeline:
                     control: tuple[int, ...] = ()) -> torch.Tensor:
         """`fx`, `bank` (the feature bank's mode, which `_run_step` sets on its processors) and `control` (the
         ControlNets that run) are host-side modes: one compiled step and CUDA graph each, made in `warm_up`."""
-        img = None
         if self.txt2img:
             x_in = txt_noise
         else:
             img = rgba_u8_to_img_pm1(input_u8, self.dtype)
             x_in = self.temporal.mix(self.encode(feedback_mix(img, self.fx_last, self.fx.feedback) if fx else img))
-        latents = self.stream.step(x_in, self.controls.maps(control, img) or None)
+        latents = self.stream.step(x_in, self.controls.newest_maps(control))
         self.temporal.keep(latents)
         out = self.decode(latents)
         if fx:
@@ -175,16 +174,9 @@ class StreamPipeline:
             self.fx_last.copy_(out)
         return img_pm1_to_rgb_u8(out)
 
-    def set_control_frame(self, k: int, frame: np.ndarray | torch.Tensor) -> None:
-        """The latest map from ControlNet k's own source (engine/core/control_maps.py)."""
-        self.controls.set_frame(k, frame)
-
-    def set_controlnets(self, live: LiveParams) -> None:
-        """Scales (into the per-row buffers), which ControlNets run, canny thresholds."""
-        self.controls.set_live(live)
-        if self.control is not None:
-            for k in range(len(self.control)):
-                self.control.set_scale(k, getattr(live, f"controlnet_{k}_scale"))
+    def set_control_frame(self, k: int, frame: np.ndarray | torch.Tensor, source: str | None = None) -> Any:
+        """The latest map from ControlNet k's own source (engine/core/control_maps.py `set_frame`)."""
+        return self.controls.set_frame(k, frame, source)
 
     # ---- live settings ----------------------------------------------------------------------------
 
@@ -251,7 +243,9 @@ class StreamPipeline:
         elif group == "temporal":
             self.temporal.apply(live)
         elif group == "controlnet":
-            self.set_controlnets(live)
+            self.controls.set_live(live, self.control)
+        elif group == "control_choice":
+            self.controls.choose(live)
         else:
             raise ValueError(f"unknown live group {group!r}: groups are {', '.join(LIVE_GROUPS)}")
 
@@ -271,6 +265,7 @@ class StreamPipeline:
             log.info("warming up: torch.compile compiles the frame step now (minutes on a first run)")
         if not self.txt2img:
             self._upload(torch.zeros(self.input_u8.shape, dtype=torch.uint8))  # through the upload path
+        self.controls.warm_up()  # the map step of every listed source and preprocessor
         # Eager steps need one run (lazy library setup); compiled or graphed ones one per ControlNet subset and
         # feature bank mode, so switching either on air never compiles or captures.
         every = self.step.backend != "none" or self.step.graphed
@@ -337,10 +332,6 @@ class StreamPipeline:
             self.fx_last.copy_(rgba_u8_to_img_pm1(seed, self.dtype))
         self._fx_on = fx
         # 3. Encode -> stream batch -> decode -> FX, priming an empty batch first.
-        if self.controls.switched_on and self.primed and self.control is not None:
-            # A ControlNet was switched back on (priming fills every slot anyway).
-            self.controls.refill(self.control, None if self.txt2img else rgba_u8_to_img_pm1(self.input_u8, self.dtype))
-        self.controls.switched_on.clear()
         rgb = self._run_step(fx)
         # 4. Into the output buffer the previous frame's reader is not using.
         i = 1 - self._out_index
@@ -362,7 +353,9 @@ class StreamPipeline:
         buffer ("brown frames")."""
         # Modes: FX, the feature bank's (None: what the live values ask for), the ControlNets that run (if any).
         bank = self.temporal.bank_mode(priming=not self.primed, mode=bank)
-        modes = (fx, bank) if self.control is None else (fx, bank, self.controls.on if control is None else control)
+        # The ControlNets that run are a mode of pipelines that have any; their maps are made here, once a frame.
+        control = None if self.control is None else self.controls.prepare(control, self.control, self.primed)
+        modes = (fx, bank) if control is None else (fx, bank, control)
         for _ in range(1 if self.primed else self.stream.n):
             rgb = self.step.run(self.input_u8, self.txt_noise, *modes)
             self.counters.unet_calls += 1

@@ -128,7 +128,7 @@ def load_controlnets(specs: Sequence[Any], unet: torch.nn.Module, family: Family
     loaded = []
     for spec in specs:
         depth = None
-        if spec.preprocessor == "depth":
+        if "depth" in spec.preprocessors:  # any of its choices: all are loaded at build time
             if spec.depth_model not in depth_models:
                 depth_models[spec.depth_model] = load_depth_model(spec.depth_model, device=device, dtype=dtype)
             depth = depth_models[spec.depth_model]

@@ -10,6 +10,17 @@ map the feed says so (a warning once, and in `status`) and says it again when ma
 A source that raises is retried every SOURCE_RETRY_S, its error logged at most every few
 seconds. The engine never imports bridges: `open_source` (spec -> FrameSource) is given by
 whoever wires the engine (run_engine.py: bridges/video/registry.py's make_source).
+
+A ControlNet may list several sources (live `controlnet_<k>_source` picks one). All of them
+are opened and read while the preset is on air, so a switch shows the new source's latest
+map at once (an NDI or Spout receiver takes a while to connect; a video file to open), and
+a switch never opens anything on the render thread. Only the chosen source's maps are
+uploaded; the others' newest map waits on the host. A source that cannot open is said once;
+a ControlNet switched to it sees a black map.
+
+On CUDA the maps are read into pinned host buffers (on the source's thread), so the upload
+(engine/accel/device_io.py, on its own stream) is truly asynchronous; a buffer is rewritten
+only after the upload's event says the copy is done.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from engine.config.schema import CONTROL_FROM_INPUT
 from engine.errors import StreamVJError
@@ -32,22 +44,27 @@ log = logging.getLogger("streamvj.control")
 
 STALE_S = 2.0  # a control source silent this long is reported as stale (its last map holds)
 ERROR_REPEAT_S = 5.0
+# Host buffers per source: the newest map, the one the render thread took last, one whose upload may
+# still be running (taken a frame earlier), and the one being written.
+BUFFERS = 4
 
 
 class ControlSource:
-    """ControlNet `index`'s own source on a thread of its own; `take` returns a map once, when new."""
+    """ControlNet `index`'s own source `spec` on a thread of its own; `take` returns a map once, when new.
+    `pinned`: read into page-locked host memory (CUDA uploads from it run asynchronously)."""
 
     def __init__(self, index: int, spec: str, source: FrameSource, clock: Callable[[], float] = time.monotonic,
-                 stale_s: float = STALE_S):
+                 stale_s: float = STALE_S, pinned: bool = False):
         self.index, self.spec, self.source, self.clock, self.stale_s = index, spec, source, clock, stale_s
+        self.pinned = pinned
         self.received = 0
         self.errors = 0
         self._lock = threading.Lock()
-        # Three host buffers in turn (allocated again only when the map size changes): the newest
-        # map, the one the render thread took last, and the one being written.
-        self._buffers: list[np.ndarray | None] = [None, None, None]
+        # Host buffers used in turn (allocated again only when the map size changes).
+        self._buffers: list[np.ndarray | None] = [None] * BUFFERS
         self._latest_i: int | None = None
         self._taken_i: int | None = None
+        self._uploading: dict[int, Any] = {}  # buffer -> the event of an upload from it that may still run
         self._latest: np.ndarray | None = None
         self._fresh = False
         self._last_t: float | None = None
@@ -75,7 +92,8 @@ class ControlSource:
 
     def _run(self) -> None:
         idle = IDLE_MIN_S
-        owned = bool(getattr(self.source, "frames_owned", False))
+        # Adopt a source's own fresh arrays as they are, unless they must be copied into pinned memory.
+        adopt = bool(getattr(self.source, "frames_owned", False)) and not self.pinned
         while not self._stopping.is_set():
             try:
                 rgba = self.source.read_latest()
@@ -88,24 +106,42 @@ class ControlSource:
                                                   f"every {SOURCE_RETRY_S:g} s")
                 self._stopping.wait(SOURCE_RETRY_S)
                 continue
-            if rgba is None:
+            i = None if rgba is None else self._free_buffer()
+            if i is None:  # nothing new (or every buffer still in use: this map is dropped, latest wins)
                 self._stopping.wait(idle)
                 idle = min(idle * 2, IDLE_MAX_S)
                 continue
             idle = IDLE_MIN_S
-            with self._lock:
-                i = next(i for i in range(3) if i not in (self._latest_i, self._taken_i))
-            if owned:
+            if adopt:
                 self._buffers[i] = rgba
             else:  # the source may reuse its own buffer: copy into ours
                 buf = self._buffers[i]
                 if buf is None or buf.shape != rgba.shape:
-                    buf = self._buffers[i] = np.empty_like(rgba)
+                    buf = self._buffers[i] = self._new_buffer(rgba.shape)
                 np.copyto(buf, rgba)
             with self._lock:
                 self._latest_i, self._fresh, self._last_t = i, True, self.clock()
                 self._latest = self._buffers[i]
                 self.received += 1
+
+    def _new_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        if self.pinned:
+            return torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()
+        return np.empty(shape, np.uint8)
+
+    def _free_buffer(self) -> int | None:
+        """A buffer neither newest, nor taken, nor read by an upload still running."""
+        with self._lock:
+            for i in range(BUFFERS):
+                if i in (self._latest_i, self._taken_i):
+                    continue
+                event = self._uploading.get(i)
+                if event is not None:
+                    if not event.query():
+                        continue
+                    del self._uploading[i]
+                return i
+        return None
 
     def take(self) -> np.ndarray | None:
         """The newest map if one arrived since the last take, else None (the pipeline holds the last)."""
@@ -114,6 +150,15 @@ class ControlSource:
                 return None
             self._fresh, self._taken_i = False, self._latest_i  # not rewritten until the next take
             return self._latest
+
+    def uploaded(self, event: Any) -> None:
+        """The map taken last is being copied until `event` (CUDA; None: copied already): its buffer is not
+        rewritten before, even after the next take."""
+        if event is None:
+            return
+        with self._lock:
+            if self._taken_i is not None:
+                self._uploading[self._taken_i] = event
 
     def resend(self) -> None:
         """The last map counts as new again (for a pipeline that has not seen it)."""
@@ -147,50 +192,82 @@ class ControlSource:
 
 
 class ControlFeed:
-    """The own sources of the pipeline on air's ControlNets; follows preset switches (`follow`)."""
+    """The own sources of the pipeline on air's ControlNets, every listed choice; follows preset switches
+    (`follow`) and feeds the pipeline the maps of the sources its ControlNets use now (`feed`).
+    `pinned`: host buffers in page-locked memory (default: when torch sees a CUDA GPU)."""
 
     def __init__(self, open_source: Callable[[str], FrameSource], clock: Callable[[], float] = time.monotonic,
-                 stale_s: float = STALE_S):
+                 stale_s: float = STALE_S, pinned: bool | None = None):
         self.open_source, self.clock, self.stale_s = open_source, clock, stale_s
-        self.sources: dict[int, ControlSource] = {}
+        self.pinned = torch.cuda.is_available() if pinned is None else pinned
+        self.sources: dict[tuple[int, str], ControlSource] = {}  # (ControlNet, spec) -> its running source
+        # The sources fed on the last frame; replaced, never changed in place (the status thread reads it).
+        self.active: frozenset[tuple[int, str]] = frozenset()
+        self._missing: dict[tuple[int, str], str] = {}  # listed sources that cannot open -> why
+        self._said_missing: set[tuple[int, str]] = set()
         self._errlog = LogLimiter(log, repeat_s=ERROR_REPEAT_S)
 
     def follow(self, controlnets: Sequence[Any]) -> None:
-        """Open the sources `controlnets` (schema.ControlNetSpec) name and close the rest; a source whose
-        spec did not change keeps running (its last map carries over to a new pipeline on the next feed)."""
-        wanted = {k: c.source for k, c in enumerate(controlnets) if c.source != CONTROL_FROM_INPUT}
-        for k in [k for k, s in self.sources.items() if wanted.get(k) != s.spec]:
-            self.sources.pop(k).stop()
-        for k, spec in wanted.items():
-            if k in self.sources:
-                self.sources[k].resend()  # the new pipeline needs the last map too
+        """Open every own source `controlnets` (schema.ControlNetSpec) list and close the rest; a source whose
+        (ControlNet, spec) did not change keeps running (its last map carries over to a new pipeline)."""
+        wanted = [(k, s) for k, c in enumerate(controlnets) for s in c.sources if s != CONTROL_FROM_INPUT]
+        for key in [key for key in self.sources if key not in wanted]:
+            self.sources.pop(key).stop()
+        self._missing = {key: why for key, why in self._missing.items() if key in wanted}
+        self._said_missing.clear()
+        self.active = frozenset()
+        for k, spec in wanted:
+            if (k, spec) in self.sources:
+                self.sources[(k, spec)].resend()  # the new pipeline needs the last map too
                 continue
             try:
-                self.sources[k] = ControlSource(k, spec, self.open_source(spec), self.clock, self.stale_s).start()
+                self.sources[(k, spec)] = ControlSource(k, spec, self.open_source(spec), self.clock, self.stale_s,
+                                                        pinned=self.pinned).start()
+                self._missing.pop((k, spec), None)
             except Exception as exc:  # noqa: BLE001 - drivers raise anything; the show goes on without it
-                log.warning("control source %s (ControlNet %d) cannot open: %s; ControlNet %d keeps a black map "
-                            "until a preset with a working source is loaded", spec, k, exc, k)
+                self._missing[(k, spec)] = str(exc)
+                log.warning("control source %s (ControlNet %d) cannot open: %s; ControlNet %d sees a black map while "
+                            "it uses this source, until a preset with a working one is loaded", spec, k, exc, k)
 
     def feed(self, pipeline: Any) -> None:
-        """Render thread, before a frame: each new map into the pipeline's buffer (fitted there)."""
-        for k, source in self.sources.items():
+        """Render thread, before a frame: the new map of each source a running ControlNet uses now into the
+        pipeline's buffer (fitted there; on CUDA uploaded on its own stream)."""
+        controls = pipeline.controls
+        active = set()
+        for k in range(controls.count):
+            spec = controls.fed_source(k)
+            if spec is None:
+                continue
+            source = self.sources.get((k, spec))
+            if source is None:
+                if (k, spec) not in self._said_missing:
+                    self._said_missing.add((k, spec))
+                    why = self._missing.get((k, spec), "not opened")
+                    log.warning("ControlNet %d uses control source %s, which could not open (%s): a black map",
+                                k, spec, why)
+                continue
+            self._said_missing.discard((k, spec))
+            active.add((k, spec))
             source.check_stale()
             rgba = source.take()
             if rgba is None:
                 continue
             try:
-                pipeline.set_control_frame(k, rgba)
+                source.uploaded(pipeline.set_control_frame(k, rgba, spec))
             except StreamVJError as exc:
-                self._errlog.log(logging.WARNING, f"control map from {source.spec} not used: {exc}")
+                self._errlog.log(logging.WARNING, f"control map from {spec} not used: {exc}")
+        self.active = frozenset(active)
 
     def status(self) -> list[dict[str, Any]]:
-        return [s.status() for s in self.sources.values()]
+        return [{**s.status(), "active": key in self.active} for key, s in list(self.sources.items())]
 
     def summary(self) -> str:
-        """For the status line: only what needs a look (a stale source), e.g. "cn1 stale 3s"."""
-        return "  ".join(f"cn{s.index} stale {s.age_s():.0f}s" for s in self.sources.values() if s.stale)
+        """For the status line: only what needs a look (a stale source in use), e.g. "cn1 stale 3s"."""
+        return "  ".join(f"cn{s.index} stale {s.age_s():.0f}s" for key, s in list(self.sources.items())
+                         if key in self.active and s.stale)
 
     def stop(self) -> None:
         for source in self.sources.values():
             source.stop()
         self.sources.clear()
+        self.active = frozenset()

@@ -95,7 +95,8 @@ def sample_value(name: str) -> tuple[list[Any], Any]:
     if spec.kind == "bool":
         return [True], True
     if spec.kind == "str":
-        return ["a temple of glass"], "a temple of glass"
+        text = "shm:streamvj_depth" if name.endswith("_source") else "a temple of glass"  # a source spec's syntax
+        return [text], text
     if spec.kind == "enum":
         other = [c for c in spec.choices if c != spec.default][0]
         return [other], other

@@ -84,11 +84,11 @@ def test_a_map_of_another_size_is_fitted_like_the_input_and_holds(parts):
     wide = np.zeros((30, 90, 4), np.uint8)
     wide[:, 30:60] = 200  # the centre third: what a cover fit keeps of a 3:1 map
     pipe.set_control_frame(0, wide)
-    assert pipe.controls.own_u8[0].shape == (1, SIZE, SIZE, 4)
-    assert int(pipe.controls.own_u8[0][0, SIZE // 2, SIZE // 2, 0]) == 200
+    assert pipe.controls.own_u8[(0, "shm:streamvj_depth")].shape == (1, SIZE, SIZE, 4)
+    assert int(pipe.controls.own_u8[(0, "shm:streamvj_depth")][0, SIZE // 2, SIZE // 2, 0]) == 200
     pipe(frame(0))
     pipe(frame(1))  # no new map: the last one holds
-    assert int(pipe.controls.own_u8[0][0, SIZE // 2, SIZE // 2, 0]) == 200
+    assert int(pipe.controls.own_u8[(0, "shm:streamvj_depth")][0, SIZE // 2, SIZE // 2, 0]) == 200
 
 
 @pytest.mark.parametrize(("k", "bad", "error", "message"), [
@@ -163,8 +163,10 @@ def test_controlnets_with_the_same_input_and_preprocessor_share_one_map(parts):
     depth.register_forward_hook(lambda *args: calls.append(1))
     spec = {"model": "random", "preprocessor": "depth", "depth_resolution": 56}
     pipe = make(parts, [spec, spec], depth=depth)
-    pipe(frame(0))  # priming: N = 2 steps
-    assert len(calls) == 2  # once per step, not once per ControlNet
+    pipe(frame(0))  # priming: N = 2 steps on one frame
+    assert len(calls) == 1  # once per frame: not per ControlNet, nor per priming step
+    pipe(frame(1))
+    assert len(calls) == 2
 
 
 def test_a_controlnet_switched_back_on_gives_the_frames_in_flight_the_newest_map(parts):

@@ -45,12 +45,28 @@ class MapSource:
             return latest
 
 
-class RecordingPipeline:
-    def __init__(self) -> None:
-        self.maps: list[tuple[int, int]] = []
+class Choices:
+    """The part of ControlMaps the feed asks: which own source each ControlNet uses now."""
 
-    def set_control_frame(self, k: int, rgba) -> None:
+    def __init__(self, fed: dict[int, str]) -> None:
+        self.fed = fed
+
+    @property
+    def count(self) -> int:
+        return max(self.fed, default=-1) + 1
+
+    def fed_source(self, k: int) -> str | None:
+        return self.fed.get(k)
+
+
+class RecordingPipeline:
+    def __init__(self, fed: dict[int, str] | None = None) -> None:
+        self.maps: list[tuple[int, int]] = []
+        self.controls = Choices({} if fed is None else fed)
+
+    def set_control_frame(self, k: int, rgba, source: str | None = None):
         self.maps.append((k, int(rgba[0, 0, 0])))
+        return None
 
 
 def test_the_newest_map_is_taken_once_and_the_last_holds():
@@ -100,7 +116,8 @@ def test_a_raising_source_is_retried_and_its_last_map_holds(caplog):
             wait_for(lambda: control.errors >= 1, "the error to be counted")
         assert "ndi:Kinect (ControlNet 0) failed: OSError: peer vanished; holding its last map" in caplog.text
         feed = ControlFeed(lambda spec: source)
-        feed.sources[0] = control
+        feed.sources[(0, "ndi:Kinect")] = control
+        feed_pipeline.controls.fed[0] = "ndi:Kinect"
         feed.feed(feed_pipeline)
         assert feed_pipeline.maps == [(0, 7)]  # the map that came before the failure
         source.raising = None
@@ -120,19 +137,19 @@ def test_the_feed_follows_the_preset_on_air():
     feed = ControlFeed(open_source)
     try:
         feed.follow([ControlNetSpec(model="random"), ControlNetSpec(model="random", source="shm:depth")])
-        assert list(feed.sources) == [1] and list(opened) == ["shm:depth"]  # "input" has no source of its own
+        assert list(feed.sources) == [(1, "shm:depth")] and list(opened) == ["shm:depth"]  # "input" has none
         opened["shm:depth"].put(5)
-        pipeline = RecordingPipeline()
+        pipeline = RecordingPipeline({1: "shm:depth"})
         wait_for(lambda: (feed.feed(pipeline), pipeline.maps)[1], "a fed map")
         assert pipeline.maps == [(1, 5)]
-        kept = feed.sources[1]
+        kept = feed.sources[(1, "shm:depth")]
         feed.follow([ControlNetSpec(model="random"), ControlNetSpec(model="random", source="shm:depth")])
-        assert feed.sources[1] is kept  # same spec: same source, still running
-        second = RecordingPipeline()
+        assert feed.sources[(1, "shm:depth")] is kept  # same spec: same source, still running
+        second = RecordingPipeline({1: "shm:depth"})
         feed.feed(second)
         assert second.maps == [(1, 5)]  # a new pipeline gets the last map too
         feed.follow([ControlNetSpec(model="random", source="shm:pose")])
-        assert opened["shm:depth"].closed and list(feed.sources) == [0]
+        assert opened["shm:depth"].closed and list(feed.sources) == [(0, "shm:pose")]
     finally:
         feed.stop()
     assert opened["shm:pose"].closed and feed.sources == {}
@@ -146,12 +163,14 @@ def test_a_source_that_cannot_open_is_said_and_the_show_goes_on(caplog):
     with caplog.at_level(logging.WARNING, logger="streamvj.control"):
         feed.follow([ControlNetSpec(model="random", source="spout:Nobody")])
     assert feed.sources == {} and "spout:Nobody (ControlNet 0) cannot open: no sender named spout:Nobody" in caplog.text
-    feed.feed(RecordingPipeline())  # nothing to feed, nothing raised
+    feed.feed(RecordingPipeline({0: "spout:Nobody"}))  # nothing to feed, nothing raised
 
 
 def test_a_map_the_pipeline_refuses_is_logged_not_raised(caplog):
     class Refusing:
-        def set_control_frame(self, k, rgba):
+        controls = Choices({0: "shm:depth"})
+
+        def set_control_frame(self, k, rgba, source=None):
             from engine.errors import FrameError
 
             raise FrameError("input frame must be uint8 RGBA")
@@ -161,7 +180,7 @@ def test_a_map_the_pipeline_refuses_is_logged_not_raised(caplog):
     try:
         feed.follow([ControlNetSpec(model="random", source="shm:depth")])
         source.put(3)
-        wait_for(lambda: feed.sources[0].received == 1, "a map")
+        wait_for(lambda: feed.sources[(0, "shm:depth")].received == 1, "a map")
         with caplog.at_level(logging.WARNING, logger="streamvj.control"):
             feed.feed(Refusing())
         assert "control map from shm:depth not used: input frame must be uint8 RGBA" in caplog.text
@@ -190,5 +209,98 @@ def test_a_taken_map_is_not_rewritten_until_the_next_take_even_if_the_source_reu
         wait_for(lambda: control.received >= 20, "more maps")
         assert np.array_equal(taken, held) and taken is not source.buffer
         assert control.take() is not taken  # the next take is another buffer
+    finally:
+        control.stop()
+
+
+def test_every_listed_source_runs_and_only_the_chosen_one_is_fed():
+    """A switch shows the new source's newest map at once, and opens nothing on the render thread."""
+    opened: dict[str, MapSource] = {}
+
+    def open_source(spec):
+        opened[spec] = MapSource()
+        return opened[spec]
+
+    feed = ControlFeed(open_source)
+    try:
+        feed.follow([ControlNetSpec(model="random", source=["input", "shm:depth", "shm:pose"])])
+        assert sorted(opened) == ["shm:depth", "shm:pose"]
+        opened["shm:depth"].put(1)
+        opened["shm:pose"].put(2)
+        wait_for(lambda: all(s.received == 1 for s in feed.sources.values()), "both maps")
+        pipeline = RecordingPipeline({})  # ControlNet 0 on the input: nothing to feed
+        feed.feed(pipeline)
+        assert pipeline.maps == [] and feed.active == frozenset()
+        pipeline.controls.fed[0] = "shm:pose"
+        feed.feed(pipeline)
+        assert pipeline.maps == [(0, 2)] and feed.active == {(0, "shm:pose")}
+        pipeline.controls.fed[0] = "shm:depth"  # its map came while it was not chosen: still the newest
+        feed.feed(pipeline)
+        assert pipeline.maps == [(0, 2), (0, 1)]
+        assert sorted(opened) == ["shm:depth", "shm:pose"]  # nothing opened by the switches
+        assert [s["active"] for s in feed.status()] == [True, False]
+    finally:
+        feed.stop()
+
+
+def test_a_source_that_cannot_open_never_blocks_a_switch_to_it(caplog):
+    good = MapSource()
+
+    def open_source(spec):
+        if spec == "spout:Nobody":
+            raise OSError("no sender named Nobody")
+        return good
+
+    feed = ControlFeed(open_source)
+    try:
+        feed.follow([ControlNetSpec(model="random", source=["shm:depth", "spout:Nobody"])])
+        pipeline = RecordingPipeline({0: "spout:Nobody"})
+        with caplog.at_level(logging.WARNING, logger="streamvj.control"):
+            feed.feed(pipeline)
+            feed.feed(pipeline)
+        said = [r.getMessage() for r in caplog.records if "which could not open" in r.getMessage()]
+        assert said == ["ControlNet 0 uses control source spout:Nobody, which could not open (no sender named "
+                        "Nobody): a black map"]  # once, not per frame
+        good.put(4)
+        wait_for(lambda: feed.sources[(0, "shm:depth")].received == 1, "a map")
+        pipeline.controls.fed[0] = "shm:depth"
+        feed.feed(pipeline)
+        assert pipeline.maps == [(0, 4)]
+    finally:
+        feed.stop()
+
+
+class Upload:
+    """A CUDA event as the feed sees one: done when the test says so."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def query(self) -> bool:
+        return self.done
+
+
+def test_a_buffer_is_not_rewritten_while_its_upload_may_still_read_it():
+    class Counting(MapSource):
+        def __init__(self):
+            super().__init__()
+            self.value = 0
+
+        def read_latest(self):
+            self.value = self.value % 250 + 1
+            return np.full((8, 8, 4), self.value, np.uint8)
+
+    source = Counting()
+    control = ControlSource(0, "shm:depth", source).start()
+    try:
+        wait_for(lambda: control.received >= 1, "a map")
+        first = control.take()
+        held = first.copy()
+        upload = Upload()
+        control.uploaded(upload)  # an upload from `first` is in flight
+        wait_for(lambda: control.take() is not None and control.received >= 20, "more maps and takes")
+        assert np.array_equal(first, held)  # taken again and again since, but never rewritten
+        upload.done = True
+        wait_for(lambda: not np.array_equal(first, held), "the buffer to be used again once the copy is done")
     finally:
         control.stop()
