@@ -1,7 +1,13 @@
-"""A fake `tensorrt` module for CPU tests of engine/accel/trt_engine.py, and the fake ONNX files it reads."""
+"""A fake `tensorrt` module for CPU tests of engine/accel/trt_engine.py, and the fake ONNX files it reads.
+
+It also parses real ONNX files: such an "engine" then runs the graph in onnxruntime on the
+memory its bound addresses point to (CPU memory: see the fake_cuda fixture), so the path
+export -> build -> cache -> load -> bind -> execute runs end to end on a CPU, TensorRT aside."""
 
 from __future__ import annotations
 
+import base64
+import ctypes
 import json
 import threading
 import types
@@ -18,6 +24,31 @@ from types import SimpleNamespace
 # "ONNX file" is JSON naming the graph's inputs/outputs; the "engine" is that JSON again.
 
 _TRT_DTYPES = ("float32", "float16", "bfloat16", "int32", "int64", "int8", "uint8", "bool")
+_ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 6: "int32", 7: "int64", 3: "int8", 2: "uint8", 9: "bool"}
+
+
+def onnx_io(path: Path) -> tuple[list, list, bytes]:
+    """A real ONNX file's graph inputs and outputs as [name, shape, dtype name], and the model's bytes."""
+    import onnx
+
+    model = onnx.load(str(path))
+    weights = {t.name for t in model.graph.initializer}
+
+    def io(values):
+        return [[v.name, [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim],
+                 _ONNX_DTYPES[v.type.tensor_type.elem_type]] for v in values if v.name not in weights]
+
+    return io(model.graph.input), io(model.graph.output), model.SerializeToString()
+
+
+def _array_at(address: int, shape, dtype: str):
+    """The numpy view of `shape` `dtype` elements at a raw (CPU) address: what a kernel reads and writes."""
+    import numpy as np
+
+    np_dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = (ctypes.c_char * (count * np_dtype.itemsize)).from_address(address)
+    return np.frombuffer(raw, dtype=np_dtype).reshape(shape)
 
 
 def make_fake_trt(version: str = "10.9.0.34") -> types.ModuleType:
@@ -72,6 +103,7 @@ def make_fake_trt(version: str = "10.9.0.34") -> types.ModuleType:
     class Network:
         def __init__(self, flags_value):
             self.flags, self.inputs, self.outputs = flags_value, [], []
+            self.onnx = None  # a real ONNX model's bytes, run by onnxruntime at execute
 
         @property
         def num_inputs(self):
@@ -87,7 +119,12 @@ def make_fake_trt(version: str = "10.9.0.34") -> types.ModuleType:
         def parse_from_file(self, path):
             trt.calls.append(("parse_from_file", path))
             assert isinstance(path, str)
-            spec = json.loads(Path(path).read_text())
+            data = Path(path).read_bytes()
+            if data.startswith(b"{"):
+                spec = json.loads(data)
+            else:
+                inputs, outputs, self.network.onnx = onnx_io(Path(path))
+                spec = {"inputs": inputs, "outputs": outputs}
             if "error" in spec:
                 self.errors = [spec["error"], "In node 2: a second problem"]
                 return False
@@ -157,11 +194,16 @@ def make_fake_trt(version: str = "10.9.0.34") -> types.ModuleType:
 
             engine = {"inputs": io(network.inputs), "outputs": io(network.outputs),
                       "fp16": "BuilderFlag.FP16" in config.flags}
+            if network.onnx is not None:
+                engine["onnx"] = base64.b64encode(network.onnx).decode()
             return memoryview(json.dumps(engine).encode())  # like IHostMemory: a buffer with nbytes
 
     trt.Builder = Builder
 
     class Context:
+        def __init__(self, engine):
+            self.engine, self.addresses = engine, {}
+
         def set_input_shape(self, name, shape):
             assert isinstance(shape, (tuple, list))
             trt.calls.append(("set_input_shape", name, tuple(shape)))
@@ -170,6 +212,7 @@ def make_fake_trt(version: str = "10.9.0.34") -> types.ModuleType:
         def set_tensor_address(self, name, address):
             assert isinstance(address, int)
             trt.calls.append(("set_tensor_address", name, address))
+            self.addresses[name] = address
             return trt.address_ok
 
         def execute_async_v3(self, stream_handle):
@@ -179,12 +222,29 @@ def make_fake_trt(version: str = "10.9.0.34") -> types.ModuleType:
                 trt.on_execute()
             if trt.on_execute_context is not None:
                 trt.on_execute_context(self)
+            if self.engine.session is not None:
+                self._run_onnx()
             return trt.execute_ok
+
+        def _run_onnx(self):
+            io = {name: (shape, dtype.removeprefix("DataType.")) for name, shape, dtype, _ in self.engine.io}
+            feeds = {n: _array_at(self.addresses[n], *io[n]) for n in self.engine.input_names}
+            outs = self.engine.session.run(self.engine.output_names, feeds)
+            for name, out in zip(self.engine.output_names, outs):
+                _array_at(self.addresses[name], *io[name])[...] = out
 
     class Engine:
         def __init__(self, spec):
             self.io = [(n, tuple(s), getattr(trt, d), trt.TensorIOMode.INPUT) for n, s, d in spec["inputs"]]
             self.io += [(n, tuple(s), getattr(trt, d), trt.TensorIOMode.OUTPUT) for n, s, d in spec["outputs"]]
+            self.input_names = [n for n, _, _ in spec["inputs"]]
+            self.output_names = [n for n, _, _ in spec["outputs"]]
+            self.session = None
+            if "onnx" in spec:
+                import onnxruntime
+
+                self.session = onnxruntime.InferenceSession(base64.b64decode(spec["onnx"]),
+                                                            providers=["CPUExecutionProvider"])
 
         @property
         def num_io_tensors(self):
@@ -206,7 +266,7 @@ def make_fake_trt(version: str = "10.9.0.34") -> types.ModuleType:
             return self._find(name)[3]
 
         def create_execution_context(self):
-            return None if trt.context_none else Context()
+            return None if trt.context_none else Context(self)
 
     class Runtime:
         def __init__(self, logger):

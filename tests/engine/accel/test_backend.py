@@ -315,6 +315,50 @@ def test_a_pipeline_with_controlnets_runs_them_as_tensorrt_engines(request, fake
     assert runs["controlnet_0"] == calls["controlnet_0"] < unet_calls  # not run while off
 
 
+def test_real_onnx_graphs_on_the_fake_tensorrt_give_the_eager_pictures(tiny_parts, fake_trt, fake_cuda, tmp_path,
+                                                                       monkeypatch, caplog):
+    """End to end but for TensorRT itself: the real ONNX exports (UNet taking residuals, two ControlNets,
+    VAE) are "built" by the fake, which runs each graph in onnxruntime on the memory its bound
+    addresses point to. Same pictures as eager, ControlNets on and off; a second pipeline loads
+    every engine from the cache."""
+    import numpy as np
+
+    import engine.accel.trt_components as trt_components
+    from engine.core.pipeline import StreamPipeline
+    from engine.models.controlnet import ControlNetParts, build_random_controlnet
+
+    monkeypatch.setenv("STREAMVJ_TRT_CACHE", str(tmp_path))
+    real_build = trt_components.build_trt_components
+    monkeypatch.setattr(trt_components, "build_trt_components", lambda p, **kw: real_build(p, **{**kw, "device": "cuda"}))
+    controlnets = [ControlNetParts(build_random_controlnet(tiny_parts.unet, seed=k)) for k in range(2)]
+    load = LoadSettings(model="tiny", width=SIZE, height=SIZE, cfg_type="self",
+                        controlnets=[ControlNetSpec(model="random"), ControlNetSpec(model="random", guidance_end=0.5)])
+    live = LiveParams(t_index_list=[20, 40], controlnet_0_scale=0.8, controlnet_1_scale=1.5)
+
+    def build(backend):
+        return StreamPipeline(tiny_parts, load, live, backend=backend, controlnets=controlnets)
+
+    eager, engines = build("none"), build("tensorrt")
+    assert engines.backend == "tensorrt" and fake_trt.build_count == 5  # UNet, 2 ControlNets, VAE encoder, decoder
+    assert isinstance(engines.stream.unet_fn, TrtUnet)
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        if i == 3:
+            off = live.model_copy(update={"controlnet_0_enabled": False, "controlnet_1_enabled": False})
+            eager.apply_live("controlnet", off)
+            engines.apply_live("controlnet", off)
+        frame = rng.integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8)
+        want, got = eager(frame).clone(), engines(frame)
+        off_by = int((got.int() - want.int()).abs().max())
+        assert off_by <= 1, f"frame {i}: off by {off_by} of 255"  # onnxruntime's fp32 kernels, not torch's
+
+    with caplog.at_level(logging.INFO, logger="streamvj.trt_components"):
+        again = build("tensorrt")
+    assert fake_trt.build_count == 5 and caplog.text.count("loaded from") == 5
+    frame = rng.integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8)
+    assert int((again(frame).int() - build("none")(frame).int()).abs().max()) <= 1
+
+
 # ---- compile -> eager, graph capture failure, and the status string --------------------------------------
 
 
