@@ -1,8 +1,9 @@
 """Control-map preprocessors: an RGB frame (F,3,H,W in 0..1) -> a ControlNet's map, on the device.
 
-Each is pure tensor code that runs inside the pipeline's frame step (compiled and captured
-with it): canny (edges, live thresholds), depth (a depth network), passthrough (the map as
-sent, e.g. TouchDesigner's own depth or pose render). `make_preprocessor` builds one.
+Each is pure tensor code that runs inside the pipeline's map step (engine/core/control_maps.py,
+compiled and captured like the frame step): canny (edges, live thresholds), depth (a depth
+network), passthrough (the map as sent, e.g. TouchDesigner's own depth or pose render).
+`make_preprocessor` builds one.
 """
 
 from __future__ import annotations

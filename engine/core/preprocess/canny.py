@@ -1,7 +1,7 @@
 """Canny edges in pure torch: blur, Sobel, non-maximum suppression, double threshold, hysteresis.
 
 Every stage is a fixed sequence of tensor ops (no Python branch on pixel values, no host
-sync), so it compiles and graph-captures inside the frame step. The thresholds are 0-d
+sync), so it compiles and graph-captures inside the map step (engine/core/control_maps.py). The thresholds are 0-d
 buffers written by `set_thresholds` (live: canny_low, canny_high), in units of the Sobel
 gradient of 0..1 luminance divided by 4 (a full black-to-white step is 1). Hysteresis
 is HYSTERESIS_STEPS rounds of "weak pixels touching a strong one become strong": a fixed

@@ -3,7 +3,8 @@
 The frame is resized to the network's square input, normalised as the network was trained
 (ImageNet mean/std), and its relative depth (larger = nearer) is scaled per frame to 0..1
 with tensor min/max (no host sync), then resized back: white is near, black far, which is
-what depth ControlNets were trained on. Runs inside the frame step, compiled with it.
+what depth ControlNets were trained on. Runs inside the map step (engine/core/control_maps.py),
+compiled and captured with it.
 """
 
 from __future__ import annotations
