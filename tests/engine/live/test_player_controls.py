@@ -32,3 +32,38 @@ def test_a_map_from_the_controlnets_own_source_reaches_the_pipeline_before_the_f
         assert int(pipeline.controls.own_u8[(0, "shm:streamvj_depth")][0, 10, 10, 0]) == 77
     finally:
         feed.stop()
+
+
+def test_a_live_source_switch_feeds_the_new_sources_map_before_the_next_frame():
+    """OSC -> store -> the frame's snapshot picks the source -> the feed uploads that source's newest map ->
+    the map step reads it; the source switched away from keeps running, nothing is opened."""
+    from engine.config.schema import Preset
+
+    parts = load_model("tiny-random")
+    preset = Preset.model_validate({"name": "p", "load": {
+        "model": "tiny-random", "width": 64, "height": 64,
+        "controlnets": [{"model": "random", "source": ["shm:a", "shm:b"], "preprocessor": "passthrough"}]},
+        "live": {"t_index_list": [20, 40]}})
+    pipeline = StreamPipeline(parts, preset.load, preset.live,
+                              controlnets=[ControlNetParts(build_random_controlnet(parts.unet))], fit_input=True)
+    opened: dict[str, MapSource] = {}
+
+    def open_source(spec):
+        opened[spec] = MapSource()
+        return opened[spec]
+
+    feed = ControlFeed(open_source)
+    store = ParamStore(preset.live)
+    player = LivePlayer(pipeline, store, controls=feed)
+    try:
+        opened["shm:a"].put(30)
+        opened["shm:b"].put(90)
+        wait_for(lambda: all(s.received == 1 for s in feed.sources.values()), "both maps")
+        player(np.zeros((64, 64, 4), np.uint8))
+        assert round(float(pipeline.controls.newest[0][0, 0, 5, 5]) * 255) == 30
+        store.set("controlnet_0_source", "shm:b", source="osc")
+        player(np.zeros((64, 64, 4), np.uint8))
+        assert round(float(pipeline.controls.newest[0][0, 0, 5, 5]) * 255) == 90
+        assert sorted(opened) == ["shm:a", "shm:b"] and not opened["shm:a"].closed
+    finally:
+        feed.stop()
