@@ -363,10 +363,12 @@ def test_residual_unet_engine_takes_the_controlnets_residuals_and_zeros_when_non
     down, mid = [torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4)], torch.randn(2, 8, 4, 4)
     torch.testing.assert_close(unet(x, t, h, residuals=(down, mid)), x + down[0] + mid.mean() + down[1].sum())
     torch.testing.assert_close(buf["mid_residual"], mid)
-    zeros = [z.data_ptr() for z in unet._zeros]
-    for _ in range(2):  # no ControlNet this frame: the zeros made once, staged into the bound inputs
+    pointers = {n: b.data_ptr() for n, b in buf.items()}
+    for _ in range(2):  # no ControlNet this frame: the bound residual inputs zeroed in place
         torch.testing.assert_close(unet(x, t, h), x)
-    assert [z.data_ptr() for z in unet._zeros] == zeros and all(not z.any() for z in unet._zeros)
+    assert {n: b.data_ptr() for n, b in buf.items()} == pointers
+    assert all(not buf[n].any() for n in unet.residual_inputs)
+    torch.testing.assert_close(unet(x, t, h, residuals=(down, mid)), x + down[0] + mid.mean() + down[1].sum())
     with pytest.raises(ValueError, match="takes 2 down residuals, got 1"):
         unet(x, t, h, residuals=(down[:1], mid))
 
@@ -376,7 +378,7 @@ def test_plain_unet_engine_refuses_residuals(fake_trt, fake_cuda):
                                   ["encoder_hidden_states", [2, 77, 32], "float32"]],
                        [["noise_pred", [2, 4, 8, 8], "float32"]], "unet")
     unet = TrtUnet(engine)
-    assert unet.residual_inputs == [] and unet._zeros == []
+    assert unet.residual_inputs == []
     with pytest.raises(ValueError, match="takes no ControlNet residuals"):
         unet(torch.zeros(2, 4, 8, 8), torch.zeros(2), torch.zeros(2, 77, 32),
              residuals=([torch.zeros(2, 4, 8, 8)], torch.zeros(2, 8, 4, 4)))
