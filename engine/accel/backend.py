@@ -190,7 +190,7 @@ def model_calls(parts: Any, backend: str, *, width: int, height: int, unet_batch
     it raises) falls back to torch.compile with CUDA graphs on the same modules, ControlNets
     included. With ControlNets, each gets an engine of its own and the UNet engine takes their
     residuals as inputs; the ControlNet calls have `torch_calls`' signature. Their preprocessors
-    (canny, depth) stay torch, inside the frame step."""
+    (canny, depth) stay torch, in the pipeline's map step."""
     if backend != "tensorrt":
         return torch_calls(parts, backend, controlnets)
     from engine.accel.trt_components import build_trt_components
