@@ -16,7 +16,7 @@ from engine.bench_temporal import panning_frames
 from engine.config.schema import LiveParams, Preset
 from engine.core.feature_bank import BankedSelfAttention
 from engine.core.pipeline import StreamPipeline
-from engine.core.temporal import Temporal
+from engine.core.temporal import Temporal, wanted_mode
 from engine.models.load import load_model
 from tests.engine.core.pipelines import SIZE, make_pipeline
 
@@ -193,6 +193,23 @@ def test_compiled_step_equals_eager_with_bank_and_fusion_on_and_live_changes_nev
     assert counters["stats"]["unique_graphs"] - before == 2
     for a, b in zip(expected, got, strict=True):
         assert (a.int() - b.int()).abs().max() <= 1  # inductor may reorder float sums: at most 1 LSB
+
+
+@pytest.mark.parametrize(("frames", "strength", "fusion", "mode"), [
+    (0, 1.0, 0.8, "off"), (2, 0.0, 0.0, "off"), (2, 0.5, 0.0, "bank"), (2, 0.5, 0.3, "fusion"), (1, 0.0, 0.3, "fusion"),
+])
+def test_the_bank_mode_live_values_ask_for(frames, strength, fusion, mode):
+    assert wanted_mode(frames, strength, fusion) == mode
+
+
+def test_a_bank_mode_the_pipeline_cannot_run_is_refused(bank_parts):
+    plain = make_pipeline(bank_parts)
+    assert plain.temporal.modes() == ("off",)
+    with pytest.raises(ValueError, match="bank mode 'bank': this pipeline has off"):
+        plain.temporal.bank_mode(priming=False, mode="bank")
+    banked = make_pipeline(bank_parts, bank_max=1, bank_frames=1)
+    assert banked.temporal.modes() == ("off", "bank", "fusion")
+    assert banked.temporal.bank_mode(priming=True) == "off" and banked.temporal.bank_mode(priming=False) == "bank"
 
 
 def test_a_preset_must_allocate_the_bank_it_uses():
