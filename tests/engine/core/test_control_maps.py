@@ -152,6 +152,13 @@ def test_a_choice_the_preset_does_not_list_is_refused_once_and_the_old_one_stays
     assert float(pipe.stream.control.scale_rows[0][0]) == pytest.approx(0.6)
 
 
+def test_a_pipeline_built_with_a_choice_its_preset_does_not_list_is_refused(parts):
+    with pytest.raises(ConfigError, match="controlnet_0_preprocessor 'depth' is not among the preset's choices"):
+        make(parts, [SWITCHABLE], controlnet_0_preprocessor="depth")
+    started = make(parts, [SWITCHABLE], controlnet_0_preprocessor="passthrough")  # a listed one, not the first
+    assert started.controls.chosen == [("input", "passthrough")] and not started.controls.stale
+
+
 def test_a_source_sent_over_osc_is_only_ever_one_the_preset_lists(parts):
     """`image:`/`video:` name files: a spec that arrives live picks a listed source, never opens one."""
     pipe = make(parts, [SOURCES])
