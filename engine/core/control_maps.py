@@ -127,10 +127,9 @@ class ControlMaps:
         return [self.on, *(s for s in subsets if s != self.on)]
 
     def warm_up(self) -> None:
-        """Compile / capture the map step for every listed (source, preprocessor) of every ControlNet, so a
-        live switch replays one that exists. Eager map steps need no warm-up (the frame's own run sets up)."""
-        if self.step.backend == "none" and not self.step.graphed:
-            return
+        """Run the map step once for every listed (source, preprocessor) of every ControlNet: compiled and
+        captured, a live switch replays one that exists; eager, it meets no lazy library setup (cuDNN's
+        algorithm search for the depth network) on air either."""
         for k, spec in enumerate(self.specs):
             for source in spec.sources:
                 for preprocessor in spec.preprocessors:

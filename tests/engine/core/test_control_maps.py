@@ -271,3 +271,19 @@ def test_the_frame_step_with_a_controlnet_compiled_equals_eager(parts):
     for e, g in zip(expected, got, strict=True):
         assert (e.int() - g.int()).abs().max() <= 1
     assert not torch.equal(expected[1], expected[3])
+
+
+def test_warm_up_runs_the_map_step_of_every_listed_choice_even_eager(parts):
+    """So no switch meets a first run on air (a compile, a capture, or a library's lazy setup)."""
+    from engine.models.depth import build_random_depth_model
+
+    depth = build_random_depth_model().eval().requires_grad_(False)
+    ran = []
+    depth.register_forward_hook(lambda *args: ran.append(1))
+    spec = ControlNetSpec(model="random", source=["input", "shm:a"], preprocessor=["canny", "depth"],
+                          depth_resolution=56)
+    load = LoadSettings(model="tiny-random", width=SIZE, height=SIZE, controlnets=[spec])
+    pipe = StreamPipeline(parts, load, LiveParams(t_index_list=[20, 40]),
+                          controlnets=[ControlNetParts(build_random_controlnet(parts.unet), depth)])
+    pipe.warm_up()
+    assert len(ran) == 2  # depth on the input and on shm:a; the frame steps' own runs use canny, the first
