@@ -90,7 +90,7 @@ class ControlMaps:
                        for _ in specs]
         self.chosen: list[Choice] = [(s.sources[0], s.preprocessors[0]) for s in specs]
         self.on: tuple[int, ...] = tuple(range(self.count))  # which run: set live (controlnet_<k>_enabled)
-        self.stale: set[int] = set()  # switched on or to another choice: their carried maps are another's
+        self.refill_due: set[int] = set()  # switched on or to another choice: their carried maps are another's
         if new_upload is None and self.device.type == "cuda":
             from engine.accel.device_io import DeviceUpload
 
@@ -102,7 +102,7 @@ class ControlMaps:
         self.step = FrameStep(self._map_step, backend, device=self.device, static_inputs=[input_u8],
                               compile_mode=compile_mode)
         self.choose(live)
-        self.stale.clear()  # nothing is in flight yet
+        self.refill_due.clear()  # nothing is in flight yet
 
     # ---- the map step --------------------------------------------------------------------------------
 
@@ -149,10 +149,10 @@ class ControlMaps:
             else:
                 self.newest[k].copy_(self.newest[first])
         for k in control:
-            if k in self.stale:
+            if k in self.refill_due:
                 if primed and batch is not None:
                     batch.refill(k, self.newest[k])
-                self.stale.discard(k)
+                self.refill_due.discard(k)
         return control
 
     def newest_maps(self, control: tuple[int, ...]) -> dict[int, torch.Tensor] | None:
@@ -165,7 +165,7 @@ class ControlMaps:
         """Scales (into the batch's per-row buffers), which ControlNets run (host-side), canny thresholds."""
         self.canny.set_thresholds(live.canny_low, live.canny_high)
         on = tuple(k for k in range(self.count) if getattr(live, f"controlnet_{k}_enabled"))
-        self.stale.update(k for k in on if k not in self.on)
+        self.refill_due.update(k for k in on if k not in self.on)
         self.on = on
         if batch is not None:
             for k in range(len(batch)):
@@ -188,7 +188,7 @@ class ControlMaps:
                 refused.append("; ".join(bad) + f", ControlNet {k} keeps {self.describe(k)}")
                 continue
             self.chosen[k] = (source, preprocessor)
-            self.stale.add(k)
+            self.refill_due.add(k)
             log.info("ControlNet %d now %s", k, self.describe(k))
         if refused:
             raise ConfigError("; ".join(refused))

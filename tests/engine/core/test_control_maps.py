@@ -156,7 +156,7 @@ def test_a_pipeline_built_with_a_choice_its_preset_does_not_list_is_refused(part
     with pytest.raises(ConfigError, match="controlnet_0_preprocessor 'depth' is not among the preset's choices"):
         make(parts, [SWITCHABLE], controlnet_0_preprocessor="depth")
     started = make(parts, [SWITCHABLE], controlnet_0_preprocessor="passthrough")  # a listed one, not the first
-    assert started.controls.chosen == [("input", "passthrough")] and not started.controls.stale
+    assert started.controls.chosen == [("input", "passthrough")] and not started.controls.refill_due
 
 
 def test_a_source_sent_over_osc_is_only_ever_one_the_preset_lists(parts):
