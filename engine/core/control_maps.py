@@ -173,23 +173,21 @@ class ControlMaps:
 
     def choose(self, live: LiveParams) -> None:
         """The live source and preprocessor of each ControlNet. Only the preset's choices are taken (a source
-        named over OSC is never opened: `image:`/`video:` name files); a refused one raises one ConfigError
-        naming it, after the valid ones were applied, and the ControlNet keeps what it had."""
+        named over OSC is never opened: `image:`/`video:` name files); a refused value raises one ConfigError
+        naming it, after the valid ones were applied, and its ControlNet keeps what it had for that field."""
         refused = []
         for k, spec in enumerate(self.specs):
-            source, preprocessor = live_choice(spec, k, live)
-            if (source, preprocessor) == self.chosen[k]:
-                continue
-            bad = [f"controlnet_{k}_{what} {value!r} is not among the preset's choices ({', '.join(choices)})"
-                   for what, value, choices in (("source", source, spec.sources),
-                                                ("preprocessor", preprocessor, spec.preprocessors))
-                   if value not in choices]
-            if bad:
-                refused.append("; ".join(bad) + f", ControlNet {k} keeps {self.describe(k)}")
-                continue
-            self.chosen[k] = (source, preprocessor)
-            self.refill_due.add(k)
-            log.info("ControlNet %d now %s", k, self.describe(k))
+            picked = []
+            for what, value, had, choices in zip(("source", "preprocessor"), live_choice(spec, k, live),
+                                                 self.chosen[k], (spec.sources, spec.preprocessors)):
+                if value not in choices:
+                    refused.append(f"controlnet_{k}_{what} {value!r} is not among the preset's choices "
+                                   f"({', '.join(choices)}); ControlNet {k} keeps {had}")
+                picked.append(value if value in choices else had)
+            if (picked[0], picked[1]) != self.chosen[k]:
+                self.chosen[k] = (picked[0], picked[1])
+                self.refill_due.add(k)
+                log.info("ControlNet %d now %s", k, self.describe(k))
         if refused:
             raise ConfigError("; ".join(refused))
 

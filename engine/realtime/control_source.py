@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from engine.config.schema import CONTROL_FROM_INPUT
+from engine.config.transport_specs import split_spec
 from engine.errors import StreamVJError
 from engine.realtime.frames import FrameSource, check_rgba_u8
 from engine.realtime.log_limit import LogLimiter
@@ -57,6 +58,8 @@ class ControlSource:
                  stale_s: float = STALE_S, pinned: bool = False):
         self.index, self.spec, self.source, self.clock, self.stale_s = index, spec, source, clock, stale_s
         self.pinned = pinned
+        # A still image sends its map once (and again when the file changes): silence is its normal state.
+        self.still = split_spec(spec)[0] == "image"
         self.received = 0
         self.errors = 0
         self._lock = threading.Lock()
@@ -173,7 +176,7 @@ class ControlSource:
 
     @property
     def stale(self) -> bool:
-        return self.age_s() >= self.stale_s
+        return self.age_s() >= self.stale_s and not (self.still and self.received > 0)
 
     def check_stale(self) -> bool:
         """Say once when the source goes quiet, and once when it is back; returns whether it is stale."""

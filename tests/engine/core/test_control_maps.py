@@ -137,18 +137,19 @@ def test_each_slot_is_guided_by_the_map_of_the_frame_it_holds(parts):
 
 def test_a_choice_the_preset_does_not_list_is_refused_once_and_the_old_one_stays(parts, caplog):
     pipe = make(parts, [SWITCHABLE, SOURCES])
-    wanted = LiveParams(controlnet_0_preprocessor="depth", controlnet_1_source="shm:b")
+    wanted = {"controlnet_0_preprocessor": "depth", "controlnet_1_source": "shm:b", "controlnet_1_preprocessor": "canny"}
     with pytest.raises(ConfigError) as refused:
-        pipe.apply_live("control_choice", wanted)
-    assert str(refused.value) == ("controlnet_0_preprocessor 'depth' is not among the preset's choices (canny, "
-                                  "passthrough), ControlNet 0 keeps canny on input")
-    assert pipe.controls.chosen == [("input", "canny"), ("shm:b", "passthrough")]  # the valid one applied
+        pipe.apply_live("control_choice", LiveParams(**wanted))
+    assert str(refused.value) == (
+        "controlnet_0_preprocessor 'depth' is not among the preset's choices (canny, passthrough); ControlNet 0 "
+        "keeps canny; controlnet_1_preprocessor 'canny' is not among the preset's choices (passthrough); "
+        "ControlNet 1 keeps passthrough")
+    assert pipe.controls.chosen == [("input", "canny"), ("shm:b", "passthrough")]  # the valid source applied
     applier = LiveApplier(pipe)
     with caplog.at_level(logging.WARNING, logger="streamvj.live"):
         for scale in (0.5, 0.6):  # a scale changing every frame neither retries nor re-logs the refused choice
-            applier.apply(LiveParams(t_index_list=[10, 30, 45], controlnet_0_preprocessor="depth",
-                                     controlnet_1_source="shm:b", controlnet_0_scale=scale))
-    assert caplog.text.count("is not among the preset's choices") == 1
+            applier.apply(LiveParams(t_index_list=[10, 30, 45], controlnet_0_scale=scale, **wanted))
+    assert caplog.text.count("live control_choice change not applied") == 1
     assert float(pipe.stream.control.scale_rows[0][0]) == pytest.approx(0.6)
 
 

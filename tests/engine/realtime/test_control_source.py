@@ -304,3 +304,17 @@ def test_a_buffer_is_not_rewritten_while_its_upload_may_still_read_it():
         wait_for(lambda: not np.array_equal(first, held), "the buffer to be used again once the copy is done")
     finally:
         control.stop()
+
+
+def test_a_still_image_is_never_stale_once_it_sent_its_map():
+    clock, source = FakeClock(), MapSource()
+    control = ControlSource(0, "image:depth.png", source, clock=clock, stale_s=2.0).start()
+    try:
+        clock.t += 3.0
+        assert control.check_stale()  # nothing yet: the file did not load
+        source.put(1)
+        wait_for(lambda: control.received == 1, "the image")
+        clock.t += 60.0
+        assert not control.check_stale()  # sent once; it sends again only when the file changes
+    finally:
+        control.stop()
