@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -130,3 +131,32 @@ def log_compiles() -> None:
         if _progress.start not in handler.start_callbacks:
             handler.register_start_callback(_progress.start)
             handler.register_end_callback(_progress.end)
+
+
+# A path in an error message: inductor names the module it could not load (".../xy.main.so: file too short").
+_LOADED_PATH = re.compile(r"(/[^\s:'\"]+\.(?:so|pyd|dll))")
+
+
+def broken_cache_entry(exc: BaseException) -> Path | None:
+    """The compiled module in streamvj's compile cache that `exc` (a failed torch.compile) could not load.
+
+    A compile cut short (the engine killed mid-link: a power cut, a SIGKILL during warm-up) can
+    leave a truncated or empty .so in the cache. Inductor finds the file, does not rebuild it,
+    and every later start fails to load it ("file too short"): compile is lost for good, not
+    once. Only files inside the folder `enable_compile_cache` chose are named, never others."""
+    root = _enabled
+    if root is None:
+        return None
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for found in _LOADED_PATH.findall(str(exc)):
+            path = Path(found)
+            try:
+                inside = path.resolve().is_relative_to(root.resolve())
+            except OSError:
+                continue
+            if inside and path.is_file():
+                return path
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None

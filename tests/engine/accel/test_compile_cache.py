@@ -98,3 +98,49 @@ def test_a_restart_loads_the_compiled_graph_from_the_folder(fresh, tmp_path, cap
     assert len(ready) == 2, ready
     assert "compiled (1 new graph" in ready[0] and ready[1].endswith("from the cache")
     assert any(os.scandir(tmp_path / "cache"))
+
+
+_COMPILE_ONCE = """
+import json, logging, sys, torch
+from engine.accel.backend import FrameStep
+records = []
+logging.basicConfig(level=logging.WARNING)
+logging.getLogger("streamvj.backend").addHandler(type("H", (logging.Handler,), {"emit": lambda h, r: records.append(r.getMessage())})())
+x = torch.arange(32, dtype=torch.float32).view(4, 8) / 7.0
+step = lambda t: torch.tanh(t * 5.0 - 1.0).sum(dim=1)
+frame_step = FrameStep(step, "compile", device="cpu", static_inputs=[x])
+same = torch.allclose(frame_step.run(x), step(x))
+print(json.dumps({"error": frame_step.compile_error, "same": same, "warnings": records}))
+"""
+
+
+def _compile_in_a_new_process(cache: Path) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    from tests.paths import REPO
+
+    env = {**os.environ, compile_cache.ENV_CACHE_DIR: str(cache)}
+    env.pop(compile_cache.TORCH_ENV, None)
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_ONCE], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.compile
+def test_a_truncated_module_left_in_the_cache_is_removed_and_compiled_again(tmp_path):
+    """An engine killed mid-link leaves an empty or short .so in the cache, which inductor would fail to
+    load on every later start (compile lost for good). The frame step removes it and compiles once more."""
+    cache = tmp_path / "cache"
+    first = _compile_in_a_new_process(cache)
+    assert first["error"] is None and first["same"] and not first["warnings"]
+    modules = list(cache.rglob("*.main.so"))  # the graph's kernels (not the CPU-feature probes beside them)
+    assert modules, "the compile left no module in the cache"
+    for module in modules:
+        module.write_bytes(b"")  # what a link cut short leaves
+    second = _compile_in_a_new_process(cache)
+    assert second["error"] is None and second["same"], second
+    assert any("cannot be loaded" in w and "removed, compiling it again" in w for w in second["warnings"]), second
+    assert all(m.stat().st_size > 0 for m in modules if m.exists())
