@@ -12,8 +12,10 @@
 #                   PyTorch path on the same weights folder
 #   5 runtime       benchmarks/runtime_e2e.py: run with pattern -> null, then shm in -> shm out
 #                   (fps, glass-to-glass latency p50/p99, frame-interval jitter)
-#   6 power         benchmarks/bench_gpu.py --power-only: watts, similarity filter off/on
-#   7 cold_start    benchmarks/cold_start.py: run -> first frame, empty vs warm compile caches
+#   6 controlnet    run_engine.py bench --controlnet canny: fps with 0, 1, 2 ControlNets, eager
+#   7 temporal      run_engine.py bench --temporal: flicker and cost of bank, fusion, feedback, eager
+#   8 power         benchmarks/bench_gpu.py --power-only: watts, similarity filter off/on
+#   9 cold_start    benchmarks/cold_start.py: run -> first frame, empty vs warm compile caches
 #
 # Each stage leaves NN_<stage>.log and NN_<stage>.json in DIR and rewrites DIR/summary.json, so a
 # run cut short still says what finished. All stages together get GPU_CHECK_BUDGET seconds
@@ -72,6 +74,10 @@ result() { echo "$dir/$1.result.json"; }
 current=""
 trap '[ -n "$current" ] && kill -TERM "$current" 2>/dev/null; exit 143' TERM INT HUP
 
+# "${to_json[@]}" FILE COMMAND...: COMMAND's stdout (one JSON object: run_engine.py bench --json) into FILE, its
+# stderr into the stage's log. A command, not a function: `timeout` runs it.
+to_json=(sh -c 'out=$1; shift; exec "$@" > "$out"' to_json)
+
 # stage NAME LIMIT_S MIN_S COMMAND...: run COMMAND under `timeout`, then write NN_NAME.json and summary.json.
 stage() {
   local name=$1 limit=$2 least=$3
@@ -115,6 +121,10 @@ if [ "$dry" = 1 ]; then
     --no-compile --json-out "$(result reference)"
   stage runtime 120 10 "$py" benchmarks/runtime_e2e.py --model "$tiny" --size 64 --device cpu --acceleration none \
     --fps 10 --switch-every 4 --seconds 1.5 --timeout 100 --tag "$tag" --json-out "$(result runtime)"
+  stage controlnet 120 10 "${to_json[@]}" "$(result controlnet)" "$py" run_engine.py bench --model "$tiny" --width 64 --height 64 \
+    --device cpu --acceleration none --controlnet canny --frames 2 --warmup 1 --json
+  stage temporal 120 10 "${to_json[@]}" "$(result temporal)" "$py" run_engine.py bench --temporal --model "$tiny" --width 64 --height 64 \
+    --device cpu --acceleration none --frames 3 --warmup 1 --json
   stage power 60 5 "$py" benchmarks/bench_gpu.py --device cpu --tiny "$tiny" --power-only --json-out "$(result power)"
   stage cold_start 120 10 "$py" benchmarks/cold_start.py --model "$tiny" --size 64 --device cpu --acceleration none \
     --runs cold --timeout 100 --shm-prefix "${tag}_cold" --json-out "$(result cold_start)"
@@ -128,6 +138,11 @@ else
   # Its two engines compile the frame step's FX-on graph the bench did not (then load both from the cache).
   stage runtime 150 60 "$py" benchmarks/runtime_e2e.py --model sd-turbo-random --size 512 --acceleration compile \
     --fps 120 --switch-every 12 --seconds 6 --timeout 130 --tag "$tag" --json-out "$(result runtime)"
+  # ControlNets (0, 1, 2, canny) and the temporal tools (bank, fusion, feedback), eager: first GPU figures, no compiling.
+  stage controlnet 100 40 "${to_json[@]}" "$(result controlnet)" "$py" run_engine.py bench --model sd-turbo-random --width 512 \
+    --height 512 --device cuda --acceleration none --controlnet canny --frames 60 --warmup 10 --json
+  stage temporal 100 40 "${to_json[@]}" "$(result temporal)" "$py" run_engine.py bench --temporal --model sd-turbo-random --width 512 \
+    --height 512 --device cuda --acceleration none --frames 30 --warmup 5 --json
   stage power 50 30 "$py" benchmarks/bench_gpu.py --power-only --steps 1 --warmup 20 --power-seconds 8 \
     --json-out "$(result power)"
   stage cold_start 240 100 "$py" benchmarks/cold_start.py --model sd-turbo-random --size 512 --acceleration compile \

@@ -156,6 +156,10 @@ def headline(stages: dict) -> dict:
         "runtime_shm": {k: e2e.get(k) for k in ("input_fps", "output_fps", "latency_p50_ms", "latency_p99_ms")},
         "power_w": {k: (power.get(k) or {}).get("gpu_power_w") for k in ("similarity_off", "similarity_on")},
         "start_s": {k: (cold.get(k) or {}).get("first_frame_s") for k in ("cold", "warm")},
+        # Issues 12 and 13: fps with 0, 1, 2 ControlNets; each temporal setting's flicker and extra ms.
+        "controlnet_fps": {k: r.get("fps") for k, r in (_result(stages, "controlnet").get("controlnets") or {}).items()},
+        "temporal": {r["name"]: {k: r.get(k) for k in ("flicker", "ms_median", "extra_ms")}
+                     for r in _result(stages, "temporal").get("settings", []) if "name" in r},
     })
     vs_ref = reference.get("best_pipelined_vs_reference") or reference.get("best_vs_reference")
     ratio = round(g2g / compute_ms, 2) if g2g and compute_ms else None

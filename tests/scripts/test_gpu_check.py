@@ -22,7 +22,7 @@ _spec = importlib.util.spec_from_file_location("gpu_check_report", REPO / "scrip
 report = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(report)
 
-STAGES = ["versions", "cuda_tests", "bench", "reference", "runtime", "power", "cold_start"]
+STAGES = ["versions", "cuda_tests", "bench", "reference", "runtime", "controlnet", "temporal", "power", "cold_start"]
 REFERENCE_INSTALLED = importlib.util.find_spec("streamdiffusion") is not None
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
@@ -46,14 +46,14 @@ def dry_run(tmp_path_factory):
     return folder, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _stage(folder, k: int, name: str) -> dict:
-    return json.loads((folder / "out" / f"{k:02d}_{name}.json").read_text())
+def _stage(folder, name: str) -> dict:
+    return json.loads((folder / "out" / f"{STAGES.index(name) + 1:02d}_{name}.json").read_text())
 
 
 def test_dry_run_writes_every_stage_and_a_summary(dry_run):
     folder, proc = dry_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = {name: _stage(folder, k, name) for k, name in enumerate(STAGES, 1)}
+    records = {name: _stage(folder, name) for name in STAGES}
     for name, record in records.items():
         assert record["stage"] == name and (folder / "out" / f"{STAGES.index(name) + 1:02d}_{name}.log").is_file()
         assert record["status"] in ("ok", "skipped"), (name, record.get("log_tail"))
@@ -65,33 +65,40 @@ def test_dry_run_writes_every_stage_and_a_summary(dry_run):
 
 def test_dry_run_measures_on_the_cpu(dry_run):
     folder, _ = dry_run
-    versions = _stage(folder, 1, "versions")["result"]
+    versions = _stage(folder, "versions")["result"]
     assert versions["packages"]["torch"] and versions["gpu"] is None
-    bench = _stage(folder, 3, "bench")["result"]
+    bench = _stage(folder, "bench")["result"]
     assert bench["width"] == 64 and [r["variant"] for r in bench["results"]] == ["eager"]
-    runtime = _stage(folder, 5, "runtime")["result"]
+    runtime = _stage(folder, "runtime")["result"]
     assert runtime["pattern_to_null"]["frames"] > 0
     shm = runtime["shm_to_shm"]
     assert shm["output_frames"] > 0 and shm["latency_p50_ms"] > 0 and shm["output"]["jitter_p99_ms"] >= 0
-    cold = _stage(folder, 7, "cold_start")["result"]
+    controlnet = _stage(folder, "controlnet")["result"]
+    assert set(controlnet["controlnets"]) == {"0", "1", "2"} and controlnet["preprocess_ms_median"] > 0
+    assert all(r["fps"] > 0 for r in controlnet["controlnets"].values())
+    temporal = _stage(folder, "temporal")["result"]
+    assert temporal["width"] == 64 and temporal["device"] == "cpu"
+    cold = _stage(folder, "cold_start")["result"]
     assert cold["cold"]["first_frame_s"] > 0
     headline = json.loads((folder / "out" / "summary.json").read_text())["headline"]
     assert headline["gpu"] is None and headline["compute_ms_per_frame"] > 0
+    assert set(headline["controlnet_fps"]) == {"0", "1", "2"} and headline["controlnet_fps"]["0"] > 0
+    assert headline["temporal"]["off (no bank installed)"]["flicker"] > 0
     assert all(t["met"] is None for t in headline["targets"].values())  # GPU targets are not judged on a CPU
 
 
 def test_dry_run_says_why_gpu_stages_are_skipped(dry_run):
     folder, _ = dry_run
-    tests = _stage(folder, 2, "cuda_tests")
+    tests = _stage(folder, "cuda_tests")
     assert tests["status"] == "skipped" and "no CUDA GPU" in tests["reason"]
     assert tests["result"]["collected"] > 0  # the CUDA tests still import and collect
-    power = _stage(folder, 6, "power")
+    power = _stage(folder, "power")
     assert power["status"] == "skipped" and "NVML" in power["reason"]
 
 
 def test_dry_run_runs_the_reference_where_it_is_installed(dry_run):
     folder, _ = dry_run
-    record = _stage(folder, 4, "reference")
+    record = _stage(folder, "reference")
     if not REFERENCE_INSTALLED:
         assert record["status"] == "skipped" and "streamdiffusion" in record["reason"]
         return
