@@ -127,14 +127,18 @@ def test_a_raising_source_is_retried_and_its_last_map_holds(caplog):
         control.stop()
 
 
-def test_the_feed_follows_the_preset_on_air():
-    opened: dict[str, MapSource] = {}
+def _recording_opener(opened: dict[str, MapSource]):
+    """An `open_source` that makes a MapSource per spec and records it in `opened`."""
 
     def open_source(spec):
         opened[spec] = MapSource()
         return opened[spec]
+    return open_source
 
-    feed = ControlFeed(open_source)
+
+def test_the_feed_follows_the_preset_on_air():
+    opened: dict[str, MapSource] = {}
+    feed = ControlFeed(_recording_opener(opened))
     try:
         feed.follow([ControlNetSpec(model="random"), ControlNetSpec(model="random", source="shm:depth")])
         assert list(feed.sources) == [(1, "shm:depth")] and list(opened) == ["shm:depth"]  # "input" has none
@@ -216,12 +220,7 @@ def test_a_taken_map_is_not_rewritten_until_the_next_take_even_if_the_source_reu
 def test_every_listed_source_runs_and_only_the_chosen_one_is_fed():
     """A switch shows the new source's newest map at once, and opens nothing on the render thread."""
     opened: dict[str, MapSource] = {}
-
-    def open_source(spec):
-        opened[spec] = MapSource()
-        return opened[spec]
-
-    feed = ControlFeed(open_source)
+    feed = ControlFeed(_recording_opener(opened))
     try:
         feed.follow([ControlNetSpec(model="random", source=["input", "shm:depth", "shm:pose"])])
         assert sorted(opened) == ["shm:depth", "shm:pose"]
