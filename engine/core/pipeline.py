@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.accel.backend import FrameStep, model_calls
+from engine.accel.backend import FrameStep, allow_compiled_variants, model_calls
 from engine.config.schema import LiveParams, LoadSettings
 from engine.core.blend import blend
 from engine.core.control_maps import CHOICE_FIELDS, LIVE_FIELDS, ControlMaps
@@ -269,10 +269,15 @@ class StreamPipeline:
         # Eager steps need one run (lazy library setup); compiled or graphed ones one per ControlNet subset and
         # feature bank mode, so switching either on air never compiles or captures.
         every = self.step.backend != "none" or self.step.graphed
-        for control in self.controls.variants() if every else [self.controls.on]:
-            for bank in self.temporal.modes() if every else [None]:
-                for fx in (False, True):
-                    self._run_step(fx, control, bank)
+        variants = [(control, bank, fx) for control in (self.controls.variants() if every else [self.controls.on])
+                    for bank in (self.temporal.modes() if every else [None]) for fx in (False, True)]
+        if every:
+            # Past dynamo's recompile limit a new variant would run eagerly, silently, on air.
+            allow_compiled_variants(len(variants))
+            log.info("warming up %d frame-step variants (%d ControlNet subset(s) x %d feature bank mode(s) x FX "
+                     "off/on)", len(variants), len(self.controls.variants()), len(self.temporal.modes()))
+        for control, bank, fx in variants:
+            self._run_step(fx, control, bank)
         self.primed = False
         self.counters.unet_calls = 0
         self.fx_last.zero_()
