@@ -144,18 +144,21 @@ def test_warm_up_makes_every_variant_and_lets_dynamo_keep_them_all(parts, monkey
 
     from tests.engine.accel.graph_emulator import EmulatedGraphs
 
-    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
-    monkeypatch.setattr(dynamo_config, "accumulated_recompile_limit", 256)
-    specs = [ControlNetSpec(**CANNY_FROM_INPUT) for _ in range(4)]
-    load = LoadSettings(model="tiny-random", width=SIZE, height=SIZE, bank_max=1, controlnets=specs)
-    loaded = [ControlNetParts(build_random_controlnet(parts.unet, seed=k)) for k in range(4)]
-    pipe = StreamPipeline(load_model("tiny-random"), load, LiveParams(t_index_list=[20, 40]), controlnets=loaded)
-    pipe.step.use_graphs(EmulatedGraphs())
-    ran: list[tuple] = []
-    monkeypatch.setattr(pipe, "_run_step", lambda fx, control, bank: ran.append((fx, control, bank)))
-    pipe.warm_up()
-    assert len(ran) == len(set(ran)) == 16 * 3 * 2
-    assert dynamo_config.recompile_limit >= len(ran)
+    before = dynamo_config.recompile_limit, dynamo_config.accumulated_recompile_limit
+    dynamo_config.recompile_limit = 8  # its default (a config module: not for monkeypatch, whose undo deletes)
+    try:
+        specs = [ControlNetSpec(**CANNY_FROM_INPUT) for _ in range(4)]
+        load = LoadSettings(model="tiny-random", width=SIZE, height=SIZE, bank_max=1, controlnets=specs)
+        loaded = [ControlNetParts(build_random_controlnet(parts.unet, seed=k)) for k in range(4)]
+        pipe = StreamPipeline(load_model("tiny-random"), load, LiveParams(t_index_list=[20, 40]), controlnets=loaded)
+        pipe.step.use_graphs(EmulatedGraphs())
+        ran: list[tuple] = []
+        monkeypatch.setattr(pipe, "_run_step", lambda fx, control, bank: ran.append((fx, control, bank)))
+        pipe.warm_up()
+        assert len(ran) == len(set(ran)) == 16 * 3 * 2
+        assert dynamo_config.recompile_limit >= len(ran)
+    finally:
+        dynamo_config.recompile_limit, dynamo_config.accumulated_recompile_limit = before
 
 
 def test_too_few_loaded_controlnets_is_an_error(parts):
