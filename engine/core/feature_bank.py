@@ -254,6 +254,7 @@ class FeatureBank:
     def __init__(self, unet: Any, max_frames: int, rows: int, latent_hw: tuple[int, int],
                  device: torch.device, dtype: torch.dtype):
         self.unet, self.max_frames = unet, max_frames
+        self._capped: int | None = None  # the bank_frames last said to be above bank_max
         self.state = BankState(max_frames, torch.device(device), dtype)
         current = dict(unet.attn_processors)
         self.processors: dict[str, BankedSelfAttention] = {}
@@ -271,9 +272,10 @@ class FeatureBank:
 
     def set(self, frames: int, refresh: int, strength: float, fusion_strength: float = 0.0,
             fusion_threshold: float = 1.0) -> None:
-        if frames > self.max_frames:
+        if frames > self.max_frames and frames != self._capped:  # once per value, not per temporal change
             log.info("bank_frames %d is more than this pipeline's bank_max %d: using %d",
                      frames, self.max_frames, self.max_frames)
+        self._capped = frames if frames > self.max_frames else None
         self.state.set(frames, refresh, strength, fusion_strength, fusion_threshold)
 
     def clear(self) -> None:

@@ -108,6 +108,9 @@ def test_live_changes_keep_every_buffer_and_oversized_m_uses_the_allocation(bank
     with caplog.at_level(logging.INFO, logger="streamvj.feature_bank"):
         pipe.apply_live("temporal", LiveParams(bank_frames=8, bank_refresh=3, bank_strength=0.5, latent_feedback=0.4))
     assert int(pipe.temporal.bank.state.frames) == 2 and "bank_max 2" in caplog.text
+    with caplog.at_level(logging.INFO, logger="streamvj.feature_bank"):  # another temporal knob turns
+        pipe.apply_live("temporal", LiveParams(bank_frames=8, bank_refresh=3, bank_strength=0.7, latent_feedback=0.4))
+    assert caplog.text.count("bank_max 2") == 1  # said once per value, not at every temporal change
     play(pipe, pan(3, start=3))
     assert buffers == [t.data_ptr() for t in pipe.temporal.tensors()]
 
