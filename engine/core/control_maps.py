@@ -91,6 +91,7 @@ class ControlMaps:
         self.chosen: list[Choice] = [(s.sources[0], s.preprocessors[0]) for s in specs]
         self.on: tuple[int, ...] = tuple(range(self.count))  # which run: set live (controlnet_<k>_enabled)
         self.refill_due: set[int] = set()  # switched on or to another choice: their carried maps are another's
+        self._refused: set[tuple[int, str, str]] = set()  # live choices refused and still in the store (said once)
         if new_upload is None and self.device.type == "cuda":
             from engine.accel.device_io import DeviceUpload
 
@@ -174,22 +175,26 @@ class ControlMaps:
     def choose(self, live: LiveParams) -> None:
         """The live source and preprocessor of each ControlNet. Only the preset's choices are taken (a source
         named over OSC is never opened: `image:`/`video:` name files); a refused value raises one ConfigError
-        naming it, after the valid ones were applied, and its ControlNet keeps what it had for that field."""
-        refused = []
+        naming it, after the valid ones were applied, and its ControlNet keeps what it had for that field.
+        A refused value stays in the live store until another replaces it: it is said once, not again
+        with every later choice change."""
+        refused: dict[tuple[int, str, str], str] = {}
         for k, spec in enumerate(self.specs):
             picked = []
             for what, value, had, choices in zip(("source", "preprocessor"), live_choice(spec, k, live),
                                                  self.chosen[k], (spec.sources, spec.preprocessors)):
                 if value not in choices:
-                    refused.append(f"controlnet_{k}_{what} {value!r} is not among the preset's choices "
-                                   f"({', '.join(choices)}); ControlNet {k} keeps {had}")
+                    refused[(k, what, value)] = (f"controlnet_{k}_{what} {value!r} is not among the preset's "
+                                                 f"choices ({', '.join(choices)}); ControlNet {k} keeps {had}")
                 picked.append(value if value in choices else had)
             if (picked[0], picked[1]) != self.chosen[k]:
                 self.chosen[k] = (picked[0], picked[1])
                 self.refill_due.add(k)
                 log.info("ControlNet %d now %s", k, self.describe(k))
-        if refused:
-            raise ConfigError("; ".join(refused))
+        new = [line for key, line in refused.items() if key not in self._refused]
+        self._refused = set(refused)
+        if new:
+            raise ConfigError("; ".join(new))
 
     def describe(self, k: int) -> str:
         source, preprocessor = self.chosen[k]

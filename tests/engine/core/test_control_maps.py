@@ -145,12 +145,22 @@ def test_a_choice_the_preset_does_not_list_is_refused_once_and_the_old_one_stays
         "keeps canny; controlnet_1_preprocessor 'canny' is not among the preset's choices (passthrough); "
         "ControlNet 1 keeps passthrough")
     assert pipe.controls.chosen == [("input", "canny"), ("shm:b", "passthrough")]  # the valid source applied
+    pipe = make(parts, [SWITCHABLE, SOURCES])
     applier = LiveApplier(pipe)
     with caplog.at_level(logging.WARNING, logger="streamvj.live"):
         for scale in (0.5, 0.6):  # a scale changing every frame neither retries nor re-logs the refused choice
             applier.apply(LiveParams(t_index_list=[10, 30, 45], controlnet_0_scale=scale, **wanted))
-    assert caplog.text.count("live control_choice change not applied") == 1
+        # The refused values stay in the store: a later, valid choice change does not say them again.
+        applier.apply(LiveParams(t_index_list=[10, 30, 45], controlnet_0_scale=0.6, **wanted,
+                                 controlnet_0_source="input"))
+        applier.apply(LiveParams(t_index_list=[10, 30, 45], controlnet_0_scale=0.6,
+                                 **{**wanted, "controlnet_1_source": "shm:a"}))
+    assert caplog.text.count("live control_choice change not applied") == 1, caplog.text
     assert float(pipe.stream.control.scale_rows[0][0]) == pytest.approx(0.6)
+    assert pipe.controls.chosen == [("input", "canny"), ("shm:a", "passthrough")]
+    with pytest.raises(ConfigError, match="'depth' is not among"):  # sent again after a valid one: said again
+        pipe.apply_live("control_choice", LiveParams(controlnet_0_preprocessor="passthrough"))
+        pipe.apply_live("control_choice", LiveParams(controlnet_0_preprocessor="depth"))
 
 
 def test_a_pipeline_built_with_a_choice_its_preset_does_not_list_is_refused(parts):
