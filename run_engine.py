@@ -184,7 +184,7 @@ def _start_show(run: _Run, preset, name: str, pipeline, gpu, source, sinks):
 
     args = run.args
     tempo = Tempo()
-    store = ParamStore(preset.live, tempo=tempo)
+    store = ParamStore(preset.live, tempo=tempo, choices=preset.load.live_choices)
     controls = ControlFeed(make_source)  # ControlNets' own sources (Kinect depth from TouchDesigner...)
     run.closers.append(controls.stop)
     player = LivePlayer(pipeline, store, controls=controls)

@@ -144,7 +144,8 @@ class OscQuery:
     def _leaf(self, addr: OscAddress, values: dict[str, Any]) -> dict[str, Any]:
         leaf: dict[str, Any] = {"FULL_PATH": addr.path, "DESCRIPTION": addr.doc}
         kind = LIVE_SPECS[addr.name].kind if addr.role == "param" else addr.role
-        one = _bounds(addr.choices, addr.min, addr.max)
+        # The on-air preset's choices where it holds a parameter to them (a ControlNet's listed sources).
+        one = _bounds(self.store.choices.get(addr.name, addr.choices), addr.min, addr.max)
         if addr.role == "param" and kind not in _BLENDS:
             value = values[addr.name]
             flat = value if isinstance(value, list) else [value]

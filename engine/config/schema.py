@@ -330,6 +330,13 @@ class LoadSettings(_Strict):
         description="ControlNets, in slot order (live: controlnet_<k>_scale, controlnet_<k>_enabled)",
     )
 
+    @property
+    def live_choices(self) -> dict[str, tuple[str, ...]]:
+        """Live parameter -> the values it may take with this load: each ControlNet's listed sources and
+        preprocessors (all opened and warmed up at build time; nothing else can be switched to live)."""
+        return {f"controlnet_{k}_{what}": choices for k, spec in enumerate(self.controlnets)
+                for what, choices in (("source", spec.sources), ("preprocessor", spec.preprocessors))}
+
     @model_validator(mode="after")
     def _controls_have_maps(self) -> LoadSettings:
         if self.mode == "txt2img":
@@ -423,14 +430,13 @@ class Preset(_Strict):
     @model_validator(mode="after")
     def _controlnet_choices(self) -> Preset:
         """A live choice the preset sets must be one it lists; one it leaves out is its first choice."""
-        for k, spec in enumerate(self.load.controlnets):
-            for what, choices in (("preprocessor", spec.preprocessors), ("source", spec.sources)):
-                name = f"controlnet_{k}_{what}"
-                if name not in self.live.model_fields_set:
-                    setattr(self.live, name, choices[0])
-                elif getattr(self.live, name) not in choices:
-                    raise ValueError(f"live.{name} {getattr(self.live, name)!r} is not among load.controlnets[{k}]"
-                                     f".{what}'s choices ({', '.join(choices)})")
+        for name, choices in self.load.live_choices.items():
+            if name not in self.live.model_fields_set:
+                setattr(self.live, name, choices[0])
+            elif getattr(self.live, name) not in choices:
+                k, what = name.removeprefix("controlnet_").split("_", 1)
+                raise ValueError(f"live.{name} {getattr(self.live, name)!r} is not among load.controlnets[{k}]"
+                                 f".{what}'s choices ({', '.join(choices)})")
         return self
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -44,6 +44,7 @@ class ParamStore:
         clock: Callable[[], float] = time.monotonic,
         curve: Curve = "linear",
         tempo: Tempo | None = None,
+        choices: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         live = live if live is not None else LiveParams()
         self._clock = clock
@@ -57,6 +58,9 @@ class ParamStore:
         self._listeners: list[Listener] = []
         self._version = 0
         self.steps = len(live.t_index_list)
+        # Values some parameters are held to by the pipeline on air (LoadSettings.live_choices: a ControlNet's
+        # listed sources and preprocessors), checked at the door like the step count; replaced, never mutated.
+        self.choices: Mapping[str, tuple[str, ...]] = dict(choices or {})
 
     # ------------------------------------------------------------------ reading
 
@@ -117,6 +121,10 @@ class ParamStore:
             checked = getattr(LiveParams.model_validate({name: value}), name)
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, source)) from None
+        allowed = self.choices.get(name)
+        if allowed is not None and checked not in allowed:
+            raise ConfigError(f"{source}: {name}: {shown(value)} is not among this preset's choices "
+                              f"({', '.join(allowed)}; a preset lists them in load.controlnets)")
         if name == "t_index_list" and len(checked) != self.steps:
             raise ConfigError(
                 f"{source}: t_index_list: needs exactly {self.steps} entries (the step count is fixed "
@@ -248,14 +256,15 @@ class ParamStore:
     # ------------------------------------------------------------------ presets
 
     def apply_preset_live(
-        self, live: LiveParams, *, now: float | None = None, transition_s: float = 0.0, cut: bool = False
+        self, live: LiveParams, *, now: float | None = None, transition_s: float = 0.0, cut: bool = False,
+        choices: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         """Take over a preset's live values.
 
         Float params slew with the preset's own `smoothing`; with `transition_s` > 0 a
         changed prompt or seed crossfades instead of cutting. `cut` jumps to every value at
         once (a reset). The step count follows len(live.t_index_list): call this when the
-        pipeline built for it goes on air.
+        pipeline built for it goes on air. `choices` (the new load's `live_choices`) replace the old ones.
         """
         live = LiveParams.model_validate(live.model_dump())
         with self._lock:
@@ -264,6 +273,8 @@ class ParamStore:
             prompt_src = self._current_mix(now, "prompt", "prompt_blend", self._prompt_fade)
             seed_src = self._current_mix(now, "seed", "seed_blend", self._seed_fade)
             self.steps = len(live.t_index_list)
+            if choices is not None:
+                self.choices = dict(choices)
             self._targets["smoothing"] = dict(live.smoothing)
             for name in LIVE_SPECS:
                 if name != "smoothing":

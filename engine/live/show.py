@@ -124,7 +124,7 @@ class Show:
 
     def reset(self) -> None:
         """Back to the on-air preset's live values (a cut, no slew) and a freshly primed stream batch."""
-        self.store.apply_preset_live(self.preset.live, cut=True)
+        self.store.apply_preset_live(self.preset.live, cut=True, choices=self.preset.load.live_choices)
         self.controls.call_soon(lambda: self.player.pipeline.reset())
 
     def _midi_learn(self, param: str) -> None:
@@ -199,7 +199,7 @@ class Show:
                         ", ".join(c.removeprefix("load.") for c in plan.restart_only))
         if plan.live_only:
             def live_switch() -> None:
-                self.store.apply_preset_live(new.live, transition_s=self.transition_s)
+                self.store.apply_preset_live(new.live, transition_s=self.transition_s, choices=new.load.live_choices)
                 self._adopt(new, name)
                 log.info("preset %s on air (live values only)", name)
 
@@ -242,7 +242,7 @@ class Show:
             return
 
         def go_on_air() -> None:
-            self.store.apply_preset_live(new.live)
+            self.store.apply_preset_live(new.live, choices=new.load.live_choices)
             self.player.swap(pipeline)
             self._adopt(new, name)
             with self._lock:

@@ -94,6 +94,20 @@ def test_param_nodes_carry_type_range_value(query: WebServer, store: ParamStore)
     assert (enabled["TYPE"], enabled["VALUE"]) == ("T", [False])
 
 
+def test_a_controlnets_live_choices_are_the_on_air_presets(query: WebServer, store: ParamStore) -> None:
+    """TouchDesigner builds a menu from VALS: the sources and preprocessors the preset lists, after each switch."""
+    _, source = get(query, "/streamvj/controlnet_0_source")
+    assert source["RANGE"] == [{}]  # no preset with ControlNets on air: any source spec's syntax
+    store.apply_preset_live(LiveParams(controlnet_0_source="shm:depth"), choices={
+        "controlnet_0_source": ("shm:depth", "spout:TDPose"), "controlnet_0_preprocessor": ("passthrough", "canny")})
+    _, source = get(query, "/streamvj/controlnet_0_source")
+    _, preprocessor = get(query, "/streamvj/controlnet_0_preprocessor")
+    assert source["RANGE"] == [{"VALS": ["shm:depth", "spout:TDPose"]}] and source["VALUE"] == ["shm:depth"]
+    assert preprocessor["RANGE"] == [{"VALS": ["passthrough", "canny"]}]
+    _, other = get(query, "/streamvj/controlnet_1_preprocessor")  # a slot the preset does not use
+    assert other["RANGE"] == [{"VALS": ["canny", "depth", "passthrough"]}]
+
+
 def test_value_follows_store(query: WebServer, store: ParamStore) -> None:
     assert get(query, "/streamvj/prompt?VALUE") == (200, {"VALUE": ["a cat"]})
     store.set("prompt", "a dog")

@@ -264,3 +264,22 @@ def test_removed_listener_is_not_called_again():
     store.remove_listener(listener)  # twice is harmless
     store.set("guidance_scale", 3.0)
     assert seen == ["guidance_scale"]
+
+
+def test_a_controlnets_live_choices_are_held_to_the_on_air_presets(clock: FakeClock) -> None:
+    """Checked at the door like the step count: a source or preprocessor the preset does not list is refused
+    with its reason and never reaches the store (nor the pipeline, the OSC feedback or the web page)."""
+    from engine.config.schema import Preset
+
+    preset = Preset.model_validate({"name": "p", "load": {"model": "tiny", "controlnets": [
+        {"model": "random", "source": ["input", "shm:depth"], "preprocessor": ["canny", "passthrough"]}]}})
+    store = ParamStore(preset.live, clock=clock, choices=preset.load.live_choices)
+    assert store.get("controlnet_0_source") == "input"
+    store.set("controlnet_0_source", "shm:depth", source="osc")
+    for name, value in (("controlnet_0_source", "image:/etc/passwd"), ("controlnet_0_preprocessor", "depth")):
+        with pytest.raises(ConfigError, match=f"osc: {name}: .* is not among this preset's choices"):
+            store.set(name, value, source="osc")
+    assert (store.get("controlnet_0_source"), store.get("controlnet_0_preprocessor")) == ("shm:depth", "canny")
+    store.set("controlnet_1_source", "shm:other")  # a slot the preset does not use: any valid spec, no effect
+    store.apply_preset_live(LiveParams(), choices={})  # a preset without ControlNets goes on air
+    store.set("controlnet_0_preprocessor", "depth")

@@ -110,6 +110,26 @@ def test_load_time_switch_builds_in_background_and_swaps_between_frames(show):
     assert show.status().state == "running"
 
 
+def test_the_store_holds_live_choices_to_the_preset_on_air(show, tmp_path):
+    """A ControlNet's listed sources and preprocessors go on air with its pipeline, and leave with it."""
+    from engine.errors import ConfigError
+
+    text = (tmp_path / "alpha.yaml").read_text().replace("name: alpha", "name: guided").replace(
+        "  sinks:", '  controlnets: [{model: random, preprocessor: [canny, passthrough]}]\n  sinks:')
+    (tmp_path / "guided.yaml").write_text(text)
+    show.on_command(Command.PRESET_LOAD, ("guided",))
+    assert show.wait_idle(120)
+    show.controls.drain()
+    assert show.preset_name == "guided"
+    assert show.store.choices["controlnet_0_preprocessor"] == ("canny", "passthrough")
+    with pytest.raises(ConfigError, match="not among this preset's choices"):
+        show.store.set("controlnet_0_preprocessor", "depth", source="osc")
+    show.on_command(Command.PRESET_LOAD, ("alpha",))
+    assert show.wait_idle(120)
+    show.controls.drain()
+    assert show.preset_name == "alpha" and not show.store.choices
+
+
 def test_a_switch_waiting_to_go_on_air_still_counts_as_building(show):
     """A second rebuild must not start (nor the state read "running") before the first is on air."""
     write(show.presets_dir, "bigger", size=128)
