@@ -42,14 +42,16 @@ def main() -> None:
     args = parser.parse_args()
     latent = (args.size // 8, args.size // 8)
     print(f"{args.size}x{args.size}, {args.rows} rows, float16 (2 bytes)")
-    print(f"{'model':<12}{'attn1 layers':>14}{'tokens (max)':>14}{'MB per frame':>14}{'M=1':>9}{'M=2':>9}{'M=4':>9}")
+    print(f"{'model':<12}{'attn1 layers':>14}{'tokens (max)':>14}{'MB per frame':>14}{'M=1':>9}{'M=2':>9}{'M=4':>9}"
+          f"{'+fusion/frame':>15}")
     for name, config in (("sd-turbo", SD_TURBO_UNET), ("sdxl-turbo", SDXL_UNET)):
         with torch.device("meta"):
             unet = UNet2DConditionModel(**config)
         tokens = attn1_tokens(unet, latent)
         per_frame = bank_elements(unet, latent) * 2 * args.rows / 1e6
+        fusion = bank_elements(unet, latent, fusion=True) * 2 * args.rows / 1e6 - per_frame  # load.bank_fusion
         print(f"{name:<12}{len(tokens):>14}{max(tokens.values()):>14}{per_frame:>14.1f}"
-              + "".join(f"{per_frame * m:>9.0f}" for m in (1, 2, 4)))
+              + "".join(f"{per_frame * m:>9.0f}" for m in (1, 2, 4)) + f"{fusion:>15.1f}")
 
 
 if __name__ == "__main__":

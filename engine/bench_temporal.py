@@ -12,7 +12,7 @@ engine/bench.py's summary) and, for a shared CPU where wall time depends on the 
 the process's CPU time per frame (median; all of torch's threads). Settings without a bank run on a pipeline built with
 `bank_max: 0` (no processor installed, today's engine); the bank settings (the bank off at M = 0
 among them) on one built with `bank_max` = the largest M, their live values switched between runs
-with no rebuild.
+with no rebuild; the fusion settings on one that also allocates fusion (`bank_fusion: true`).
 Random-weight models (tiny, sd-turbo-random) show the mechanism and its cost, not the look.
 """
 
@@ -40,11 +40,18 @@ SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("bank installed, off (M=0)", {"bank_frames": 0}),
     ("bank M=1", {"bank_frames": 1}),
     ("bank M=2", {"bank_frames": 2}),
+    (f"bank M=2 + feedback {FEEDBACK}", {"bank_frames": 2, "latent_feedback": FEEDBACK}),
     ("bank M=2 + fusion 0.8 @0.98", {"bank_frames": 2, **FUSION}),
     ("bank M=2 + fusion 0.8 @0.9", {"bank_frames": 2, **FUSION, "fusion_threshold": 0.9}),
-    (f"bank M=2 + feedback {FEEDBACK}", {"bank_frames": 2, "latent_feedback": FEEDBACK}),
 )
 BANK_MAX = max(s.get("bank_frames", 0) for _, s in SETTINGS)
+
+
+def setting_kind(values: dict[str, Any]) -> str:
+    """The pipeline a setting runs on: no bank installed, a bank, or a bank with fusion allocated."""
+    if values.get("fusion_strength", 0) > 0:
+        return "fusion"
+    return "bank" if "bank_frames" in values else "plain"
 
 
 def panning_frames(count: int, height: int, width: int, start: int = 0) -> list[np.ndarray]:
@@ -96,12 +103,13 @@ def run_setting(pipe: StreamPipeline, live: LiveParams, plan: BenchPlan, device:
 def bench_temporal(parts: ModelParts, plan: BenchPlan, device: torch.device, dtype: torch.dtype) -> list[dict]:
     """Every setting of SETTINGS on the plan's model and size: one row each."""
     rows = []
-    for banked in (False, True):
-        load = plan.load.model_copy(update={"bank_max": BANK_MAX if banked else 0})
+    for kind in ("plain", "bank", "fusion"):
+        load = plan.load.model_copy(update={"bank_max": 0 if kind == "plain" else BANK_MAX,
+                                            "bank_fusion": kind == "fusion"})
         pipe = StreamPipeline(parts, load, plan.live, device=device, dtype=dtype, backend=plan.backend)
         pipe.warm_up()  # compiles / captures before the timed frames, like the engine's build
         for name, values in SETTINGS:
-            if ("bank_frames" in values) != banked:
+            if setting_kind(values) != kind:
                 continue
             live = LiveParams.model_validate({**plan.live.model_dump(), **values})
             rows.append({"name": name, **values, **run_setting(pipe, live, plan, device)})

@@ -158,7 +158,7 @@ class LiveParams(_Strict):
     )
     fusion_strength: Flt = Field(
         0.0, ge=0.0, le=1.0, description="Feature fusion: pull of each deep self-attention output toward its most "
-        "similar banked one (0 = off; needs bank_frames > 0)"
+        "similar banked one (0 = off; needs bank_frames > 0 and load.bank_fusion)"
     )
     fusion_threshold: Flt = Field(
         0.98, ge=0.0, le=1.0, description="Feature fusion: the cosine similarity a banked output needs to be used"
@@ -314,6 +314,10 @@ class LoadSettings(_Strict):
         0, ge=0, le=MAX_BANK, description="Feature bank frames allocated at load (the most live bank_frames can "
         "use); 0 = no bank installed, no cost"
     )
+    bank_fusion: Bool = Field(
+        False, description="Also allocate feature fusion with the bank (a ring of the deep layers' outputs and a "
+        "frame-step variant of its own); off = live fusion_strength has no effect, and the bank costs less"
+    )
     cfg_type: CfgType = "self"
     mode: Mode = "img2img"
     acceleration: Acceleration = "auto"
@@ -444,6 +448,9 @@ class Preset(_Strict):
         if self.live.bank_frames > self.load.bank_max:
             raise ValueError(f"live.bank_frames {self.live.bank_frames} needs load.bank_max >= "
                              f"{self.live.bank_frames} (the bank's memory is allocated when the pipeline is built)")
+        if self.live.fusion_strength > 0 and not self.load.bank_fusion:
+            raise ValueError(f"live.fusion_strength {self.live.fusion_strength} needs load.bank_fusion: true (fusion's "
+                             "memory and frame-step variant are made when the pipeline is built)")
         return self
 
 

@@ -237,14 +237,14 @@ def attn1_tokens(unet: Any, latent_hw: tuple[int, int]) -> dict[str, int]:
     return tokens
 
 
-def bank_elements(unet: Any, latent_hw: tuple[int, int]) -> int:
+def bank_elements(unet: Any, latent_hw: tuple[int, int], fusion: bool = False) -> int:
     """Elements one banked frame of one batch row holds: keys and values of every attn1 layer, and
-    the outputs of the fused ones (FUSION_BLOCKS)."""
+    with `fusion` the outputs of the fused ones (FUSION_BLOCKS)."""
     total = 0
     for name, tokens in attn1_tokens(unet, latent_hw).items():
         attn = unet.get_submodule(name[: -len(".processor")])
         total += 2 * tokens * attn.to_k.out_features
-        total += tokens * attn.to_out[0].out_features if name.startswith(FUSION_BLOCKS) else 0
+        total += tokens * attn.to_out[0].out_features if fusion and name.startswith(FUSION_BLOCKS) else 0
     return total
 
 
@@ -252,8 +252,10 @@ class FeatureBank:
     """The bank of one UNet: its shared state and one processor per attn1 layer."""
 
     def __init__(self, unet: Any, max_frames: int, rows: int, latent_hw: tuple[int, int],
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, fusion: bool = False):
         self.unet, self.max_frames = unet, max_frames
+        # Fusion is allocated (its ring of outputs, its mode) only when asked for: else none of its cost.
+        self.modes = BANK_MODES if fusion else (OFF, BANK)
         self._capped: int | None = None  # the bank_frames last said to be above bank_max
         self.state = BankState(max_frames, torch.device(device), dtype)
         current = dict(unet.attn_processors)
@@ -263,7 +265,7 @@ class FeatureBank:
             original = current[name]
             original = getattr(original, "original", original)  # a bank installed earlier on this UNet
             self.processors[name] = BankedSelfAttention(self.state, attn, rows, tokens, original,
-                                                        fused=name.startswith(FUSION_BLOCKS))
+                                                        fused=fusion and name.startswith(FUSION_BLOCKS))
         unet.set_attn_processor({**current, **self.processors})
         self.bytes = sum(t.numel() * t.element_size() for t in self.tensors())
         fused = sum(p.outputs is not None for p in self.processors.values())
@@ -303,11 +305,11 @@ class FeatureBank:
 
 
 def install_feature_bank(unet: Any, max_frames: int, rows: int, latent_hw: tuple[int, int],
-                         device: torch.device, dtype: torch.dtype) -> FeatureBank | None:
-    """A FeatureBank on `unet`'s attn1 layers, or None for max_frames 0, which also puts back the
-    original processors if an earlier pipeline on this UNet installed a bank."""
+                         device: torch.device, dtype: torch.dtype, fusion: bool = False) -> FeatureBank | None:
+    """A FeatureBank on `unet`'s attn1 layers (with feature fusion if `fusion`), or None for max_frames 0,
+    which also puts back the original processors if an earlier pipeline on this UNet installed a bank."""
     if max_frames > 0:
-        return FeatureBank(unet, max_frames, rows, latent_hw, device, dtype)
+        return FeatureBank(unet, max_frames, rows, latent_hw, device, dtype, fusion)
     # A module without diffusers' attention processors (an engine or a stand-in) has no bank to remove.
     current = getattr(unet, "attn_processors", None) or {}
     if any(isinstance(p, BankedSelfAttention) for p in current.values()):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from engine.config.schema import LiveParams, LoadSettings
-from engine.core.feature_bank import BANK, BANK_MODES, FUSION, OFF, FeatureBank, install_feature_bank
+from engine.core.feature_bank import BANK, FUSION, OFF, FeatureBank, install_feature_bank
 from engine.core.latent_feedback import LatentFeedback, SceneCut
 
 log = logging.getLogger("streamvj.temporal")
@@ -47,20 +47,26 @@ class Temporal:
                         "use acceleration: compile for the bank", bank_max)
             bank_max = 0
         self.bank: FeatureBank | None = install_feature_bank(
-            unet, bank_max, stream.unet_batch_size(), tuple(latent_shape[-2:]), device, dtype)
+            unet, bank_max, stream.unet_batch_size(), tuple(latent_shape[-2:]), device, dtype, load.bank_fusion)
         if self.bank is not None:
             stream.unet_fn = self.bank.wrap(stream.unet_fn)
         self.feedback = LatentFeedback((load.frame_buffer_size, *latent_shape), device, dtype)
         self.cut = SceneCut()
         self.cuts = 0
         self._wanted = OFF  # the bank's mode the live values ask for
+        self._fusion_said = False  # that fusion_strength has no effect without load.bank_fusion
         self._mode = OFF  # the mode the last frame step ran
 
     def apply(self, live: LiveParams) -> None:
         if self.bank is not None:
             self.bank.set(live.bank_frames, live.bank_refresh, live.bank_strength, live.fusion_strength,
                           live.fusion_threshold)
-            self._wanted = wanted_mode(live.bank_frames, live.bank_strength, live.fusion_strength)
+            fusion = live.fusion_strength if FUSION in self.bank.modes else 0.0
+            if live.fusion_strength > 0 and not fusion and not self._fusion_said:
+                log.info("fusion_strength %g has no effect: this preset has no feature fusion (load.bank_fusion: "
+                         "true allocates it)", live.fusion_strength)
+            self._fusion_said = live.fusion_strength > 0 and not fusion
+            self._wanted = wanted_mode(live.bank_frames, live.bank_strength, fusion)
         self.feedback.set_fraction(live.latent_feedback)
         self.cut.threshold = live.cut_threshold
 
@@ -71,7 +77,7 @@ class Temporal:
 
     def modes(self) -> tuple[str, ...]:
         """The bank modes this pipeline's frame step can run: what the warm-up makes ready."""
-        return BANK_MODES if self.bank is not None else (OFF,)
+        return self.bank.modes if self.bank is not None else (OFF,)
 
     def bank_mode(self, priming: bool, mode: str | None = None) -> str:
         """On the host, before the frame step(s) of one input: set the bank's mode for them on its

@@ -142,9 +142,11 @@ def test_token_counts_match_what_each_self_attention_layer_sees(model, width, he
 
 def test_bank_elements_is_what_a_bank_allocates_per_frame_and_row():
     parts = load_model("tiny-sdxl")
-    bank = install_feature_bank(parts.unet, 3, 2, (9, 7), torch.device("cpu"), torch.float32)
-    rings = sum(t.numel() for t in bank.tensors()[len(bank.state.tensors()):])
-    assert rings == 3 * 2 * bank_elements(parts.unet, (9, 7))
+    for fusion in (False, True):
+        bank = install_feature_bank(parts.unet, 3, 2, (9, 7), torch.device("cpu"), torch.float32, fusion)
+        rings = sum(t.numel() for t in bank.tensors()[len(bank.state.tensors()):])
+        assert rings == 3 * 2 * bank_elements(parts.unet, (9, 7), fusion)
+    assert bank_elements(parts.unet, (9, 7), True) > bank_elements(parts.unet, (9, 7))
     install_feature_bank(parts.unet, 0, 2, (9, 7), torch.device("cpu"), torch.float32)
 
 
@@ -254,7 +256,7 @@ def test_mode_off_is_the_plain_processor_and_touches_no_bank_state():
     hidden = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(6))
     timesteps = torch.tensor([10, 20])
     plain = unet(latent, timesteps, encoder_hidden_states=hidden, return_dict=False)[0]
-    bank = install_feature_bank(unet, 2, 2, (8, 8), torch.device("cpu"), torch.float32)
+    bank = install_feature_bank(unet, 2, 2, (8, 8), torch.device("cpu"), torch.float32, fusion=True)
     bank.set(frames=2, refresh=1, strength=1.0, fusion_strength=1.0, fusion_threshold=0.0)
     run = bank.wrap(lambda: unet(latent, timesteps, encoder_hidden_states=hidden, return_dict=False)[0])
     assert bank.state.mode == OFF  # as installed

@@ -138,7 +138,7 @@ def test_warm_up_captures_every_controlnet_variant_before_the_show(parts):
 
 
 def test_warm_up_makes_every_variant_and_lets_dynamo_keep_them_all(parts, monkeypatch):
-    """4 ControlNets (16 on/off subsets) x 3 feature bank modes x FX off/on = 96 variants, more than
+    """4 ControlNets (16 on/off subsets) x 3 feature bank modes (fusion too) x FX off/on = 96 variants, more than
     dynamo keeps by default: past its limit a variant would run eagerly on air, silently."""
     import torch._dynamo.config as dynamo_config
 
@@ -148,7 +148,8 @@ def test_warm_up_makes_every_variant_and_lets_dynamo_keep_them_all(parts, monkey
     dynamo_config.recompile_limit = 8  # its default (a config module: not for monkeypatch, whose undo deletes)
     try:
         specs = [ControlNetSpec(**CANNY_FROM_INPUT) for _ in range(4)]
-        load = LoadSettings(model="tiny-random", width=SIZE, height=SIZE, bank_max=1, controlnets=specs)
+        load = LoadSettings(model="tiny-random", width=SIZE, height=SIZE, bank_max=1, bank_fusion=True,
+                            controlnets=specs)
         loaded = [ControlNetParts(build_random_controlnet(parts.unet, seed=k)) for k in range(4)]
         pipe = StreamPipeline(load_model("tiny-random"), load, LiveParams(t_index_list=[20, 40]), controlnets=loaded)
         pipe.step.use_graphs(EmulatedGraphs())

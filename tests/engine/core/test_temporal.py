@@ -39,7 +39,7 @@ def play(pipe: StreamPipeline, frames: list[np.ndarray]) -> list[torch.Tensor]:
     {"bank_max": 4},  # installed, M = 0
     {"bank_max": 2, "bank_frames": 2, "bank_strength": 0.0},
     {"bank_max": 2, "bank_frames": 2, "bank_strength": 0.0, "cfg_type": "full", "frame_buffer_size": 2},
-    {"bank_max": 2, "fusion_strength": 0.8, "fusion_threshold": 0.0},  # M = 0: fusion has nothing to read
+    {"bank_max": 2, "bank_fusion": True, "fusion_strength": 0.8, "fusion_threshold": 0.0},  # M = 0: nothing to read
     {"latent_feedback": 0.0, "cut_threshold": 0.0},
 ])
 def test_temporal_off_equals_todays_output_bit_for_bit(tiny_parts, bank_parts, fields):
@@ -65,10 +65,31 @@ def test_bank_fusion_and_latent_feedback_change_the_output(tiny_parts, bank_part
     frames = pan(6)
     today = play(make_pipeline(tiny_parts), frames)
     banked = play(make_pipeline(bank_parts, bank_max=2, bank_frames=2), frames)
-    fused = play(make_pipeline(bank_parts, bank_max=2, bank_frames=2, fusion_strength=1.0, fusion_threshold=0.5), frames)
+    fused = play(make_pipeline(bank_parts, bank_max=2, bank_fusion=True, bank_frames=2, fusion_strength=1.0,
+                                fusion_threshold=0.5), frames)
     fed = play(make_pipeline(tiny_parts, latent_feedback=0.5), frames)
     assert not torch.equal(today[-1], banked[-1]) and not torch.equal(today[-1], fed[-1])
     assert not torch.equal(banked[-1], fused[-1])
+
+
+def test_fusion_is_allocated_only_when_the_preset_asks(bank_parts, caplog):
+    """Without load.bank_fusion a bank has two modes and no output rings; a live fusion_strength then has no
+    effect (the bank alone runs, bit for bit) and says so once; a preset that sets one is refused."""
+    plain_bank = make_pipeline(bank_parts, bank_max=2, bank_frames=2)
+    assert plain_bank.temporal.modes() == ("off", "bank")
+    assert all(p.outputs is None for p in plain_bank.temporal.bank.processors.values())
+    expected = play(plain_bank, pan(4))
+    asked = make_pipeline(bank_parts, bank_max=2, bank_frames=2)
+    with caplog.at_level(logging.INFO, logger="streamvj.temporal"):
+        for threshold in (0.5, 0.6):  # another temporal change: not said again
+            asked.apply_live("temporal", LiveParams(bank_frames=2, fusion_strength=0.8, fusion_threshold=threshold))
+    assert caplog.text.count("has no feature fusion") == 1
+    assert all(torch.equal(a, b) for a, b in zip(play(asked, pan(4)), expected, strict=True))
+    fusing = make_pipeline(bank_parts, bank_max=2, bank_fusion=True, bank_frames=2)
+    assert fusing.temporal.modes() == ("off", "bank", "fusion")
+    with pytest.raises(ValidationError, match="needs load.bank_fusion: true"):
+        Preset.model_validate({"name": "p", "load": {"model": "tiny", "bank_max": 2},
+                               "live": {"bank_frames": 2, "fusion_strength": 0.5}})
 
 
 def test_a_bank_switched_on_starts_empty_and_fills(bank_parts):
@@ -149,7 +170,7 @@ def test_captured_step_equals_eager_with_the_bank_on_and_live_changes_never_reca
     """Live values and the bank's and fusion's on/off switches, after warm_up: no capture on air."""
     from tests.engine.accel.graph_emulator import EmulatedGraphs
 
-    fields = {"bank_max": 3, "bank_frames": 2, "latent_feedback": 0.3, "cut_threshold": 0.0}
+    fields = {"bank_max": 3, "bank_fusion": True, "bank_frames": 2, "latent_feedback": 0.3, "cut_threshold": 0.0}
     changes = [{"bank_frames": 3, "bank_refresh": 2, "bank_strength": 0.6, "latent_feedback": 0.1},
                {"bank_frames": 0},  # bank off
                {"bank_frames": 2, "fusion_strength": 0.7, "fusion_threshold": 0.5},  # back on, with fusion
@@ -178,7 +199,7 @@ def test_captured_step_equals_eager_with_the_bank_on_and_live_changes_never_reca
 def test_compiled_step_equals_eager_with_bank_and_fusion_on_and_live_changes_never_recompile(bank_parts):
     from torch._dynamo.utils import counters
 
-    fields = {"bank_max": 2, "bank_frames": 1, "fusion_strength": 0.8, "fusion_threshold": 0.5,
+    fields = {"bank_max": 2, "bank_fusion": True, "bank_frames": 1, "fusion_strength": 0.8, "fusion_threshold": 0.5,
               "latent_feedback": 0.3, "cut_threshold": 0.0}
 
     def drive(pipe: StreamPipeline) -> list[torch.Tensor]:
@@ -211,7 +232,9 @@ def test_a_bank_mode_the_pipeline_cannot_run_is_refused(bank_parts):
     with pytest.raises(ValueError, match="bank mode 'bank': this pipeline has off"):
         plain.temporal.bank_mode(priming=False, mode="bank")
     banked = make_pipeline(bank_parts, bank_max=1, bank_frames=1)
-    assert banked.temporal.modes() == ("off", "bank", "fusion")
+    assert banked.temporal.modes() == ("off", "bank")
+    with pytest.raises(ValueError, match="bank mode 'fusion': this pipeline has off, bank"):
+        banked.temporal.bank_mode(priming=False, mode="fusion")
     assert banked.temporal.bank_mode(priming=True) == "off" and banked.temporal.bank_mode(priming=False) == "bank"
 
 
