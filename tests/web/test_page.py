@@ -96,6 +96,9 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     (presets / "tiny.yaml").write_text(PRESET.format(name="tiny", prompt="a jellyfish", steps=[32, 45]))
     (presets / "warm.yaml").write_text(PRESET.format(name="warm", prompt="a warm sunset", steps=[32, 45]))
     (presets / "onestep.yaml").write_text(PRESET.format(name="onestep", prompt="one step", steps=[30]))
+    (presets / "guided.yaml").write_text(PRESET.format(name="guided", prompt="guided", steps=[32, 45]).replace(
+        'sinks: ["null"]', 'sinks: ["null"], controlnets: [{model: random, source: [input, "shm:svj_web_depth"], '
+        'preprocessor: [canny, passthrough]}]'))
     (presets / "broken.yaml").write_text(
         PRESET.format(name="broken", prompt="x", steps=[32, 45]).replace("width: 64", "width: 100"))
     engine = Engine(presets)
@@ -180,6 +183,23 @@ def test_a_preset_with_another_step_count_reshapes_t_index_list(engine: Engine, 
     wait_for(lambda: engine.value("/streamvj/t_index_list") == [31], "t_index_list [31] in the engine")
     page.click('#preset-list button[data-preset="tiny"]')
     wait_for(lambda: engine.value("/streamvj/t_index_list") == [32, 45] and sliders.count() == 2, "back to two steps")
+
+
+def test_a_presets_controlnet_choices_become_its_menus(engine: Engine, page: object) -> None:
+    """The menus of a ControlNet's source and preprocessor offer what the preset on air lists, after each switch."""
+    def options(param: str) -> list[str]:
+        return page.locator(f'select[data-path="/streamvj/{param}"] option').all_text_contents()
+
+    assert options("controlnet_0_preprocessor") == ["canny", "depth", "passthrough"]  # no ControlNet on air
+    page.click('#preset-list button[data-preset="guided"]')  # a rebuild, in the background
+    wait_for(lambda: engine.value("/streamvj/prompt") == ["guided"], "the guided preset on air")
+    wait_for(lambda: options("controlnet_0_preprocessor") == ["canny", "passthrough"], "its preprocessors as the menu")
+    wait_for(lambda: options("controlnet_0_source") == ["input", "shm:svj_web_depth"], "its sources as the menu")
+    page.locator('select[data-path="/streamvj/controlnet_0_preprocessor"]').select_option("passthrough")
+    wait_for(lambda: engine.value("/streamvj/controlnet_0_preprocessor") == ["passthrough"], "the pick in the engine")
+    page.click('#preset-list button[data-preset="tiny"]')
+    wait_for(lambda: engine.value("/streamvj/prompt") == ["a jellyfish"], "back to tiny")
+    wait_for(lambda: options("controlnet_0_preprocessor") == ["canny", "depth", "passthrough"], "the full menu again")
 
 
 def test_a_broken_preset_shows_its_error(engine: Engine, page: object) -> None:

@@ -26,6 +26,8 @@ let writable = false;
 let controls = new Map(); // OSC path -> {set(value)}
 let history = new Map(); // status field -> [numbers]
 let built = false;
+let ranges = ""; // the parameters' RANGEs the controls were built with (a preset can change them)
+let onAir; // the preset on air, as the last status said
 let retryMs = 500;
 
 function el(tag, attrs = {}, ...children) {
@@ -240,7 +242,19 @@ function build(tree) {
       el("summary", {}, group === "main" ? "parameters" : group), ...rows);
     target.append(box);
   }
+  ranges = rangesOf(tree);
   built = true;
+}
+
+function rangesOf(tree) {
+  return JSON.stringify(leaves(tree).map((n) => [n.FULL_PATH, n.RANGE]));
+}
+
+async function rebuildIfRangesChanged() {
+  // A preset holds some parameters to its own choices (a ControlNet's listed sources and
+  // preprocessors, OSCQuery's VALS): after a switch the menus must offer the new preset's.
+  const tree = await (await fetch("/", { headers: { Accept: "application/json" } })).json();
+  if (rangesOf(tree) !== ranges) build(tree);
 }
 
 // ---- what the engine says ----------------------------------------------------------------------
@@ -264,6 +278,8 @@ function showStatus(s) {
   $("state").textContent = s.state || "?";
   $("state").className = `badge ${s.state || ""}`;
   if (s.preset !== undefined) {
+    if (built && onAir !== undefined && s.preset !== onAir) rebuildIfRangesChanged().catch(() => {});
+    onAir = s.preset;
     $("preset-name").textContent = s.preset;
     for (const b of document.querySelectorAll("#preset-list button")) b.classList.toggle("current", b.dataset.preset === s.preset);
   }
