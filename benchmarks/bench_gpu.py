@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from engine.accel.cuda_graphs import CUDA_GRAPHS, GraphedStep  # noqa: E402
 from engine.bench import BENCH_PROMPT, BenchPlan, bench_autopipeline, moving_frames, summarise  # noqa: E402
-from engine.config.schema import CFG_TYPES, LiveParams, LoadSettings  # noqa: E402
+from engine.config.scalars import CFG_TYPES  # noqa: E402
+from engine.config.schema import LiveParams, LoadSettings  # noqa: E402
 from engine.core.pipeline import StreamPipeline  # noqa: E402
 from engine.models.load import load_model, load_vae  # noqa: E402
 from engine.models.parts import ModelParts  # noqa: E402

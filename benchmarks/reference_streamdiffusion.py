@@ -50,7 +50,7 @@ from benchmarks.bench_gpu import (  # noqa: E402
     use_graph,
 )
 from engine.bench import BENCH_PROMPT, moving_frames, summarise  # noqa: E402
-from engine.config.schema import CFG_TYPES  # noqa: E402
+from engine.config.scalars import CFG_TYPES  # noqa: E402
 from engine.models.load import load_model, save_folder  # noqa: E402
 
 log = logging.getLogger("streamvj.reference")

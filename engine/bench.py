@@ -30,7 +30,7 @@ class BenchPlan:
 
     load: LoadSettings
     live: LiveParams
-    backend: str  # resolved: one of engine.config.schema.BACKENDS
+    backend: str  # resolved: one of engine.config.scalars.BACKENDS
     frames: int = 50
     warmup: int = 5
 

@@ -226,7 +226,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def torch_compile_mode(compile_mode: str) -> str | None:
-    """A preset's compile_mode (schema.COMPILE_MODES) as torch.compile's `mode`: torch's default, or
+    """A preset's compile_mode (scalars.COMPILE_MODES) as torch.compile's `mode`: torch's default, or
     inductor's variant of that mode without its own CUDA graphs ("max-autotune-no-cudagraphs"):
     FrameStep captures the whole frame step, FX modes included, itself."""
     return None if compile_mode == "default" else f"{compile_mode}-no-cudagraphs"

@@ -14,16 +14,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from engine.config.preset_files import format_validation_error
-from engine.config.schema import (
-    ACCELERATIONS,
-    CFG_TYPES,
-    DTYPES,
-    FAMILIES,
-    MODES,
-    PREPROCESSORS,
-    QUANTA,
-    Preset,
-)
+from engine.config.scalars import ACCELERATIONS, CFG_TYPES, DTYPES, FAMILIES, MODES, PREPROCESSORS, QUANTA
+from engine.config.schema import Preset
 from engine.errors import ConfigError
 
 

@@ -11,81 +11,41 @@ ParamStore's validation.
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import Field, Strict, field_validator, model_validator
 
 from engine.config.live_specs import ParamSpec, live_specs
-from engine.config.transport_specs import check_sink_spec, check_source_spec
-
-MAX_TEXT = 4000  # chars per prompt: far above CLIP's 77 tokens, small enough to bound a datagram
-MAX_BLEND = 16  # prompt/seed blend entries
-SEED_MAX = 2**32 - 1
-MAX_BANK = 8  # feature bank frames (engine/core/feature_bank.py): each costs a copy of every self-attention K/V
-
-# Every list of allowed values, once. Argparse choices, the stream batch, backend selection,
-# OSCQuery and docs derive from these (`CFG_TYPES`, ...), never retype them.
-CfgType = Literal["none", "full", "self", "initialize"]
-Mode = Literal["img2img", "txt2img"]
-Acceleration = Literal["auto", "none", "compile", "tensorrt"]  # auto: engine/accel/backend.py picks
-CompileMode = Literal["default", "max-autotune"]
-FamilyName = Literal["sd15", "sd21", "sdxl"]
-DtypeName = Literal["auto", "float16", "float32", "bfloat16"]
-PromptInterp = Literal["linear", "slerp"]
-Quantum = Literal["beat", "bar"]  # what a preset switch can wait for (engine/live/quantise.py)
-Preprocessor = Literal["canny", "depth", "passthrough"]  # how a ControlNet's map is made (engine/core/preprocess/)
-CFG_TYPES: tuple[str, ...] = get_args(CfgType)
-MODES: tuple[str, ...] = get_args(Mode)
-ACCELERATIONS: tuple[str, ...] = get_args(Acceleration)
-BACKENDS: tuple[str, ...] = tuple(a for a in ACCELERATIONS if a != "auto")  # what "auto" resolves to
-COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
-FAMILIES: tuple[str, ...] = get_args(FamilyName)
-DTYPES: tuple[str, ...] = get_args(DtypeName)
-QUANTA: tuple[str, ...] = get_args(Quantum)
-PREPROCESSORS: tuple[str, ...] = get_args(Preprocessor)
-MAX_CONTROLNETS = 4  # each has its own live scale and on/off below (controlnet_<k>_scale, _enabled)
-CONTROL_FROM_INPUT = "input"  # a ControlNet source: the main input frame, through its preprocessor
-MAX_CONTROL_SOURCES = 4  # source choices per ControlNet (each listed own source runs while the preset is on air)
-
-# Strict scalars: YAML and OSC both deliver typed values, so "1.5" for a float or
-# `true` for a number is a mistake to report, not to coerce. int -> float is allowed.
-Flt = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-Int = Annotated[int, Strict()]
-Bool = Annotated[bool, Strict()]
-Str = Annotated[str, Strict()]
-Text = Annotated[str, Strict(), Field(max_length=MAX_TEXT)]
-Weight = Annotated[float, Strict(), Field(ge=0.0, le=1000.0, allow_inf_nan=False)]
-Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
-LCM_STEPS = 50  # t_index_list indexes LCM's 50-step schedule (engine/core/schedule.py)
-TIndex = Annotated[int, Strict(), Field(ge=0, le=LCM_STEPS - 1)]
-# Frame transport specs: the rules of each kind live in engine/config/transport_specs.py, the
-# same ones the bridge registry applies, so a preset is refused at load time for a spec the
-# engine would refuse later.
-SourceSpec = Annotated[str, Strict(), AfterValidator(check_source_spec)]
-SinkSpec = Annotated[str, Strict(), AfterValidator(check_sink_spec)]
-
-
-def _check_control_source(spec: str) -> str:
-    if spec == CONTROL_FROM_INPUT:
-        return spec
-    try:
-        return check_source_spec(spec)
-    except ValueError as exc:
-        raise ValueError(f'{exc}; or "{CONTROL_FROM_INPUT}" for the main input frame') from None
-
-
-ControlSource = Annotated[str, Strict(), AfterValidator(_check_control_source)]
-
-
-def _unit(unit: str, kind: str | None = None) -> dict[str, str]:
-    extra = {"unit": unit}
-    if kind:
-        extra["kind"] = kind
-    return extra
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_default=True)
+from engine.config.osc_settings import OscSettings
+from engine.config.scalars import (
+    CONTROL_FROM_INPUT,
+    LCM_STEPS,
+    MAX_BANK,
+    MAX_BLEND,
+    MAX_CONTROL_SOURCES,
+    MAX_CONTROLNETS,
+    Acceleration,
+    Bool,
+    CfgType,
+    CompileMode,
+    ControlSource,
+    DtypeName,
+    FamilyName,
+    Flt,
+    Int,
+    Mode,
+    Preprocessor,
+    PromptInterp,
+    Seed,
+    SinkSpec,
+    SourceSpec,
+    Str,
+    StrictModel,
+    Text,
+    TIndex,
+    Weight,
+    unit_extra,
+)
 
 
 def _controlnet_scale(k: int) -> Any:
@@ -107,7 +67,7 @@ def _controlnet_source(k: int) -> Any:
                  f"(load.controlnets[{k}].source; the first unless live sets it); any other is refused, never opened")
 
 
-class LiveParams(_Strict):
+class LiveParams(StrictModel):
     """Everything the render loop reads per frame; any change applies on the next frame."""
 
     prompt: Text = Field("", description="Text prompt (used when prompt_blend is empty)")
@@ -116,7 +76,7 @@ class LiveParams(_Strict):
         default_factory=list,
         max_length=MAX_BLEND,
         description="Weighted prompts [[text, weight], ...]; weights are relative; empty = use prompt",
-        json_schema_extra=_unit("", "prompt_blend"),
+        json_schema_extra=unit_extra("", "prompt_blend"),
     )
     prompt_interp: PromptInterp = Field(
         "linear", description="How prompt_blend embeddings are mixed"
@@ -129,14 +89,14 @@ class LiveParams(_Strict):
         max_length=50,
         description="Denoising timestep indices into the 50-step schedule, strictly increasing; "
         "lower first index = more change. Length is fixed at load time (the step count)",
-        json_schema_extra=_unit("", "int_list"),
+        json_schema_extra=unit_extra("", "int_list"),
     )
     seed: Seed = Field(2, description="Noise seed")
     seed_blend: list[tuple[Seed, Weight]] = Field(
         default_factory=list,
         max_length=MAX_BLEND,
         description="Weighted seeds [[seed, weight], ...] mixed into the noise; empty = use seed",
-        json_schema_extra=_unit("", "seed_blend"),
+        json_schema_extra=unit_extra("", "seed_blend"),
     )
     similarity_enabled: Bool = Field(
         False, description="Skip frames that barely changed (stochastic similarity filter)"
@@ -176,7 +136,7 @@ class LiveParams(_Strict):
     fx_contrast: Flt = Field(1.0, ge=0.0, le=4.0, description="Output contrast (1 = unchanged)")
     fx_saturation: Flt = Field(1.0, ge=0.0, le=4.0, description="Output saturation (1 = unchanged)")
     fx_hue: Flt = Field(
-        0.0, ge=-180.0, le=180.0, description="Output hue rotation", json_schema_extra=_unit("deg")
+        0.0, ge=-180.0, le=180.0, description="Output hue rotation", json_schema_extra=unit_extra("deg")
     )
     # One scale and one on/off per ControlNet slot k < MAX_CONTROLNETS (plain floats and bools, so
     # OSC, MIDI, presets and smoothing treat them like any other live value).
@@ -205,7 +165,7 @@ class LiveParams(_Strict):
     smoothing: dict[Str, Annotated[float, Strict(), Field(ge=0.0, le=60.0, allow_inf_nan=False)]] = Field(
         default_factory=dict,
         description="Per-parameter slew time in seconds for float parameters, e.g. {guidance_scale: 0.5}",
-        json_schema_extra=_unit("s", "smoothing"),
+        json_schema_extra=unit_extra("s", "smoothing"),
     )
 
     @field_validator("t_index_list")
@@ -231,7 +191,7 @@ class LiveParams(_Strict):
         return v
 
 
-class LoraSpec(_Strict):
+class LoraSpec(StrictModel):
     path: Annotated[str, Strict(), Field(min_length=1, max_length=1000)] = Field(
         description="Hugging Face id, local folder or .safetensors file"
     )
@@ -247,7 +207,7 @@ ControlSources = ControlSource | Annotated[list[ControlSource], Field(min_length
 Preprocessors = Preprocessor | Annotated[list[Preprocessor], Field(min_length=1)]
 
 
-class ControlNetSpec(_Strict):
+class ControlNetSpec(StrictModel):
     """One ControlNet: the network, where its control map comes from, when in the steps it acts."""
 
     model: ModelSpec = Field(
@@ -293,7 +253,7 @@ class ControlNetSpec(_Strict):
         return self
 
 
-class LoadSettings(_Strict):
+class LoadSettings(StrictModel):
     """Fields that need a pipeline rebuild when they change."""
 
     model: Annotated[str, Strict(), Field(min_length=1, max_length=1000)] = Field(
@@ -351,37 +311,7 @@ class LoadSettings(_Strict):
         return self
 
 
-class HostPort(_Strict):
-    host: Annotated[str, Strict(), Field(min_length=1, max_length=255)] = "127.0.0.1"
-    port: Int = Field(ge=1, le=65535)
-
-
-class OscSettings(_Strict):
-    host: Annotated[str, Strict(), Field(min_length=1, max_length=255)] = Field(
-        "127.0.0.1", description="Address to bind; 0.0.0.0 listens on every interface"
-    )
-    port: Int = Field(9000, ge=0, le=65535, description="UDP port (0 = any free port)")
-    prefix: Annotated[str, Strict(), Field(pattern=r"^(/[a-z0-9_]+)+$")] = "/streamvj"
-    allow: list[Annotated[str, Strict()]] | None = Field(
-        None, description="Sender IPs accepted; absent = any sender that can reach the bound address"
-    )
-    feedback: HostPort | None = Field(None, description="Where status (fps, state, errors) is sent")
-    query_port: Int | None = Field(None, ge=0, le=65535, description="OSCQuery HTTP port; absent = off")
-
-    @field_validator("allow")
-    @classmethod
-    def _ips(cls, v: list[str] | None) -> list[str] | None:
-        import ipaddress
-
-        for ip in v or []:
-            try:
-                ipaddress.ip_address(ip)
-            except ValueError:
-                raise ValueError(f"{ip!r} is not an IP address") from None
-        return v
-
-
-class MidiMapping(_Strict):
+class MidiMapping(StrictModel):
     param: Str = Field(description="Live parameter to drive (float, int or bool)")
     channel: Int = Field(1, ge=1, le=16, description="MIDI channel as printed on the controller (1-16)")
     cc: Int = Field(ge=0, le=127, description="Controller number (MSB for 14-bit, 0-31)")
@@ -411,7 +341,7 @@ class MidiMapping(_Strict):
         return self
 
 
-class MidiSettings(_Strict):
+class MidiSettings(StrictModel):
     port: Annotated[str, Strict(), Field(min_length=1, max_length=256)] | None = Field(
         None, description="Input port name or a part of it; absent = MIDI off"
     )
@@ -419,7 +349,7 @@ class MidiSettings(_Strict):
     mappings: list[MidiMapping] = Field(default_factory=list, max_length=256)
 
 
-class Preset(_Strict):
+class Preset(StrictModel):
     name: Annotated[str, Strict(), Field(min_length=1, max_length=64)]
     description: Annotated[str, Strict(), Field(max_length=4000)] = ""
     load: LoadSettings

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,13 +21,13 @@ import torch
 
 from engine.accel.backend import FrameStep, allow_compiled_variants, model_calls
 from engine.config.schema import LiveParams, LoadSettings
-from engine.core.blend import blend
 from engine.core.control_maps import CHOICE_FIELDS, LIVE_FIELDS, ControlMaps
 from engine.core.controlnet import ControlBatch
 from engine.core.fit import fit_into
 from engine.core.fx import FxUniforms, feedback_mix, post_fx
 from engine.core.pixels import as_frame_batch, img_pm1_to_rgb_u8, rgba_u8_to_img_pm1
 from engine.core.prompts import PromptEncoder
+from engine.core.seed_noise import SeedNoise
 from engine.core.similarity import SimilarityFilter
 from engine.core.stream import StreamBatch, unet_batch_size
 from engine.core.temporal import TEMPORAL_FIELDS, Temporal
@@ -54,14 +53,6 @@ LIVE_GROUPS: dict[str, tuple[str, ...]] = {
     "controlnet": LIVE_FIELDS,
     "control_choice": CHOICE_FIELDS,  # apart: a refused choice is said once and holds up no scale change
 }
-
-
-def seed_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The noise of one seed, from a CPU generator so every device draws the same numbers."""
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-
-
-SEED_CACHE = 16  # seeds kept on the device: a seed crossfade reuses them every frame
 
 
 class StreamPipeline:
@@ -119,7 +110,7 @@ class StreamPipeline:
         self._vae_shift = float(getattr(parts.vae.config, "shift_factor", 0.0) or 0.0)
         self._has_output = False
         self.primed = False  # the stream batch holds frames in flight (else the next call primes it)
-        self._seed_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.seeds = SeedNoise(tuple(self.stream.noise.shape), self.device, dtype)
         self._staging: torch.Tensor | None = None  # raw input frames of another size, on the device
         self._uploader = None
         if self.device.type == "cuda":
@@ -196,18 +187,8 @@ class StreamPipeline:
         self.set_seed_blend([(seed, 1.0)])
 
     def set_seed_blend(self, seeds: list[tuple[int, float]]) -> None:
-        """Noise from one seed or a slerp of several; each seed is drawn once and kept on the device,
-        so a crossfade that changes the weights every frame costs no draw and no host copy."""
-        noises = []
-        for seed, _ in seeds:
-            noise = self._seed_cache.pop(seed, None)
-            if noise is None:
-                noise = seed_noise(seed, tuple(self.stream.noise.shape)).to(self.device, self.dtype)
-            self._seed_cache[seed] = noise  # most recent last
-            noises.append(noise)
-        while len(self._seed_cache) > SEED_CACHE:
-            self._seed_cache.popitem(last=False)
-        mixed = noises[0] if len(noises) == 1 else blend(noises, [w for _, w in seeds], "slerp")
+        """Noise from one seed or a slerp of several (engine/core/seed_noise.py: each drawn once)."""
+        mixed = self.seeds.mix(seeds)
         self.stream.set_noise(mixed)
         self._txt_generator.manual_seed(seeds[0][0])
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 def check_cfg_type(cfg_type: str, txt2img: bool) -> str:
-    """cfg_type is one of schema.CFG_TYPES (validated there); this is the rule across two fields."""
+    """cfg_type is one of scalars.CFG_TYPES (validated there); this is the rule across two fields."""
     if txt2img and cfg_type == "self":
         raise ConfigError("cfg_type 'self' needs an input image; use none, full or initialize for txt2img")
     return cfg_type

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from engine.config.schema import QUANTA, Quantum
+from engine.config.scalars import QUANTA, Quantum
 from engine.errors import ConfigError, shown
 
 BPM_MIN, BPM_MAX = 20.0, 300.0

@@ -24,7 +24,7 @@ def passthrough(rgb01: torch.Tensor) -> torch.Tensor:
 
 def make_preprocessor(name: str, *, device: torch.device | str, dtype: torch.dtype, canny: Canny | None = None,
                       depth: torch.nn.Module | None = None, depth_resolution: int = 518) -> Preprocess:
-    """`name` is one of schema.PREPROCESSORS; canny shares the pipeline's `Canny` (its live thresholds)."""
+    """`name` is one of scalars.PREPROCESSORS; canny shares the pipeline's `Canny` (its live thresholds)."""
     if name == "passthrough":
         return passthrough
     if name == "canny":

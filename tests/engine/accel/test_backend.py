@@ -19,14 +19,8 @@ from engine.accel.backend import (
 )
 from engine.accel.trt_cache import TrtCache
 from engine.accel.trt_engine import INSTALL_HINT, TrtControlNet, TrtUnet
-from engine.config.schema import (
-    ACCELERATIONS,
-    COMPILE_MODES,
-    ControlNetSpec,
-    LiveParams,
-    LoadSettings,
-    Preset,
-)
+from engine.config.scalars import ACCELERATIONS, COMPILE_MODES
+from engine.config.schema import ControlNetSpec, LiveParams, LoadSettings, Preset
 from engine.errors import ConfigError
 from tests.engine.accel.graph_emulator import EmulatedGraphs
 from tests.engine.core.pipelines import SIZE, make_pipeline

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.accel.backend import torch_calls
-from engine.config.schema import CFG_TYPES
+from engine.config.scalars import CFG_TYPES
 from engine.core.controlnet import ControlBatch, keep_per_slot
 from engine.core.schedule import slot_coefficients
 from engine.core.stream import StreamBatch

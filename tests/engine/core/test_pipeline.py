@@ -190,10 +190,10 @@ def test_seed_blend_reuses_each_seeds_noise_and_hits_its_endpoints(tiny_parts):
     only_11 = pipe.stream.noise.clone()
     for w in (0.0, 0.3, 0.7, 1.0):
         pipe.set_seed_blend([(11, 1.0 - w), (12, w)])
-    cached = dict(pipe._seed_cache)
+    cached = dict(pipe.seeds.cache)
     pipe.set_seed_blend([(11, 1.0), (12, 0.0)])
     torch.testing.assert_close(pipe.stream.noise, only_11)
-    assert all(pipe._seed_cache[k] is v for k, v in cached.items())  # drawn once, reused
+    assert all(pipe.seeds.cache[k] is v for k, v in cached.items())  # drawn once, reused
 
 
 def test_outputs_alternate_between_two_buffers_so_a_download_can_overlap_the_next_frame(tiny_parts):

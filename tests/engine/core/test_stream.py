@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config.schema import CFG_TYPES
+from engine.config.scalars import CFG_TYPES
 from engine.core.schedule import slot_coefficients
 from engine.core.stream import StreamBatch
 from engine.errors import ConfigError
