@@ -34,3 +34,12 @@ def shown(value: object, limit: int = SHOWN_MAX) -> str:
     if len(text) <= limit:
         return text
     return f"{text[: limit - 3]}... ({len(text)} chars)"
+
+
+def first_line(error: object) -> str:
+    """An error's text in one line for a log or status: its first non-empty line, joined with the next
+    when it only introduces it (dynamo's "backend='inductor' raised:"); its type's name if it has none."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]

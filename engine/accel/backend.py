@@ -35,7 +35,7 @@ import torch
 from engine.accel.compile_cache import broken_cache_entry, enable_compile_cache, log_compiles
 from engine.accel.cuda_graphs import CUDA_GRAPHS, CudaGraphs, GraphedStep, Watch
 from engine.accel.trt_engine import tensorrt_status
-from engine.errors import ConfigError
+from engine.errors import ConfigError, first_line
 
 log = logging.getLogger("streamvj.backend")
 
@@ -217,14 +217,6 @@ def _no_encoder(img_pm1: torch.Tensor) -> torch.Tensor:
 # ---- the frame step ------------------------------------------------------------------------------------
 
 
-def _first_line(exc: BaseException) -> str:
-    """What went wrong, in one line: dynamo's "backend='inductor' raised:" alone says nothing, so the cause's line joins it."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    return f"{lines[0]} {lines[1]}" if lines[0].endswith("raised:") and len(lines) > 1 else lines[0]
-
-
 def torch_compile_mode(compile_mode: str) -> str | None:
     """A preset's compile_mode (scalars.COMPILE_MODES) as torch.compile's `mode`: torch's default, or
     inductor's variant of that mode without its own CUDA graphs ("max-autotune-no-cudagraphs"):
@@ -294,13 +286,13 @@ class FrameStep:
                     broken = broken_cache_entry(exc)
                     if broken is not None:  # a compile cut short left it: remove it, compile once more
                         log.warning("torch.compile cache: %s (%d bytes) cannot be loaded (%s); removed, compiling "
-                                    "it again", broken, broken.stat().st_size, _first_line(exc))
+                                    "it again", broken, broken.stat().st_size, first_line(exc))
                         broken.unlink(missing_ok=True)
                         try:
                             return compiled(*args)
                         except TorchDynamoException as again:
                             exc = again
-                    self.compile_error = _first_line(exc)
+                    self.compile_error = first_line(exc)
                     log.warning("torch.compile failed (%s); running this pipeline eagerly (slower). On Windows, "
                                 "install Triton (pip install triton-windows) for compile on a GPU",
                                 self.compile_error)

@@ -24,7 +24,7 @@ from engine.config.preset_files import list_presets, load_preset, resolve_preset
 from engine.config.schema import Preset
 from engine.core.build import build_pipeline
 from engine.core.pipeline import StreamPipeline
-from engine.errors import ConfigError, StreamVJError, shown
+from engine.errors import ConfigError, StreamVJError, first_line, shown
 from engine.live.commands import Command
 from engine.live.params import ParamStore
 from engine.live.player import LivePlayer
@@ -166,7 +166,7 @@ class Show:
             try:
                 new = self._load(name)
             except StreamVJError as exc:
-                skipped.append(f"{name} ({_first_line(exc)})")
+                skipped.append(f"{name} ({first_line(exc)})")
                 continue
             bad = self._known_bad(name)
             if bad:
@@ -234,11 +234,11 @@ class Show:
         except Exception as exc:  # a build must never take the show down; report and keep playing
             reason = str(exc) if isinstance(exc, StreamVJError) else f"{type(exc).__name__}: {exc}"
             with self._lock:
-                self._bad[name] = (_mtime(self.presets_dir, name), _first_line(reason))
+                self._bad[name] = (_mtime(self.presets_dir, name), first_line(reason))
                 self._building, self._state = None, "running"
             self._fail(f"preset {name!r} failed to build, keeping {self.preset_name!r}: {reason}")
             if on_build_failed is not None:
-                on_build_failed(_first_line(reason))
+                on_build_failed(first_line(reason))
             return
 
         def go_on_air() -> None:
@@ -267,11 +267,6 @@ class Show:
             with self._lock:
                 if self._build_thread is thread:
                     return True
-
-
-def _first_line(exc: object) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _mtime(presets_dir: Path, name: str) -> float:
